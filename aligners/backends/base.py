@@ -1,0 +1,105 @@
+"""The one small protocol every text generator speaks (teacher, base model, aligners, eval).
+
+A request is either a chat (`messages`) or a raw completion (`prompt`); `adapter` names a LoRA
+adapter the backend has loaded (None = the base model). Backends return text plus token counts
+so callers can report throughput and cost without knowing which backend ran.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class SamplingParams(BaseModel):
+    """Sampling knobs shared by every backend (OpenAI names, so they pass through unchanged)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_tokens: int = Field(default=256, ge=1, le=32768)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="0 means greedy.")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    stop: list[str] = Field(default_factory=list)
+    seed: int | None = None
+
+
+class GenerationRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    messages: list[ChatMessage] | None = None
+    prompt: str | None = None
+    adapter: str | None = Field(default=None, description="LoRA adapter name; None = base model.")
+    params: SamplingParams = Field(default_factory=SamplingParams)
+
+    @model_validator(mode="after")
+    def _exactly_one_input(self) -> GenerationRequest:
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("give exactly one of `messages` (chat) or `prompt` (completion)")
+        if self.messages is not None and not self.messages:
+            raise ValueError("`messages` must not be empty")
+        return self
+
+    @classmethod
+    def chat(cls, user: str, system: str | None = None, **kwargs) -> GenerationRequest:
+        msgs = [ChatMessage(role="system", content=system)] if system else []
+        msgs.append(ChatMessage(role="user", content=user))
+        return cls(messages=msgs, **kwargs)
+
+
+class Generation(BaseModel):
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: Literal["stop", "length"] = "stop"
+
+
+class BackendError(RuntimeError):
+    """A generation failed for a reason the caller should read (bad request, server down...)."""
+
+
+class Backend(ABC):
+    """Batched generation. Subclasses implement `generate`; async callers get a thread offload
+    for free unless the backend is natively async (the HTTP backend overrides `agenerate`)."""
+
+    name: str = "backend"
+
+    @abstractmethod
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        """Generate one completion per request, in order."""
+
+    async def agenerate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        return await asyncio.to_thread(self.generate, list(requests))
+
+    def adapters(self) -> list[str]:
+        """Names of the LoRA adapters this backend can route to."""
+        return []
+
+    def load_adapter(self, name: str, path: str) -> None:
+        raise BackendError(f"backend {self.name!r} cannot load adapters")
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections or engines; a no-op by default."""
+
+
+BACKENDS: dict[str, Callable[..., Backend]] = {}
+
+
+def register_backend(type_name: str):
+    """Class decorator: make a backend buildable from a config whose `type:` is `type_name`."""
+
+    def deco(cls):
+        BACKENDS[type_name] = cls
+        return cls
+
+    return deco

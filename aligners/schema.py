@@ -1,0 +1,183 @@
+"""Record types shared by synth, inspectors, aligners and serve (DESIGN.md §4).
+
+Every record is a pydantic model so that a malformed line in a JSONL file is caught at the
+boundary with its line number, instead of failing deep inside training or serving code.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+SCHEMA_VERSION = 1
+
+
+class Record(BaseModel):
+    """Base for every record: unknown fields are errors, so typos in data files surface."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class CriterionExample(Record):
+    """One worked example inside a criterion spec, shown to teachers and humans."""
+
+    prompt: str = Field(min_length=1)
+    misaligned: str = Field(min_length=1, description="An answer that violates the criterion.")
+    aligned: str = Field(min_length=1, description="The corrected answer.")
+
+
+class Criterion(Record):
+    """What an aligner enforces: read from `configs/criteria/<name>.yaml`."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$", description="Short slug, e.g. 'harmless'.")
+    description: str = Field(min_length=10, description="What violates the criterion.")
+    correction: str = Field(min_length=10, description="What a good correction looks like.")
+    examples: list[CriterionExample] = Field(default_factory=list)
+    topics: list[str] = Field(default_factory=list, description="Optional seed topics for synth.")
+
+
+class Provenance(Record):
+    """Where a pair came from, so any record can be traced to the teacher and template."""
+
+    teacher: str = Field(description="Teacher model id, or 'human' for hand-written seed data.")
+    template_version: str = Field(default="seed-v1")
+    seed: int | None = None
+
+
+class Pair(Record):
+    """A (misaligned, aligned) answer pair for one prompt and criterion.
+
+    `needs_correction=False` marks a benign prompt whose answer is already good: then
+    `misaligned == aligned` and the pair teaches aligners to keep good answers and inspectors
+    not to flag them.
+    """
+
+    id: str = Field(min_length=1)
+    criterion: str = Field(min_length=1)
+    topic: str = Field(min_length=1, description="Topic used for topic-disjoint splits.")
+    prompt: str = Field(min_length=1)
+    misaligned: str = Field(min_length=1)
+    critique: str = ""
+    aligned: str = Field(min_length=1)
+    needs_correction: bool = True
+    source: Provenance
+
+    @model_validator(mode="after")
+    def _keep_as_is_pairs_are_identical(self) -> Pair:
+        if not self.needs_correction and self.misaligned != self.aligned:
+            raise ValueError("a pair with needs_correction=false must have misaligned == aligned")
+        return self
+
+
+class Verdict(Record):
+    """One inspector's opinion of one answer: score = P(aligned)."""
+
+    criterion: str
+    score: float = Field(ge=0.0, le=1.0)
+    threshold: float = Field(ge=0.0, le=1.0)
+
+    @property
+    def flagged(self) -> bool:
+        return self.score < self.threshold
+
+
+class TraceStep(Record):
+    """One aligner application inside a squad run."""
+
+    criterion: str
+    score_before: float
+    score_after: float
+    accepted: bool
+    seconds: float = 0.0
+    reason: str = ""
+
+
+class Trace(Record):
+    """What the squad did to one answer and why."""
+
+    initial: list[Verdict] = Field(default_factory=list)
+    steps: list[TraceStep] = Field(default_factory=list)
+    final: list[Verdict] = Field(default_factory=list)
+    timings: dict[str, float] = Field(default_factory=dict)
+
+
+class Correction(Record):
+    """The squad's output for one (prompt, answer)."""
+
+    id: str | None = None
+    prompt: str
+    original: str
+    corrected: str
+    changed: bool
+    trace: Trace = Field(default_factory=Trace)
+
+
+class RecordError(ValueError):
+    """A malformed record, with the file and line that holds it."""
+
+    def __init__(self, path: Path | str, line: int, reason: str):
+        self.path, self.line, self.reason = str(path), line, reason
+        super().__init__(f"{path}:{line}: {reason}")
+
+
+R = TypeVar("R", bound=BaseModel)
+
+
+def _explain(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "<record>"
+        parts.append(f"{where}: {e['msg']}")
+    return "; ".join(parts)
+
+
+def iter_jsonl(path: Path | str, model: type[R]) -> Iterator[R | RecordError]:
+    """Yield each line parsed as `model`, or a RecordError naming the line; never raise midway.
+
+    Callers that must not lose a batch to one bad line (synth, batch correction) route the
+    errors to an errors file; strict callers use `read_jsonl`.
+    """
+    with open(path, encoding="utf-8") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                data = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                yield RecordError(path, lineno, f"invalid JSON ({exc.msg} at column {exc.colno})")
+                continue
+            if not isinstance(data, dict):
+                yield RecordError(path, lineno, f"expected a JSON object, got {type(data).__name__}")
+                continue
+            try:
+                yield model.model_validate(data)
+            except ValidationError as exc:
+                yield RecordError(path, lineno, _explain(exc))
+
+
+def read_jsonl(path: Path | str, model: type[R]) -> list[R]:
+    """Read every record or raise the first RecordError (file and line number in the message)."""
+    out: list[R] = []
+    for item in iter_jsonl(path, model):
+        if isinstance(item, RecordError):
+            raise item
+        out.append(item)
+    return out
+
+
+def write_jsonl(path: Path | str, records: Iterable[BaseModel]) -> int:
+    """Write records atomically (temp file + rename), so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    n = 0
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for rec in records:
+            fh.write(rec.model_dump_json(exclude_none=False) + "\n")
+            n += 1
+    tmp.replace(path)
+    return n
