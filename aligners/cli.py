@@ -70,6 +70,10 @@ def demo_cmd(
     run_demo(max_tokens=max_tokens)
 
 
+# Commands defined next to the code they drive (light modules: heavy imports stay inside).
+# (registration lines go here)
+
+
 def main() -> None:
     from aligners.config import ConfigError
     from aligners.models import ModelNotFoundError
