@@ -85,7 +85,8 @@ class Backend(ABC):
         """Names of the LoRA adapters this backend can route to."""
         return []
 
-    def load_adapter(self, name: str, path: str) -> None:
+    def load_adapter(self, name: str, location: str) -> None:
+        """Make adapter `name` routable: a local adapter folder, or a served model name."""
         raise BackendError(f"backend {self.name!r} cannot load adapters")
 
     def close(self) -> None:  # noqa: B027 - optional hook
