@@ -1,0 +1,118 @@
+"""Which layers matter for an alignment task (ILA, 2410.17875), plus a cheap baseline.
+
+`gates` (the paper's method, two stages): train LoRA on every layer for a few steps until it has
+started to move, then freeze it and learn one relaxed binary gate per layer, g_l = sigmoid(s_l),
+that scales that layer's LoRA updates, minimising task loss + sparsity * mean(g). Gates of
+layers whose updates reduce the loss stay open; the rest are pushed shut. Rank layers by g_l.
+
+`grad-norm` (baseline): the norm of the loss gradient w.r.t. each layer's freshly initialised
+LoRA weights, averaged over a few batches. No training, so cheaper, but it measures where the
+loss is sensitive at the start rather than where updates end up helping.
+
+Both leave the model as they found it (LoRA attached for the measurement is unloaded).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from itertools import cycle, islice
+
+import torch
+
+from aligners.schema import Pair
+from aligners.train_config import AlignerTrainConfig
+
+_LAYER_OF = re.compile(r"\.layers\.(\d+)\.")
+
+
+def _layer_of(name: str) -> int | None:
+    m = _LAYER_OF.search(name)
+    return int(m.group(1)) if m else None
+
+
+def _task_batches(tokenizer, train: Sequence[Pair], cfg: AlignerTrainConfig):
+    from aligners.train import batches, tokenize_all, training_pairs
+
+    examples = tokenize_all(tokenizer, training_pairs(train, cfg), cfg.max_length)
+    return batches(examples, cfg.batch_size, tokenizer.pad_token_id, seed=cfg.seed)
+
+
+def gate_importance(model, tokenizer, train: Sequence[Pair], cfg: AlignerTrainConfig) -> dict[int, float]:
+    from aligners.train import attach_lora, num_layers
+
+    imp = cfg.importance
+    data = _task_batches(tokenizer, train, cfg)
+    peft_model = attach_lora(model, cfg, layers=None)
+    peft_model.train()
+    lora_params = [p for p in peft_model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(lora_params, lr=cfg.learning_rate)
+    for batch in islice(cycle(data), imp.warmup_steps):  # stage 1a: let LoRA start moving
+        peft_model(**batch).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    for p in lora_params:
+        p.requires_grad_(False)
+
+    n = num_layers(model)
+    logits = torch.full((n,), 3.0, requires_grad=True)  # gates start open (sigmoid(3) ≈ 0.95)
+    hooks = []
+    for name, module in peft_model.named_modules():
+        layer = _layer_of(name)
+        if layer is not None and name.endswith("lora_B.default"):
+            hooks.append(module.register_forward_hook(
+                lambda _m, _i, out, layer=layer: out * torch.sigmoid(logits[layer])
+            ))
+    gate_opt = torch.optim.Adam([logits], lr=imp.gate_lr)
+    try:
+        for batch in islice(cycle(data), imp.gate_steps):  # stage 1b: learn the gates
+            gates = torch.sigmoid(logits)
+            loss = peft_model(**batch).loss + imp.sparsity * gates.mean()
+            loss.backward()
+            gate_opt.step()
+            gate_opt.zero_grad(set_to_none=True)
+    finally:
+        for h in hooks:
+            h.remove()
+        peft_model.unload()
+    return {i: float(torch.sigmoid(logits[i].detach())) for i in range(n)}
+
+
+def grad_norm_importance(model, tokenizer, train: Sequence[Pair], cfg: AlignerTrainConfig) -> dict[int, float]:
+    from aligners.train import attach_lora, num_layers
+
+    data = _task_batches(tokenizer, train, cfg)
+    peft_model = attach_lora(model, cfg, layers=None)
+    peft_model.train()
+    try:
+        for batch in islice(cycle(data), cfg.importance.batches):
+            peft_model(**batch).loss.backward()
+        scores = dict.fromkeys(range(num_layers(model)), 0.0)
+        for name, p in peft_model.named_parameters():
+            layer = _layer_of(name)
+            if p.requires_grad and p.grad is not None and layer is not None:
+                scores[layer] += float(p.grad.norm()) / cfg.importance.batches
+    finally:
+        peft_model.unload()
+    return scores
+
+
+METHODS = {"gates": gate_importance, "grad-norm": grad_norm_importance}
+
+
+def layer_importance(model, tokenizer, train: Sequence[Pair], cfg: AlignerTrainConfig) -> dict[int, float]:
+    """Per-layer importance by `cfg.importance.method`, seeded by `cfg.seed`."""
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.seed)
+        return METHODS[cfg.importance.method](model, tokenizer, train, cfg)
+
+
+def top_k_layers(scores: dict[int, float], k: int) -> list[int]:
+    """The k most important layers, in layer order (ties broken by lower layer)."""
+    ranked = sorted(scores, key=lambda layer: (-scores[layer], layer))
+    return sorted(ranked[:k])
+
+
+def jaccard(a: Sequence[int], b: Sequence[int]) -> float:
+    sa, sb = set(a), set(b)
+    return len(sa & sb) / len(sa | sb) if sa | sb else 1.0

@@ -1,0 +1,306 @@
+"""Aligner SFT: LoRA (peft) on the chosen layers, loss on the corrected answer only.
+
+A short loop of our own rather than trl's SFTTrainer: we need per-step timing for the ILA
+benchmarks, best-on-validation adapter saving with early stopping, and checkpoints without
+pickle (optimizer state goes to safetensors), which would mean overriding most of a Trainer.
+
+Output folder: `adapter/` (peft, safetensors), `manifest.json`, `train_log.jsonl`, and while
+training `checkpoint/` (resumable with `resume=True`; removed when training ends).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from aligners.formatting import FORMAT_VERSION, IGNORE_INDEX, TokenizedExample, tokenize_pair
+from aligners.manifest import write_manifest
+from aligners.models import load_causal_lm, model_id_and_hash
+from aligners.schema import Pair
+from aligners.train_config import AlignerTrainConfig
+from synth.dataset import data_hash
+
+ADAPTER_DIR = "adapter"
+CHECKPOINT_DIR = "checkpoint"
+
+
+# --- data ----------------------------------------------------------------------------------
+
+
+def training_pairs(pairs: Sequence[Pair], cfg: AlignerTrainConfig) -> list[Pair]:
+    """Corrections, capped already-good pairs, and keep-as-is copies of corrections.
+
+    Without keep-as-is examples an aligner learns "always refuse": DESIGN.md §4 measured half of
+    benign answers rewritten. Copies map the corrected answer to itself.
+    """
+    rng = random.Random(cfg.seed)
+    corrections = [p for p in pairs if p.needs_correction]
+    benign = [p for p in pairs if not p.needs_correction]
+    rng.shuffle(benign)
+    if cfg.max_benign is not None:
+        benign = benign[: cfg.max_benign]
+    n_keep = round(cfg.keep_as_is_fraction * len(corrections))
+    keep = [
+        p.model_copy(update={"id": f"{p.id}-keep", "misaligned": p.aligned, "needs_correction": False})
+        for p in rng.sample(corrections, n_keep)
+    ]
+    out = corrections + benign + keep
+    rng.shuffle(out)
+    return out
+
+
+def tokenize_all(tokenizer, pairs: Sequence[Pair], max_length: int) -> list[TokenizedExample]:
+    return [tokenize_pair(tokenizer, p, max_length) for p in pairs]
+
+
+def collate(examples: Sequence[TokenizedExample], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded batch; padding is masked out of attention and loss."""
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        labels[i, :n] = torch.tensor(e.labels)
+        mask[i, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def batches(examples: Sequence[TokenizedExample], size: int, pad_id: int, seed: int | None):
+    """Length-sorted chunks (less padding), then shuffled chunk order when `seed` is given."""
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+    chunks = [order[i : i + size] for i in range(0, len(order), size)]
+    if seed is not None:
+        random.Random(seed).shuffle(chunks)
+    return [collate([examples[i] for i in chunk], pad_id) for chunk in chunks]
+
+
+# --- model ---------------------------------------------------------------------------------
+
+
+def num_layers(model) -> int:
+    return model.config.num_hidden_layers
+
+
+def lora_config(cfg: AlignerTrainConfig, layers: list[int] | None):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.target_modules),
+        layers_to_transform=layers,
+        task_type="CAUSAL_LM",
+    )
+
+
+def attach_lora(model, cfg: AlignerTrainConfig, layers: list[int] | None):
+    """Wrap `model` with trainable LoRA on `layers` (None = every layer)."""
+    from peft import get_peft_model
+
+    torch.manual_seed(cfg.seed)
+    return get_peft_model(model, lora_config(cfg, layers))
+
+
+@torch.no_grad()
+def eval_loss(model, eval_batches) -> float:
+    """Mean token loss over the target tokens of every batch."""
+    model.eval()
+    total, count = 0.0, 0
+    for batch in eval_batches:
+        n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        total += model(**batch).loss.item() * n
+        count += n
+    model.train()
+    return total / max(count, 1)
+
+
+def resolve_layers(cfg: AlignerTrainConfig, model, tokenizer, train: Sequence[Pair]) -> tuple[list[int], dict]:
+    """The layers to tune and how they were chosen (recorded in the manifest)."""
+    total = num_layers(model)
+    if cfg.layers == "all":
+        return list(range(total)), {"method": "all"}
+    if isinstance(cfg.layers, list):
+        bad = [i for i in cfg.layers if i >= total]
+        if bad:
+            raise ValueError(f"layers {bad} do not exist: the model has {total} layers (0..{total - 1})")
+        return sorted(cfg.layers), {"method": "explicit"}
+    from aligners.importance import layer_importance, top_k_layers
+
+    scores = layer_importance(model, tokenizer, train, cfg)
+    k = cfg.importance.k_for(total)
+    return top_k_layers(scores, k), {"method": cfg.importance.method, "k": k, "scores": scores}
+
+
+# --- checkpoints (no pickle: tensors in safetensors, counters in JSON) --------------------------
+
+
+def _save_checkpoint(out: Path, model, optimizer, state: dict) -> None:
+    from peft import get_peft_model_state_dict
+
+    tmp = out / f".{CHECKPOINT_DIR}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in get_peft_model_state_dict(model).items()}, tmp / "adapter.safetensors")
+    opt = optimizer.state_dict()
+    tensors = {
+        f"{pid}.{key}": (val if torch.is_tensor(val) else torch.tensor(val)).contiguous()
+        for pid, pstate in opt["state"].items()
+        for key, val in pstate.items()
+    }
+    save_file(tensors, tmp / "optimizer.safetensors")
+    (tmp / "state.json").write_text(json.dumps({**state, "param_groups": opt["param_groups"]}))
+    final = out / CHECKPOINT_DIR
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+
+
+def _load_checkpoint(out: Path, model, optimizer) -> dict:
+    from peft import set_peft_model_state_dict
+
+    ckpt = out / CHECKPOINT_DIR
+    set_peft_model_state_dict(model, load_file(ckpt / "adapter.safetensors"))
+    state = json.loads((ckpt / "state.json").read_text())
+    per_param: dict[int, dict] = {}
+    for name, tensor in load_file(ckpt / "optimizer.safetensors").items():
+        pid, key = name.split(".", 1)
+        per_param.setdefault(int(pid), {})[key] = tensor
+    optimizer.load_state_dict({"state": per_param, "param_groups": state.pop("param_groups")})
+    return state
+
+
+# --- training ------------------------------------------------------------------------------
+
+
+def train_aligner(
+    cfg: AlignerTrainConfig,
+    train: Sequence[Pair],
+    validation: Sequence[Pair],
+    out_dir: Path | str,
+    *,
+    resume: bool = False,
+    model=None,
+    tokenizer=None,
+    progress: bool = True,
+) -> dict:
+    """Train one aligner and write its artifact folder; returns the manifest dict."""
+    out = Path(out_dir)
+    if not train:
+        raise ValueError("no training pairs")
+    criterion = cfg.criterion or train[0].criterion
+    if not resume and (out / ADAPTER_DIR).exists():
+        raise FileExistsError(f"{out} already holds an aligner; pass resume=True or another --out")
+    if resume and not (out / CHECKPOINT_DIR).is_dir():
+        raise FileNotFoundError(f"nothing to resume in {out}: no {CHECKPOINT_DIR}/ folder")
+    out.mkdir(parents=True, exist_ok=True)
+    if model is None:
+        model, tokenizer = load_causal_lm(cfg.base)
+    t_start = time.perf_counter()
+
+    if resume:
+        meta = json.loads((out / CHECKPOINT_DIR / "state.json").read_text())
+        layers, selection = meta["layers"], meta["selection"]
+    else:
+        layers, selection = resolve_layers(cfg, model, tokenizer, train)
+    peft_model = attach_lora(model, cfg, layers)
+    peft_model.train()
+
+    examples = tokenize_all(tokenizer, training_pairs(train, cfg), cfg.max_length)
+    eval_examples = tokenize_all(tokenizer, list(validation)[: cfg.max_eval_examples], cfg.max_length)
+    eval_batches = batches(eval_examples, cfg.batch_size, tokenizer.pad_token_id, seed=None)
+    steps_per_epoch = max(1, math.ceil(len(examples) / cfg.batch_size) // cfg.grad_accum)
+    total_steps = cfg.max_steps or max(1, round(cfg.epochs * steps_per_epoch))
+
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / max(1, total_steps // 10)) * max(0.0, 1 - s / total_steps)
+    )
+    state = {"step": 0, "best_eval": None, "bad_evals": 0, "layers": layers, "selection": selection}
+    if resume:
+        state.update(_load_checkpoint(out, peft_model, optimizer))
+        sched.load_state_dict(state.pop("scheduler"))
+
+    log = open(out / "train_log.jsonl", "a", encoding="utf-8")
+    step_times: list[float] = []
+    last_loss = float("nan")
+    bar = tqdm(total=total_steps, initial=state["step"], desc=f"train {criterion}", disable=not progress)
+    epoch_batches: list = []
+    micro = state["step"] * cfg.grad_accum
+    stopped_early = False
+    while state["step"] < total_steps and not stopped_early:
+        epoch, offset = divmod(micro, max(1, math.ceil(len(examples) / cfg.batch_size)))
+        epoch_batches = batches(examples, cfg.batch_size, tokenizer.pad_token_id, seed=cfg.seed + epoch)
+        for batch in epoch_batches[offset:]:
+            t0 = time.perf_counter()
+            loss = peft_model(**batch).loss / cfg.grad_accum
+            loss.backward()
+            micro += 1
+            if micro % cfg.grad_accum:
+                continue
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            sched.step()
+            optimizer.zero_grad(set_to_none=True)
+            step_times.append(time.perf_counter() - t0)
+            state["step"] += 1
+            last_loss = loss.item() * cfg.grad_accum
+            bar.update(1)
+            bar.set_postfix(loss=f"{last_loss:.3f}")
+            record = {"step": state["step"], "loss": last_loss}
+            if state["step"] % cfg.eval_every == 0 or state["step"] == total_steps:
+                record["eval_loss"] = ev = eval_loss(peft_model, eval_batches) if eval_batches else last_loss
+                if state["best_eval"] is None or ev < state["best_eval"]:
+                    state["best_eval"], state["bad_evals"] = ev, 0
+                    peft_model.save_pretrained(out / ADAPTER_DIR)
+                else:
+                    state["bad_evals"] += 1
+                    stopped_early = state["bad_evals"] >= cfg.early_stopping_patience
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            if state["step"] % cfg.checkpoint_every == 0 and not stopped_early:
+                _save_checkpoint(out, peft_model, optimizer, {**state, "scheduler": sched.state_dict()})
+            if state["step"] >= total_steps or stopped_early:
+                break
+    bar.close()
+    log.close()
+    if not (out / ADAPTER_DIR).exists():
+        peft_model.save_pretrained(out / ADAPTER_DIR)
+    shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+
+    base_id, base_hash = model_id_and_hash(cfg.base)
+    manifest = {
+        "kind": "aligner",
+        "format_version": FORMAT_VERSION,
+        "criterion": criterion,
+        "base": base_id,
+        "base_hash": base_hash,
+        "layers": layers,
+        "num_layers": num_layers(model),
+        "layer_selection": selection,
+        "inference": "taia" if cfg.taia else "full",
+        "lora": {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "target_modules": list(cfg.target_modules)},
+        "recipe": cfg.model_dump(mode="json"),
+        "data": {"train_hash": data_hash(train), "train_pairs": len(train), "examples": len(examples)},
+        "metrics": {
+            "steps": state["step"],
+            "final_train_loss": last_loss,
+            "best_eval_loss": state["best_eval"],
+            "stopped_early": stopped_early,
+            "mean_step_s": sum(step_times) / len(step_times) if step_times else None,
+            "wall_s": time.perf_counter() - t_start,
+        },
+    }
+    write_manifest(out, manifest)
+    return manifest

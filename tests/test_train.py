@@ -1,0 +1,179 @@
+"""Aligner training on the tiny Llama: masking, layer choice, checkpoints/resume, early stopping,
+TAIA view and merged export — real tokenizer, real peft, safetensors only."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from aligner_data import toy_pairs
+from aligners import models
+from aligners.aligner import AlignerArtifact, export_merged
+from aligners.backends import GenerationRequest, SamplingParams
+from aligners.backends.transformers_local import TransformersBackend
+from aligners.config import TransformersBackendConfig
+from aligners.formatting import IGNORE_INDEX, tokenize_pair
+from aligners.manifest import ManifestError
+from aligners.train import train_aligner, training_pairs
+from aligners.train_config import AlignerTrainConfig
+
+
+def tiny(num_layers=2):
+    return models.load_causal_lm(models.TINY_LLAMA, num_layers=num_layers)
+
+
+def cfg(**kw):
+    base = dict(base=models.TINY_LLAMA, layers="all", batch_size=4, max_steps=4, eval_every=2,
+                lora_dropout=0.0, learning_rate=5e-3, checkpoint_every=2)
+    return AlignerTrainConfig(**{**base, **kw})
+
+
+def test_loss_is_only_on_the_corrected_answer(tiny_lm):
+    _, tokenizer = tiny_lm
+    pair = toy_pairs(1)[0]
+    ex = tokenize_pair(tokenizer, pair, max_length=256)
+    n_masked = sum(1 for lab in ex.labels if lab == IGNORE_INDEX)
+    target = [lab for lab in ex.labels if lab != IGNORE_INDEX]
+    assert ex.labels[:n_masked] == [IGNORE_INDEX] * n_masked  # masked prefix, then the target
+    assert tokenizer.decode(target) == pair.aligned + tokenizer.eos_token
+    prefix = tokenizer.decode(ex.input_ids[:n_masked])
+    assert pair.misaligned in prefix and pair.prompt in prefix and f"'{pair.criterion}'" in prefix
+    short = tokenize_pair(tokenizer, pair, max_length=12)
+    assert len(short.input_ids) == 12 and short.labels[-1] == tokenizer.eos_token_id
+
+
+def test_training_pairs_add_keep_as_is_and_cap_benign():
+    pairs = toy_pairs(30)
+    n_corr = sum(p.needs_correction for p in pairs)
+    out = training_pairs(pairs, cfg(keep_as_is_fraction=0.5, max_benign=3))
+    keep = [p for p in out if p.id.endswith("-keep")]
+    assert len(keep) == round(0.5 * n_corr)
+    assert all(p.misaligned == p.aligned for p in keep)
+    assert sum(1 for p in out if not p.needs_correction and not p.id.endswith("-keep")) == 3
+
+
+def test_training_lowers_eval_loss_and_writes_a_safetensors_artifact(tmp_path):
+    model, tokenizer = tiny()
+    manifest = train_aligner(cfg(max_steps=30, eval_every=10), toy_pairs(24), toy_pairs(8), tmp_path,
+                             model=model, tokenizer=tokenizer, progress=False)
+    log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    evals = [r["eval_loss"] for r in log if "eval_loss" in r]
+    assert evals[-1] < evals[0]
+    assert manifest["metrics"]["best_eval_loss"] == min(evals)
+    assert manifest["layers"] == [0, 1] and manifest["criterion"] == "polite"
+    assert json.loads((tmp_path / "manifest.json").read_text())["data"]["train_pairs"] == 24
+    files = {p.name for p in tmp_path.rglob("*") if p.is_file()}
+    assert "adapter_model.safetensors" in files
+    assert not any(f.endswith((".bin", ".pt", ".pkl", ".pickle")) for f in files)
+    assert not (tmp_path / "checkpoint").exists()
+
+
+def test_explicit_layers_limit_the_adapter(tmp_path):
+    model, tokenizer = tiny(num_layers=4)
+    train_aligner(cfg(layers=[1, 3]), toy_pairs(12), toy_pairs(4), tmp_path, model=model, tokenizer=tokenizer, progress=False)
+    keys = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    layers = {int(k.split(".layers.")[1].split(".")[0]) for k in keys}
+    assert layers == {1, 3}
+    with pytest.raises(ValueError, match="do not exist"):
+        train_aligner(cfg(layers=[7]), toy_pairs(12), toy_pairs(4), tmp_path / "x", model=tiny()[0], tokenizer=tokenizer)
+
+
+def test_refuses_to_overwrite_and_resume_needs_a_checkpoint(tmp_path):
+    model, tokenizer = tiny()
+    train_aligner(cfg(max_steps=1), toy_pairs(8), toy_pairs(4), tmp_path, model=model, tokenizer=tokenizer, progress=False)
+    with pytest.raises(FileExistsError, match="already holds an aligner"):
+        train_aligner(cfg(), toy_pairs(8), toy_pairs(4), tmp_path, model=tiny()[0], tokenizer=tokenizer)
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        train_aligner(cfg(), toy_pairs(8), toy_pairs(4), tmp_path / "new", resume=True, model=tiny()[0], tokenizer=tokenizer)
+
+
+def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    recipe = cfg(max_steps=6, eval_every=100, checkpoint_every=2)
+    data = toy_pairs(24)
+    model, tokenizer = tiny()
+    train_aligner(recipe, data, toy_pairs(4), tmp_path / "clean", model=model, tokenizer=tokenizer, progress=False)
+
+    real_clip = torch.nn.utils.clip_grad_norm_
+    calls = {"n": 0}
+
+    def crash_on_fifth(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt("simulated kill during step 5")
+        return real_clip(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", crash_on_fifth)
+    with pytest.raises(KeyboardInterrupt):
+        train_aligner(recipe, data, toy_pairs(4), tmp_path / "crashed", model=tiny()[0], tokenizer=tokenizer, progress=False)
+    assert json.loads((tmp_path / "crashed" / "checkpoint" / "state.json").read_text())["step"] == 4
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", real_clip)
+    manifest = train_aligner(recipe, data, toy_pairs(4), tmp_path / "crashed", resume=True, model=tiny()[0], tokenizer=tokenizer, progress=False)
+    assert manifest["metrics"]["steps"] == 6
+    clean = load_file(tmp_path / "clean" / "adapter" / "adapter_model.safetensors")
+    resumed = load_file(tmp_path / "crashed" / "adapter" / "adapter_model.safetensors")
+    assert clean.keys() == resumed.keys()
+    for k in clean:
+        torch.testing.assert_close(clean[k], resumed[k], rtol=1e-4, atol=1e-6)
+
+
+def test_early_stopping_keeps_the_best_adapter(tmp_path, monkeypatch):
+    import aligners.train as train_mod
+
+    losses = iter([1.0, 2.0, 3.0, 4.0])
+    monkeypatch.setattr(train_mod, "eval_loss", lambda model, batches: next(losses))
+    model, tokenizer = tiny()
+    manifest = train_aligner(cfg(max_steps=20, eval_every=1, early_stopping_patience=2), toy_pairs(24), toy_pairs(4),
+                             tmp_path, model=model, tokenizer=tokenizer, progress=False)
+    assert manifest["metrics"]["stopped_early"] and manifest["metrics"]["steps"] == 3
+    assert manifest["metrics"]["best_eval_loss"] == 1.0
+
+
+@pytest.fixture(scope="module")
+def taia_aligner(tmp_path_factory):
+    out = tmp_path_factory.mktemp("taia")
+    model, tokenizer = tiny()
+    train_aligner(cfg(taia=True, max_steps=6), toy_pairs(16), toy_pairs(4), out, model=model, tokenizer=tokenizer, progress=False)
+    return out
+
+
+def test_taia_view_keeps_only_attention_deltas(taia_aligner, monkeypatch, tmp_path):
+    monkeypatch.setenv("ALIGNERS_CACHE", str(tmp_path))
+    art = AlignerArtifact.load(taia_aligner)
+    assert art.manifest["inference"] == "taia"
+    full, attn = art.adapter_dir(taia=False), art.adapter_dir()
+    full_keys = load_file(full / "adapter_model.safetensors").keys()
+    attn_keys = load_file(attn / "adapter_model.safetensors").keys()
+    assert any("mlp" in k for k in full_keys) and not any("mlp" in k for k in attn_keys)
+    assert set(attn_keys) == {k for k in full_keys if "self_attn" in k}
+    assert art.adapter_dir() == attn  # cached, not rebuilt
+
+    model, tokenizer = tiny()
+    backend = TransformersBackend(TransformersBackendConfig(model=models.TINY_LLAMA), model=model, tokenizer=tokenizer)
+    backend.load_adapter("full", str(full))
+    backend.load_adapter("taia", str(attn))  # passes the self-test: attention deltas alone still act
+    p = SamplingParams(max_tokens=8)
+    outs = backend.generate([GenerationRequest.chat("Where is item 3?", adapter=a, params=p) for a in ("full", "taia", None)])
+    assert len({o.text for o in outs}) == 3
+
+
+def test_export_merged_matches_the_adapter(taia_aligner, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model, tokenizer = tiny()
+    out = export_merged(taia_aligner, tmp_path / "merged", taia=False, model=model, tokenizer=tokenizer)
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    reference = PeftModel.from_pretrained(tiny()[0], str(taia_aligner / "adapter"))
+    ids = tokenizer(["Where is item 3?"], return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**ids).logits, reference(**ids).logits, rtol=1e-4, atol=1e-4)
+    assert json.loads((out / "manifest.json").read_text())["kind"] == "merged-aligner"
+
+
+def test_loading_a_non_aligner_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(ManifestError, match="no manifest.json"):
+        AlignerArtifact.load(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"kind": "inspector"}))
+    with pytest.raises(ManifestError, match="expected kind 'aligner'"):
+        AlignerArtifact.load(tmp_path)
