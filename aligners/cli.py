@@ -70,8 +70,142 @@ def demo_cmd(
     run_demo(max_tokens=max_tokens)
 
 
+# --- aligners: layer selection, training, export, analysis ----------------------------------
+
+DataOpt = Annotated[
+    str, typer.Option("--data", help="Synth output folder, or seed:<criterion> for a shipped seed set.")
+]
+
+
+def _recipe(config: str | None, overrides: dict):
+    """Recipe YAML (optional) merged with the flags that were given (trl style)."""
+    from aligners.config import read_yaml, validate
+    from aligners.train_config import AlignerTrainConfig
+
+    data = read_yaml(config) if config else {}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return validate(AlignerTrainConfig, data, config or "<flags>")
+
+
+def _parse_layers(layers: str | None):
+    if layers is None or layers in ("auto", "all"):
+        return layers
+    try:
+        return [int(x) for x in layers.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"--layers takes auto, all or a comma list like 20,21,22 (got {layers!r})") from None
+
+
+@app.command("select-layers")
+def select_layers_cmd(
+    data: Annotated[list[str], typer.Option("--data", help="Repeat to compare data sets (folder or seed:<name>).")],
+    out: Annotated[str, typer.Option(help="Folder for importance.json and importance.png.")],
+    base: Annotated[str | None, typer.Option(help="Base model (default: recipe's).")] = None,
+    config: Annotated[str | None, typer.Option(help="Aligner recipe YAML (LoRA shape, importance settings).")] = None,
+    method: Annotated[list[str], typer.Option(help="gates (ILA) and/or grad-norm; repeat for both.")] = ["gates"],  # noqa: B006
+    seed: Annotated[list[int], typer.Option(help="Repeat to measure stability across seeds.")] = [0],  # noqa: B006
+) -> None:
+    """Rank layers by importance for alignment (ILA) and report top-k overlaps.
+
+    Example: aligners select-layers --data seed:harmless --data seed:polite --seed 0 --seed 1 --out runs/layers
+    """
+    from aligners.importance import METHODS, select_layers
+    from synth.dataset import resolve_data
+
+    bad = [m for m in method if m not in METHODS]
+    if bad:
+        raise typer.BadParameter(f"unknown method(s) {bad}; choose from {sorted(METHODS)}")
+    cfg = _recipe(config, {"base": base})
+    sets = {spec: resolve_data(spec)["train"] for spec in data}
+    result = select_layers(sets, cfg, out, methods=method, seeds=seed)
+    for run in result["runs"]:
+        typer.echo(f"{run['data']} {run['method']} seed={run['seed']}: top-{result['k']} = {run['top_k']}")
+    for kind, o in result["overlap"].items():
+        typer.echo(f"overlap {kind}: mean Jaccard {o['mean']:.2f}")
+    typer.echo(f"wrote {out}/importance.json and importance.png")
+
+
+@app.command("train-aligner")
+def train_aligner_cmd(
+    data: DataOpt,
+    out: Annotated[str, typer.Option(help="Artifact folder (adapter/ + manifest.json).")],
+    base: Annotated[str | None, typer.Option(help="Base model (default smollm2-135m-instruct).")] = None,
+    layers: Annotated[str | None, typer.Option(help="auto (ILA top-k), all, or a comma list.")] = None,
+    layers_from: Annotated[str | None, typer.Option(help="importance.json from select-layers: use its top-k.")] = None,
+    taia: Annotated[bool | None, typer.Option("--taia/--no-taia", help="Serve attention deltas only (TAIA).")] = None,
+    config: Annotated[str | None, typer.Option(help="Recipe YAML, e.g. configs/aligners/harmless.yaml.")] = None,
+    max_steps: Annotated[int | None, typer.Option(min=1)] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.")] = False,
+) -> None:
+    """Train an aligner (LoRA on its important layers) for one criterion.
+
+    Example: aligners train-aligner --data seed:harmless --layers auto --out artifacts/aligners/harmless
+    """
+    from aligners.train import train_aligner
+    from synth.dataset import resolve_data
+
+    chosen = _parse_layers(layers)
+    if layers_from:
+        import json
+
+        from aligners.importance import top_k_layers
+
+        result = json.loads(open(layers_from).read())
+        runs = result["runs"]
+        mean = {int(layer): sum(r["scores"][layer] for r in runs) / len(runs) for layer in runs[0]["scores"]}
+        chosen = top_k_layers(mean, result["k"])
+    cfg = _recipe(config, {"base": base, "layers": chosen, "taia": taia, "max_steps": max_steps})
+    splits = resolve_data(data, seed=cfg.seed)
+    manifest = train_aligner(cfg, splits["train"], splits["validation"], out, resume=resume)
+    m = manifest["metrics"]
+    typer.echo(
+        f"trained {manifest['criterion']} aligner on layers {manifest['layers']}: {m['steps']} steps, "
+        f"best eval loss {m['best_eval_loss']:.3f}, {m['wall_s']:.0f} s → {out}"
+    )
+
+
+@app.command("export")
+def export_cmd(
+    aligner: Annotated[str, typer.Option(help="Aligner artifact folder.")],
+    out: Annotated[str, typer.Option(help="Folder for the standalone model.")],
+    merged: Annotated[bool, typer.Option("--merged", help="Merge the adapter into the base (required).")] = False,
+    taia: Annotated[bool | None, typer.Option("--taia/--no-taia", help="Merge attention deltas only.")] = None,
+) -> None:
+    """Export an aligner as a standalone merged model (safetensors), e.g. for a plain vLLM server.
+
+    Example: aligners export --aligner artifacts/aligners/harmless --merged --out runs/harmless-merged
+    """
+    from aligners.aligner import export_merged
+
+    if not merged:
+        raise typer.BadParameter("only merged export exists: pass --merged")
+    typer.echo(f"wrote {export_merged(aligner, out, taia=taia)}")
+
+
+@app.command("analyze")
+def analyze_cmd(
+    aligner: Annotated[str, typer.Option(help="Aligner artifact folder.")],
+    data: DataOpt,
+    out: Annotated[str, typer.Option(help="Report folder (report.md, report.json, PNGs).")],
+    split: Annotated[str, typer.Option(help="Which split to analyse.")] = "test",
+) -> None:
+    """Head importance, adapter deltas and input attribution of a trained aligner.
+
+    Example: aligners analyze --aligner artifacts/aligners/harmless --data seed:harmless --out report/
+    """
+    from aligners.analysis import analyze_aligner
+    from synth.dataset import resolve_data
+
+    analyze_aligner(aligner, resolve_data(data)[split], out)
+    typer.echo(f"wrote {out}/report.md")
+
+
 # Commands defined next to the code they drive (light modules: heavy imports stay inside).
 # (registration lines go here)
+from inspectors.commands import inspect_answers, train_inspector  # noqa: E402
+
+app.command("train-inspector")(train_inspector)
+app.command("inspect")(inspect_answers)
 
 
 def main() -> None:

@@ -116,3 +116,56 @@ def top_k_layers(scores: dict[int, float], k: int) -> list[int]:
 def jaccard(a: Sequence[int], b: Sequence[int]) -> float:
     sa, sb = set(a), set(b)
     return len(sa & sb) / len(sa | sb) if sa | sb else 1.0
+
+
+def select_layers(
+    data: dict[str, Sequence[Pair]],
+    cfg: AlignerTrainConfig,
+    out_dir,
+    methods: Sequence[str] = ("gates",),
+    seeds: Sequence[int] = (0,),
+    load_model=None,
+) -> dict:
+    """Importance for every (data set, method, seed), top-k sets, and how much they agree.
+
+    Writes `importance.json` and `importance.png` (heatmap) to `out_dir`. The paper reports ~90 %
+    overlap of important layers across alignment datasets; `overlap` measures ours across seeds,
+    data sets and methods (Jaccard of top-k sets).
+    """
+    import json
+    from pathlib import Path
+
+    from aligners.analysis import pairwise_overlap, plot_layer_heatmap
+    from aligners.models import load_causal_lm
+
+    load_model = load_model or (lambda: load_causal_lm(cfg.base))
+    model, tokenizer = load_model()
+    k = cfg.importance.k_for(model.config.num_hidden_layers)
+    runs = []
+    for name, pairs in data.items():
+        for method in methods:
+            for seed in seeds:
+                run_cfg = cfg.model_copy(update={"seed": seed, "importance": cfg.importance.model_copy(update={"method": method})})
+                scores = layer_importance(model, tokenizer, pairs, run_cfg)
+                runs.append({"data": name, "method": method, "seed": seed, "scores": scores, "top_k": top_k_layers(scores, k)})
+    label = lambda r: f"{r['data']}/{r['method']}/s{r['seed']}"  # noqa: E731
+    groups = {
+        "across_seeds": lambda r: (r["data"], r["method"]),
+        "across_data": lambda r: (r["method"], r["seed"]),
+        "across_methods": lambda r: (r["data"], r["seed"]),
+    }
+    overlap = {}
+    for kind, key in groups.items():
+        pairs_in_kind = {}
+        for group in {key(r) for r in runs}:
+            members = {label(r): r["top_k"] for r in runs if key(r) == group}
+            if len(members) > 1:
+                pairs_in_kind.update(pairwise_overlap(members))
+        if pairs_in_kind:
+            overlap[kind] = {"pairs": pairs_in_kind, "mean": sum(pairs_in_kind.values()) / len(pairs_in_kind)}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"base": cfg.base, "k": k, "runs": runs, "overlap": overlap}
+    (out / "importance.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot_layer_heatmap([(label(r), r["scores"]) for r in runs], out / "importance.png", f"layer importance, top-{k} per run")
+    return result

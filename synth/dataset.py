@@ -103,3 +103,12 @@ def load_split(data_dir: Path | str, split: str) -> list[Pair]:
             "Make one with `aligners synth --from-seed harmless --out DIR`."
         )
     return read_jsonl(path, Pair)
+
+
+def resolve_data(spec: str, seed: int = 0) -> dict[str, list[Pair]]:
+    """CLI data argument → splits: a synth output folder, or `seed:<criterion>` for the shipped
+    seed set split by topic (the same topics as `aligners synth --from-seed`, which also applies
+    the quality filters)."""
+    if spec.startswith("seed:"):
+        return split_by_topic(load_seed(spec.removeprefix("seed:")), seed=seed)
+    return {name: load_split(spec, name) for name in SPLITS}

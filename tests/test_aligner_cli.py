@@ -1,0 +1,71 @@
+"""select-layers → train-aligner → export → analyze through the CLI on the tiny Llama."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from aligner_data import toy_pairs
+from aligners.cli import app
+from synth.dataset import save_splits, split_by_topic
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    for name, crit in (("polite", "polite"), ("other", "harmless")):
+        save_splits(root / name, split_by_topic(toy_pairs(24, crit)), {})
+    recipe = root / "recipe.yaml"
+    recipe.write_text(
+        "base: tiny-random-llama\nbatch_size: 4\nmax_steps: 3\neval_every: 3\nlora_dropout: 0.0\n"
+        "importance: {warmup_steps: 2, gate_steps: 2, batches: 1, top_k: 1}\n"
+    )
+    return root, recipe
+
+
+def test_select_layers_reports_overlaps_and_plots(folders):
+    root, recipe = folders
+    out = root / "layers"
+    text = invoke("select-layers", "--data", str(root / "polite"), "--data", str(root / "other"),
+                  "--config", str(recipe), "--method", "gates", "--method", "grad-norm",
+                  "--seed", "0", "--seed", "1", "--out", str(out))
+    result = json.loads((out / "importance.json").read_text())
+    assert len(result["runs"]) == 2 * 2 * 2 and result["k"] == 1
+    assert set(result["overlap"]) == {"across_seeds", "across_data", "across_methods"}
+    assert all(0 <= v <= 1 for o in result["overlap"].values() for v in o["pairs"].values())
+    assert (out / "importance.png").stat().st_size > 1000
+    assert "mean Jaccard" in text
+
+
+def test_train_export_analyze(folders):
+    root, recipe = folders
+    if not (root / "layers" / "importance.json").exists():
+        pytest.skip("needs the select-layers output of the previous test")
+    out = root / "aligner"
+    text = invoke("train-aligner", "--data", str(root / "polite"), "--config", str(recipe),
+                  "--layers-from", str(root / "layers" / "importance.json"), "--out", str(out))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "trained polite aligner" in text and len(manifest["layers"]) == 1
+    invoke("export", "--aligner", str(out), "--merged", "--out", str(root / "merged"))
+    assert (root / "merged" / "model.safetensors").is_file()
+    invoke("analyze", "--aligner", str(out), "--data", str(root / "polite"), "--out", str(root / "report"))
+    report = json.loads((root / "report" / "report.json").read_text())
+    assert report["top_heads"] and report["layers_by_delta"] == manifest["layers"]
+    md = (root / "report" / "report.md").read_text()
+    assert "head_importance.png" in md and "**" in md
+    for png in ("head_importance.png", "delta_norms.png", "head_delta_norms.png"):
+        assert (root / "report" / png).stat().st_size > 1000
+
+
+def test_bad_layers_flag_is_explained(folders):
+    root, _ = folders
+    result = runner.invoke(app, ["train-aligner", "--data", str(root / "polite"), "--layers", "x,y", "--out", str(root / "z")])
+    assert result.exit_code != 0 and "comma list" in result.output
