@@ -22,6 +22,7 @@ import torch  # noqa: E402
 from aligners.formatting import IGNORE_INDEX, tokenize_pair  # noqa: E402
 from aligners.importance import jaccard  # noqa: E402
 from aligners.schema import Pair  # noqa: E402
+from aligners.train import answer_loss, batches, tokenize_all  # noqa: E402
 
 # --- layers --------------------------------------------------------------------------------
 
@@ -81,7 +82,7 @@ def head_importance(model, batches: Sequence[dict]) -> torch.Tensor:
     model.eval()
     try:
         for batch in batches:
-            model(**batch).loss.backward()
+            answer_loss(model, batch).backward()
     finally:
         for h in hooks:
             h.remove()
@@ -175,7 +176,6 @@ def analyze_aligner(aligner_dir: Path | str, pairs: Sequence[Pair], out_dir: Pat
 
     from aligners.aligner import AlignerArtifact
     from aligners.models import load_causal_lm
-    from aligners.train import batches, tokenize_all
 
     art = AlignerArtifact.load(aligner_dir)
     if model is None:

@@ -202,6 +202,9 @@ def analyze_cmd(
 
 # Commands defined next to the code they drive (light modules: heavy imports stay inside).
 # (registration lines go here)
+from synth.commands import synth  # noqa: E402
+
+app.command("synth")(synth)
 from inspectors.commands import inspect_answers, train_inspector  # noqa: E402
 
 app.command("train-inspector")(train_inspector)

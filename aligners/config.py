@@ -134,6 +134,8 @@ def load_criterion(path: Path | str) -> Criterion:
 CONFIG_KINDS: dict[str, str] = {
     "criteria": "aligners.schema:Criterion",
     "backends": "aligners.config:BACKEND_CONFIG",
+    "synth": "synth.config:SynthConfig",
+    "inspectors": "inspectors.config:INSPECTOR_CONFIG",
 }
 
 

@@ -39,7 +39,7 @@ def _task_batches(tokenizer, train: Sequence[Pair], cfg: AlignerTrainConfig):
 
 
 def gate_importance(model, tokenizer, train: Sequence[Pair], cfg: AlignerTrainConfig) -> dict[int, float]:
-    from aligners.train import attach_lora, num_layers
+    from aligners.train import answer_loss, attach_lora, num_layers
 
     imp = cfg.importance
     data = _task_batches(tokenizer, train, cfg)
@@ -48,7 +48,7 @@ def gate_importance(model, tokenizer, train: Sequence[Pair], cfg: AlignerTrainCo
     lora_params = [p for p in peft_model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(lora_params, lr=cfg.learning_rate)
     for batch in islice(cycle(data), imp.warmup_steps):  # stage 1a: let LoRA start moving
-        peft_model(**batch).loss.backward()
+        answer_loss(peft_model, batch).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
     for p in lora_params:
@@ -67,7 +67,7 @@ def gate_importance(model, tokenizer, train: Sequence[Pair], cfg: AlignerTrainCo
     try:
         for batch in islice(cycle(data), imp.gate_steps):  # stage 1b: learn the gates
             gates = torch.sigmoid(logits)
-            loss = peft_model(**batch).loss + imp.sparsity * gates.mean()
+            loss = answer_loss(peft_model, batch) + imp.sparsity * gates.mean()
             loss.backward()
             gate_opt.step()
             gate_opt.zero_grad(set_to_none=True)
@@ -79,14 +79,14 @@ def gate_importance(model, tokenizer, train: Sequence[Pair], cfg: AlignerTrainCo
 
 
 def grad_norm_importance(model, tokenizer, train: Sequence[Pair], cfg: AlignerTrainConfig) -> dict[int, float]:
-    from aligners.train import attach_lora, num_layers
+    from aligners.train import answer_loss, attach_lora, num_layers
 
     data = _task_batches(tokenizer, train, cfg)
     peft_model = attach_lora(model, cfg, layers=None)
     peft_model.train()
     try:
         for batch in islice(cycle(data), cfg.importance.batches):
-            peft_model(**batch).loss.backward()
+            answer_loss(peft_model, batch).backward()
         scores = dict.fromkeys(range(num_layers(model)), 0.0)
         for name, p in peft_model.named_parameters():
             layer = _layer_of(name)

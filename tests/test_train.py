@@ -177,3 +177,12 @@ def test_loading_a_non_aligner_folder_is_a_clear_error(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"kind": "inspector"}))
     with pytest.raises(ManifestError, match="expected kind 'aligner'"):
         AlignerArtifact.load(tmp_path)
+
+
+def test_answer_loss_equals_the_models_own_label_loss(tiny_lm):
+    from aligners.train import answer_loss, batches, tokenize_all
+
+    model, tokenizer = tiny_lm
+    batch = batches(tokenize_all(tokenizer, toy_pairs(6), 128), 3, tokenizer.pad_token_id, seed=None)[0]
+    with torch.no_grad():
+        torch.testing.assert_close(answer_loss(model, batch), model(**batch).loss, rtol=1e-5, atol=1e-5)

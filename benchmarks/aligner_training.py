@@ -1,0 +1,94 @@
+"""Aligner training cost: LoRA on the ILA top-k layers vs on all layers (ratios from one run).
+
+Each variant runs in its own child process so peak memory (max RSS) is its own. Prints one JSON
+object. Example:
+    python benchmarks/aligner_training.py --data seed:harmless --layers-from runs/layers/importance.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+
+def child(data: str, layers: str, steps: int, batch_size: int, base: str) -> dict:
+    from itertools import cycle, islice
+
+    import torch
+
+    from aligners.models import load_causal_lm
+    from aligners.train import answer_loss, attach_lora, batches, tokenize_all, training_pairs
+    from aligners.train_config import AlignerTrainConfig
+    from synth.dataset import resolve_data
+
+    torch.manual_seed(0)
+    model, tok = load_causal_lm(base)
+    chosen = None if layers == "all" else [int(x) for x in layers.split(",")]
+    cfg = AlignerTrainConfig(base=base, layers=chosen or "all", batch_size=batch_size)
+    pairs = training_pairs(resolve_data(data)["train"], cfg)
+    data_batches = batches(tokenize_all(tok, pairs, cfg.max_length), batch_size, tok.pad_token_id, seed=0)
+    peft_model = attach_lora(model, cfg, chosen)
+    peft_model.train()
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    times = []
+    for i, batch in enumerate(islice(cycle(data_batches), steps + 2)):
+        t0 = time.perf_counter()
+        answer_loss(peft_model, batch).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if i >= 2:  # the first steps warm allocator and kernels up
+            times.append(time.perf_counter() - t0)
+    return {
+        "layers": layers,
+        "trainable_params": sum(p.numel() for p in params),
+        "mean_step_s": sum(times) / len(times),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def run_child(args, layers: str) -> dict:
+    cmd = [sys.executable, __file__, "--child", "--data", args.data, "--layers", layers,
+           "--steps", str(args.steps), "--batch-size", str(args.batch_size), "--base", args.base]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--data", default="seed:harmless")
+    ap.add_argument("--base", default="smollm2-135m-instruct")
+    ap.add_argument("--layers-from", help="importance.json from `aligners select-layers` (top-k)")
+    ap.add_argument("--layers", help="comma list of layers (instead of --layers-from)")
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(args.data, args.layers, args.steps, args.batch_size, args.base)))
+        return
+    if args.layers_from:
+        result = json.load(open(args.layers_from))
+        top_k = sorted(result["runs"][0]["top_k"])
+    elif args.layers:
+        top_k = [int(x) for x in args.layers.split(",")]
+    else:
+        ap.error("give --layers-from or --layers")
+    layers = ",".join(map(str, top_k))
+    top = run_child(args, layers)
+    full = run_child(args, "all")
+    print(json.dumps({
+        "benchmark": "aligner_training_topk_vs_all",
+        "base": args.base, "data": args.data, "batch_size": args.batch_size, "steps": args.steps,
+        "top_k_layers": top_k, "top_k": top, "all_layers": full,
+        "step_speedup": full["mean_step_s"] / top["mean_step_s"],
+        "peak_rss_ratio_all_over_topk": full["peak_rss_mb"] / top["peak_rss_mb"],
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
