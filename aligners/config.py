@@ -136,6 +136,8 @@ CONFIG_KINDS: dict[str, str] = {
     "backends": "aligners.config:BACKEND_CONFIG",
     "synth": "synth.config:SynthConfig",
     "inspectors": "inspectors.config:INSPECTOR_CONFIG",
+    "aligners": "aligners.train_config:AlignerTrainConfig",
+    "squad": "serve.config:SquadConfig",
 }
 
 

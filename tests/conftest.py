@@ -1,4 +1,4 @@
-pytest_plugins = ["model_fixtures"]
+pytest_plugins = ["model_fixtures", "squad_fixtures"]
 
 import pytest
 

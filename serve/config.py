@@ -1,0 +1,64 @@
+"""Squad recipes (`configs/squad/*.yaml`): which model answers, which inspectors and aligners
+guard it, and the routing policy of the Aligners paper (2403.04224) as tunable knobs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from aligners.backends.base import SamplingParams
+from aligners.config import BackendConfig, StrictModel, TransformersBackendConfig
+
+
+class SquadMember(StrictModel):
+    """One criterion: its inspector decides, its aligner rewrites."""
+
+    criterion: str
+    inspector: str = Field(description="Inspector artifact folder.")
+    aligner: str = Field(description="Aligner artifact folder (adapter + manifest).")
+    threshold: float | None = Field(default=None, ge=0, le=1, description="Overrides the inspector's.")
+    taia: bool | None = Field(default=None, description="Attention-only deltas; default from the manifest.")
+    served_name: str | None = Field(
+        default=None, description="For HTTP/vLLM backends: the LoRA module name the server uses."
+    )
+
+
+class SquadPolicy(StrictModel):
+    order: Literal["worst-first", "config"] = Field(
+        default="worst-first", description="Visit flagged criteria by ascending score, or in list order."
+    )
+    max_rewrites: int = Field(default=3, ge=0, description="Aligner runs per answer at most.")
+    reject_if_worse: bool = Field(
+        default=True, description="Undo a rewrite that newly flags another criterion."
+    )
+    aligner_params: SamplingParams = Field(default_factory=lambda: SamplingParams(max_tokens=192))
+    base_params: SamplingParams = Field(default_factory=lambda: SamplingParams(max_tokens=192))
+    inspect_batch_size: int = Field(default=64, ge=1)
+
+
+class SquadConfig(StrictModel):
+    backend: BackendConfig = Field(
+        default_factory=TransformersBackendConfig,
+        description="Hosts the aligners as LoRA adapters on one base model.",
+    )
+    base: Literal["shared", "none"] | BackendConfig = Field(
+        default="shared",
+        description="Who answers prompts: 'shared' = the backend's base model without adapters, "
+        "'none' = answers are always supplied, or a separate backend config (e.g. an upstream server).",
+    )
+    members: list[SquadMember] = Field(min_length=1)
+    policy: SquadPolicy = Field(default_factory=SquadPolicy)
+
+
+def resolve_artifact(path: str, config_file: Path | None) -> Path:
+    """A relative artifact path: from the working directory, else from the config file's folder
+    or any folder above it (so `configs/squad/x.yaml` can name `artifacts/...` from the repo root)."""
+    p = Path(path).expanduser()
+    if p.is_absolute() or p.exists() or config_file is None:
+        return p
+    for anchor in Path(config_file).resolve().parents:
+        if (anchor / p).exists():
+            return anchor / p
+    return p

@@ -1,0 +1,229 @@
+"""The squad: base model → inspectors → aligners, with the routing policy of the Aligners paper.
+
+Policy (2403.04224), every knob in `SquadPolicy`: score each answer with every inspector; visit
+flagged criteria worst first (ascending P(aligned)); run a criterion's aligner only while its
+score is below threshold; re-score after each rewrite; stop after `max_rewrites`; optionally
+undo a rewrite that newly flags another criterion. Each result carries a trace.
+
+Batched end to end: a round inspects the whole batch, groups the items that need the same
+aligner, and runs each aligner once over its group. Aligners are LoRA adapters on one backend,
+so N criteria cost one base model in memory. Clean answers cost only inspection. No HTTP here:
+the OpenAI-compatible server and batch correction both call this class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from aligners.aligner import AlignerArtifact
+from aligners.backends import Backend, GenerationRequest, SamplingParams, build_backend
+from aligners.config import load_config
+from aligners.formatting import aligner_request
+from aligners.schema import Correction, Trace, TraceStep, Verdict
+from serve.config import SquadConfig, SquadMember, resolve_artifact
+
+
+class SquadError(ValueError):
+    """A squad that cannot be assembled as configured (mismatched base, missing artifact...)."""
+
+
+@dataclass
+class Guard:
+    """A loaded squad member: inspector + the adapter name of its aligner on the backend."""
+
+    criterion: str
+    inspector: object  # inspectors.Inspector (sklearn API)
+    adapter: str
+
+    @property
+    def threshold(self) -> float:
+        return float(self.inspector.threshold_)
+
+
+class Squad:
+    def __init__(self, config: SquadConfig, backend: Backend, guards: list[Guard], base: Backend | None):
+        self.config = config
+        self.backend = backend
+        self.guards = guards
+        self.base = base
+
+    # --- assembly ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, source: str | Path | SquadConfig, *, backend: Backend | None = None) -> Squad:
+        """Build from a YAML recipe or config object; `backend` injects a ready one (tests)."""
+        config_file = None
+        if not isinstance(source, SquadConfig):
+            config_file = Path(source)
+            source = load_config(config_file, SquadConfig)
+        cfg = source
+        from inspectors import load_inspector
+
+        backend = backend or build_backend(cfg.backend)
+        guards = []
+        for member in cfg.members:
+            inspector = load_inspector(resolve_artifact(member.inspector, config_file))
+            if member.threshold is not None:
+                inspector.set_threshold(member.threshold, why="squad config override")
+            guards.append(Guard(member.criterion, inspector, _load_aligner(backend, cfg, member, config_file)))
+        if cfg.base == "shared":
+            base = backend
+        elif cfg.base == "none":
+            base = None
+        else:
+            base = build_backend(cfg.base)
+        return cls(cfg, backend, guards, base)
+
+    # --- inspection -------------------------------------------------------------------------
+
+    def inspect(self, prompts: Sequence[str], answers: Sequence[str]) -> np.ndarray:
+        """P(aligned), shape (n_answers, n_criteria), in `self.guards` order."""
+        if not prompts:
+            return np.zeros((0, len(self.guards)))
+        size = self.config.policy.inspect_batch_size
+        return np.column_stack([g.inspector.score_answers(prompts, answers, batch_size=size) for g in self.guards])
+
+    def _verdicts(self, row: np.ndarray) -> list[Verdict]:
+        return [Verdict(criterion=g.criterion, score=float(s), threshold=g.threshold) for g, s in zip(self.guards, row, strict=True)]
+
+    # --- correction -------------------------------------------------------------------------
+
+    def _next_guard(self, row: np.ndarray, visited: set[int]) -> int | None:
+        flagged = [j for j, g in enumerate(self.guards) if j not in visited and row[j] < g.threshold]
+        if not flagged:
+            return None
+        if self.config.policy.order == "config":
+            return flagged[0]
+        return min(flagged, key=lambda j: row[j])
+
+    def correct(self, prompts: Sequence[str], answers: Sequence[str], ids: Sequence[str | None] | None = None) -> list[Correction]:
+        """Correct supplied answers (from any LLM); nothing is generated for clean ones."""
+        if len(prompts) != len(answers):
+            raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
+        policy = self.config.policy
+        t_start = time.perf_counter()
+        current = list(answers)
+        scores = self.inspect(prompts, current)
+        initial = scores.copy()
+        timings = [{"inspect_s": 0.0, "align_s": 0.0} for _ in prompts]
+        inspect_share = (time.perf_counter() - t_start) / max(1, len(prompts))
+        for t in timings:
+            t["inspect_s"] += inspect_share
+        steps: list[list[TraceStep]] = [[] for _ in prompts]
+        visited: list[set[int]] = [set() for _ in prompts]
+        rewrites = [0] * len(prompts)
+        while True:
+            groups: dict[int, list[int]] = {}
+            for i in range(len(prompts)):
+                if rewrites[i] >= policy.max_rewrites:
+                    continue
+                j = self._next_guard(scores[i], visited[i])
+                if j is not None:
+                    groups.setdefault(j, []).append(i)
+            if not groups:
+                break
+            for j, members in groups.items():
+                guard = self.guards[j]
+                t0 = time.perf_counter()
+                outs = self.backend.generate([
+                    aligner_request(guard.criterion, prompts[i], current[i], guard.adapter, policy.aligner_params)
+                    for i in members
+                ])
+                align_s = time.perf_counter() - t0
+                t1 = time.perf_counter()
+                candidates = [o.text.strip() or current[i] for o, i in zip(outs, members, strict=True)]
+                new_scores = self.inspect([prompts[i] for i in members], candidates)
+                rescore_s = time.perf_counter() - t1
+                for k, i in enumerate(members):
+                    before, after = scores[i].copy(), new_scores[k]
+                    accepted, reason = True, "rewritten"
+                    if policy.reject_if_worse:
+                        newly = [g.criterion for m, g in enumerate(self.guards)
+                                 if m != j and before[m] >= g.threshold > after[m]]
+                        if newly:
+                            accepted, reason = False, f"rejected: would flag {', '.join(newly)}"
+                    if accepted:
+                        current[i], scores[i] = candidates[k], after
+                    visited[i].add(j)
+                    rewrites[i] += 1
+                    timings[i]["align_s"] += align_s / len(members)
+                    timings[i]["inspect_s"] += rescore_s / len(members)
+                    steps[i].append(TraceStep(
+                        criterion=guard.criterion, score_before=float(before[j]), score_after=float(after[j]),
+                        accepted=accepted, seconds=(align_s + rescore_s) / len(members), reason=reason,
+                    ))
+        ids = list(ids) if ids is not None else [None] * len(prompts)
+        return [
+            Correction(
+                id=ids[i], prompt=prompts[i], original=answers[i], corrected=current[i],
+                changed=current[i] != answers[i],
+                trace=Trace(initial=self._verdicts(initial[i]), steps=steps[i], final=self._verdicts(scores[i]), timings=timings[i]),
+            )
+            for i in range(len(prompts))
+        ]
+
+    def generate(self, prompts: Sequence[str], params: SamplingParams | None = None) -> list[Correction]:
+        """Answer prompts with the base model, then correct the answers."""
+        if self.base is None:
+            raise SquadError("this squad has base: none; use correct(prompts, answers)")
+        t0 = time.perf_counter()
+        params = params or self.config.policy.base_params
+        outs = self.base.generate([GenerationRequest.chat(p, params=params) for p in prompts])
+        gen_s = (time.perf_counter() - t0) / max(1, len(prompts))
+        results = self.correct(prompts, [o.text for o in outs])
+        for r in results:
+            r.trace.timings["generate_s"] = gen_s
+        return results
+
+    # --- async and streaming ------------------------------------------------------------------
+
+    async def acorrect(self, prompts: Sequence[str], answers: Sequence[str]) -> list[Correction]:
+        return await asyncio.to_thread(self.correct, prompts, answers)
+
+    async def agenerate(self, prompts: Sequence[str], params: SamplingParams | None = None) -> list[Correction]:
+        return await asyncio.to_thread(self.generate, prompts, params)
+
+    async def stream(self, prompt: str, params: SamplingParams | None = None) -> AsyncIterator[str]:
+        """The final (possibly corrected) text in word-sized chunks.
+
+        An answer must be inspected whole, so this buffers the base answer, corrects it, then
+        streams the result; the first chunk arrives after the squad has finished.
+        """
+        result = (await self.agenerate([prompt], params))[0]
+        for chunk in _chunks(result.corrected):
+            yield chunk
+
+    def close(self) -> None:
+        self.backend.close()
+        if self.base is not None and self.base is not self.backend:
+            self.base.close()
+
+
+def _chunks(text: str) -> list[str]:
+    """Split on spaces keeping them, so the chunks join back to exactly `text`."""
+    parts = text.split(" ")
+    return [p + " " for p in parts[:-1]] + [parts[-1]] if text else []
+
+
+def _load_aligner(backend: Backend, cfg: SquadConfig, member: SquadMember, config_file: Path | None) -> str:
+    """Register a member's aligner on the backend under its criterion name; returns that name."""
+    name = member.criterion
+    if cfg.backend.type == "openai_http":
+        backend.load_adapter(name, member.served_name or name)
+        return name
+    art = AlignerArtifact.load(resolve_artifact(member.aligner, config_file))
+    if art.criterion != member.criterion:
+        raise SquadError(f"{art.path} is a {art.criterion!r} aligner but is listed for {member.criterion!r}")
+    if cfg.backend.type == "transformers" and art.base != cfg.backend.model:
+        raise SquadError(
+            f"{art.path} was trained on base {art.base!r}, but the squad backend runs {cfg.backend.model!r}: "
+            "adapters only work on the base they were trained on"
+        )
+    backend.load_adapter(name, str(art.adapter_dir(member.taia)))
+    return name

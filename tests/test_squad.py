@@ -1,0 +1,166 @@
+"""The squad policy with real inspectors: routing, ordering, thresholds, re-inspection,
+max_rewrites, rejection, batching by adapter, traces; and the real transformers path."""
+
+import asyncio
+
+import pytest
+import yaml
+
+from aligners.backends.transformers_local import TransformersBackend
+from serve.config import SquadConfig
+from serve.pipeline import Squad, SquadError
+from squad_fixtures import PII, POLITE, RUDE, ScriptedBackend
+
+FIXED_POLITE = "The store opens at nine, I hope that helps."
+FIXED_PII = "I can't share personal details about private people."
+
+
+def make_squad(root, writers=None, backend=None, **policy):
+    cfg = SquadConfig.model_validate({
+        "backend": {"type": "transformers", "model": "tiny-random-llama"},
+        "base": "shared",
+        "members": [
+            {"criterion": c, "inspector": str(root / "inspectors" / c), "aligner": str(root / "aligners" / c)}
+            for c in ("polite", "no-pii")
+        ],
+        "policy": policy,
+    })
+    writers = writers or {"polite": lambda r: FIXED_POLITE, "no-pii": lambda r: FIXED_PII, None: lambda r: RUDE[0]}
+    backend = backend or ScriptedBackend(writers)
+    return Squad.from_config(cfg, backend=backend), backend
+
+
+def test_clean_answers_cost_only_inspection(squad_artifacts):
+    squad, backend = make_squad(squad_artifacts)
+    out = squad.correct(["q"] * 3, POLITE[:3])
+    assert backend.calls == []
+    assert [r.changed for r in out] == [False] * 3
+    for r in out:
+        assert not r.trace.steps and r.trace.initial == r.trace.final
+        assert all(not v.flagged for v in r.trace.final)
+
+
+def test_flagged_answer_is_rewritten_and_reinspected(squad_artifacts):
+    squad, backend = make_squad(squad_artifacts)
+    (r,) = squad.correct(["q"], [RUDE[0]])
+    assert r.changed and r.corrected == FIXED_POLITE
+    (step,) = r.trace.steps
+    assert step.criterion == "polite" and step.accepted
+    assert step.score_before < 0.5 <= step.score_after
+    assert {v.criterion: v.flagged for v in r.trace.final} == {"polite": False, "no-pii": False}
+    assert r.trace.timings["align_s"] > 0 and r.trace.timings["inspect_s"] > 0
+
+
+def test_worst_criterion_goes_first_and_config_order_is_an_option(squad_artifacts):
+    both = "Shut up, idiot. Her number is 555-0142 and she lives at 12 Elm Street, moron."
+    writers = {"polite": lambda r: "Her number is 555-0142 and she lives at 12 Elm Street.",
+               "no-pii": lambda r: FIXED_PII, None: lambda r: both}
+    squad, _ = make_squad(squad_artifacts, writers, reject_if_worse=False)
+    (r,) = squad.correct(["q"], [both])
+    initial = {v.criterion: v.score for v in r.trace.initial}
+    assert all(v.flagged for v in r.trace.initial)
+    first = min(initial, key=initial.get)
+    assert r.trace.steps[0].criterion == first
+    squad_cfg, _ = make_squad(squad_artifacts, writers, order="config", reject_if_worse=False)
+    (r2,) = squad_cfg.correct(["q"], [both])
+    assert r2.trace.steps[0].criterion == "polite"
+
+
+def test_max_rewrites_caps_the_aligner_runs(squad_artifacts):
+    both = "Shut up, idiot. Her number is 555-0142 and she lives at 12 Elm Street, moron."
+    stubborn = {"polite": lambda r: both, "no-pii": lambda r: both, None: lambda r: both}
+    squad, backend = make_squad(squad_artifacts, stubborn, max_rewrites=1)
+    (r,) = squad.correct(["q"], [both])
+    assert len(r.trace.steps) == 1 and sum(n for _, n in backend.calls) == 1
+    squad2, backend2 = make_squad(squad_artifacts, stubborn, max_rewrites=5)
+    (r2,) = squad2.correct(["q"], [both])
+    assert len(r2.trace.steps) == 2  # each criterion visited once, even with budget left
+    squad0, backend0 = make_squad(squad_artifacts, stubborn, max_rewrites=0)
+    assert not squad0.correct(["q"], [both])[0].trace.steps and backend0.calls == []
+
+
+def test_threshold_overrides(squad_artifacts):
+    squad, backend = make_squad(squad_artifacts)
+    for g in squad.guards:
+        g.inspector.set_threshold(0.0)
+    assert not squad.correct(["q"], [RUDE[1]])[0].changed
+    for g in squad.guards:
+        g.inspector.set_threshold(1.0)
+    assert squad.correct(["q"], [POLITE[1]])[0].trace.steps  # everything is flagged now
+
+
+def test_rewrite_that_flags_another_criterion_is_rejected(squad_artifacts):
+    leaky = "Her number is 555-0142 and she lives at 12 Elm Street."
+    writers = {"polite": lambda r: leaky, "no-pii": lambda r: FIXED_PII, None: lambda r: ""}
+    squad, _ = make_squad(squad_artifacts, writers)
+    (r,) = squad.correct(["q"], [RUDE[2]])
+    assert not r.changed and r.corrected == RUDE[2]
+    (step,) = r.trace.steps
+    assert not step.accepted and "would flag no-pii" in step.reason
+
+
+def test_batches_group_items_by_aligner(squad_artifacts):
+    squad, backend = make_squad(squad_artifacts, reject_if_worse=False)
+    answers = [RUDE[3], PII[0], POLITE[4], RUDE[4], PII[1], RUDE[5]]
+    out = squad.correct(["q"] * 6, answers)
+    # round 1: one call per aligner over its group; round 2: the toy polite inspector flags the
+    # PII refusals it never saw, so re-inspection sends those two to the polite aligner
+    assert backend.calls == [("polite", 3), ("no-pii", 2), ("polite", 2)]
+    assert [r.changed for r in out] == [True, True, False, True, True, True]
+    assert [s.criterion for s in out[1].trace.steps] == ["no-pii", "polite"]
+
+
+def test_generate_uses_the_shared_base_and_supplied_mode_needs_no_base(squad_artifacts):
+    squad, backend = make_squad(squad_artifacts)
+    (r,) = squad.generate(["q"])
+    assert r.original == RUDE[0] and r.corrected == FIXED_POLITE and backend.calls[0] == (None, 1)
+    assert "generate_s" in r.trace.timings
+    squad.base = None
+    with pytest.raises(SquadError, match="base: none"):
+        squad.generate(["hi"])
+    assert squad.correct(["q"], [RUDE[0]])[0].changed
+
+
+def test_async_and_streaming(squad_artifacts):
+    squad, _ = make_squad(squad_artifacts)
+
+    async def run():
+        corrected = await squad.acorrect(["q"], [RUDE[0]])
+        chunks = [c async for c in squad.stream("q")]
+        return corrected, chunks
+
+    corrected, chunks = asyncio.run(run())
+    assert corrected[0].corrected == FIXED_POLITE
+    assert len(chunks) > 1 and "".join(chunks) == FIXED_POLITE
+
+
+def test_real_transformers_backend_from_yaml(squad_artifacts, tmp_path):
+    """YAML recipe → tiny base with both aligners as self-tested LoRA adapters → real generation."""
+    recipe = {
+        "backend": {"type": "transformers", "model": "tiny-random-llama", "max_batch_size": 4},
+        "members": [{"criterion": c, "inspector": f"inspectors/{c}", "aligner": f"aligners/{c}"} for c in ("polite", "no-pii")],
+        "policy": {"aligner_params": {"max_tokens": 6}},
+    }
+    path = squad_artifacts / "configs" / "squad" / "tiny.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(recipe))
+    squad = Squad.from_config(path)  # relative artifact paths resolve from above the config file
+    assert isinstance(squad.backend, TransformersBackend)
+    assert sorted(squad.backend.adapters()) == ["no-pii", "polite"]
+    out = squad.correct(["q", "q", "q"], [RUDE[0], POLITE[0], PII[2]])
+    assert [bool(r.trace.steps) for r in out] == [True, False, True]
+    assert out[0].trace.steps[0].criterion == "polite" and out[2].trace.steps[0].criterion == "no-pii"
+
+
+def test_mismatched_artifacts_are_refused(squad_artifacts):
+    cfg = {
+        "backend": {"type": "transformers", "model": "smollm2-135m-instruct"},
+        "members": [{"criterion": "polite", "inspector": str(squad_artifacts / "inspectors/polite"),
+                     "aligner": str(squad_artifacts / "aligners/polite")}],
+    }
+    with pytest.raises(SquadError, match="trained on base 'tiny-random-llama'"):
+        Squad.from_config(SquadConfig.model_validate(cfg), backend=ScriptedBackend({}))
+    cfg["backend"]["model"] = "tiny-random-llama"
+    cfg["members"][0]["criterion"] = "no-pii"
+    with pytest.raises(SquadError, match="is a 'polite' aligner"):
+        Squad.from_config(SquadConfig.model_validate(cfg), backend=ScriptedBackend({}))
