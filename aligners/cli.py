@@ -209,6 +209,9 @@ from inspectors.commands import inspect_answers, train_inspector  # noqa: E402
 
 app.command("train-inspector")(train_inspector)
 app.command("inspect")(inspect_answers)
+from serve.commands import correct  # noqa: E402
+
+app.command("correct")(correct)
 
 
 def main() -> None:

@@ -1,0 +1,41 @@
+"""CLI commands of serve/ (light module: the squad and its models load inside the commands)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+
+def correct(
+    squad: Annotated[str, typer.Option(help="Squad recipe, e.g. configs/squad/default.yaml.")],
+    out: Annotated[str, typer.Option(help="Output JSONL (errors go to OUT.errors.jsonl).")],
+    input_file: Annotated[str | None, typer.Option("--in", help="Input .jsonl or .parquet with id, prompt[, response].")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Input HF dataset folder (save_to_disk) instead of --in.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run into the same OUT.")] = False,
+    engine: Annotated[str, typer.Option(help="local, or ray (Ray Data actor pool).")] = "local",
+    chunk_size: Annotated[int, typer.Option(min=1, help="Records per committed chunk.")] = 64,
+    max_chars: Annotated[int, typer.Option(min=1, help="Records with longer prompt+response are errors.")] = 20_000,
+) -> None:
+    """Correct stored answers with a squad; resumable after a crash, bad records to an errors file.
+
+    Example: aligners correct --squad configs/squad/default.yaml --in answers.jsonl --out corrected.jsonl
+    """
+    if (input_file is None) == (dataset is None):
+        raise typer.BadParameter("give exactly one of --in FILE or --dataset DIR")
+    source = input_file or dataset
+    if engine == "ray":
+        from serve.ray_batch import run_ray_batch
+
+        summary = run_ray_batch(squad, source, out)
+    elif engine == "local":
+        from serve.batch import run_batch
+        from serve.pipeline import Squad
+
+        try:
+            summary = run_batch(Squad.from_config(squad), source, out, resume=resume, chunk_size=chunk_size, max_chars=max_chars)
+        except FileExistsError as exc:
+            raise typer.BadParameter(str(exc)) from None
+    else:
+        raise typer.BadParameter(f"--engine must be local or ray, got {engine!r}")
+    typer.echo(" ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
