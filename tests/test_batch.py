@@ -90,6 +90,7 @@ def test_parquet_and_dataset_inputs(squad, tmp_path):
     assert a == b and len(a) == 6
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_sigkill_at_random_points_then_resume_is_exactly_once(squad_artifacts, tmp_path):
     cfg = squad_yaml(squad_artifacts, tmp_path / "squad.yaml")
