@@ -9,7 +9,7 @@ PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 QUIET_PIP := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-slow clean
+.PHONY: venv demo test test-slow starter-squad clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -29,6 +29,15 @@ test: venv
 
 test-slow: venv
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]
+
+# Recipe of the shipped starter squad (artifacts/): ILA layer selection across the three criteria
+# and two seeds, then one aligner per criterion on its own top-k layers. ~1 h on 2 CPU cores.
+CRITERIA := harmless no-pii polite
+starter-squad: venv
+	$(VENV)/bin/aligners select-layers $(foreach c,$(CRITERIA),--data seed:$(c)) --seed 0 --seed 1 \
+		--method gates --method grad-norm --config configs/aligners/harmless.yaml --out artifacts/layers
+	$(foreach c,$(CRITERIA),$(VENV)/bin/aligners train-aligner --data seed:$(c) --config configs/aligners/$(c).yaml \
+		--layers-from artifacts/layers/importance.json --out artifacts/aligners/$(c) &&) true
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -131,7 +131,9 @@ def train_aligner_cmd(
     out: Annotated[str, typer.Option(help="Artifact folder (adapter/ + manifest.json).")],
     base: Annotated[str | None, typer.Option(help="Base model (default smollm2-135m-instruct).")] = None,
     layers: Annotated[str | None, typer.Option(help="auto (ILA top-k), all, or a comma list.")] = None,
-    layers_from: Annotated[str | None, typer.Option(help="importance.json from select-layers: use its top-k.")] = None,
+    layers_from: Annotated[
+        str | None, typer.Option(help="importance.json from select-layers: top-k of the mean score over its runs on --data with the recipe's method (all data if none).")
+    ] = None,
     taia: Annotated[bool | None, typer.Option("--taia/--no-taia", help="Serve attention deltas only (TAIA).")] = None,
     config: Annotated[str | None, typer.Option(help="Recipe YAML, e.g. configs/aligners/harmless.yaml.")] = None,
     max_steps: Annotated[int | None, typer.Option(min=1)] = None,
@@ -144,17 +146,21 @@ def train_aligner_cmd(
     from aligners.train import train_aligner
     from synth.dataset import resolve_data
 
-    chosen = _parse_layers(layers)
+    cfg = _recipe(config, {"base": base, "layers": _parse_layers(layers), "taia": taia, "max_steps": max_steps})
     if layers_from:
         import json
 
         from aligners.importance import top_k_layers
 
         result = json.loads(open(layers_from).read())
-        runs = result["runs"]
+        method = cfg.importance.method
+        runs = [r for r in result["runs"] if r["data"] == data and r["method"] == method] or [
+            r for r in result["runs"] if r["method"] == method
+        ]
+        if not runs:
+            raise typer.BadParameter(f"{layers_from} has no {method!r} runs")
         mean = {int(layer): sum(r["scores"][layer] for r in runs) / len(runs) for layer in runs[0]["scores"]}
-        chosen = top_k_layers(mean, result["k"])
-    cfg = _recipe(config, {"base": base, "layers": chosen, "taia": taia, "max_steps": max_steps})
+        cfg = cfg.model_copy(update={"layers": top_k_layers(mean, result["k"])})
     splits = resolve_data(data, seed=cfg.seed)
     manifest = train_aligner(cfg, splits["train"], splits["validation"], out, resume=resume)
     m = manifest["metrics"]
@@ -212,6 +218,9 @@ app.command("inspect")(inspect_answers)
 from serve.commands import correct  # noqa: E402
 
 app.command("correct")(correct)
+from serve.commands import serve as serve_cmd  # noqa: E402
+
+app.command("serve")(serve_cmd)
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from itertools import cycle, islice
 
 import torch
+from tqdm.auto import tqdm
 
 from aligners.schema import Pair
 from aligners.train_config import AlignerTrainConfig
@@ -34,8 +35,9 @@ def _layer_of(name: str) -> int | None:
 def _task_batches(tokenizer, train: Sequence[Pair], cfg: AlignerTrainConfig):
     from aligners.train import batches, tokenize_all, training_pairs
 
-    examples = tokenize_all(tokenizer, training_pairs(train, cfg), cfg.max_length)
-    return batches(examples, cfg.batch_size, tokenizer.pad_token_id, seed=cfg.seed)
+    imp = cfg.importance
+    examples = tokenize_all(tokenizer, training_pairs(train, cfg), imp.max_length)
+    return batches(examples, imp.batch_size, tokenizer.pad_token_id, seed=cfg.seed)
 
 
 def gate_importance(model, tokenizer, train: Sequence[Pair], cfg: AlignerTrainConfig) -> dict[int, float]:
@@ -47,7 +49,7 @@ def gate_importance(model, tokenizer, train: Sequence[Pair], cfg: AlignerTrainCo
     peft_model.train()
     lora_params = [p for p in peft_model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(lora_params, lr=cfg.learning_rate)
-    for batch in islice(cycle(data), imp.warmup_steps):  # stage 1a: let LoRA start moving
+    for batch in tqdm(islice(cycle(data), imp.warmup_steps), total=imp.warmup_steps, desc="ILA 1/2: LoRA warm-up"):
         answer_loss(peft_model, batch).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -65,7 +67,7 @@ def gate_importance(model, tokenizer, train: Sequence[Pair], cfg: AlignerTrainCo
             ))
     gate_opt = torch.optim.Adam([logits], lr=imp.gate_lr)
     try:
-        for batch in islice(cycle(data), imp.gate_steps):  # stage 1b: learn the gates
+        for batch in tqdm(islice(cycle(data), imp.gate_steps), total=imp.gate_steps, desc="ILA 2/2: layer gates"):
             gates = torch.sigmoid(logits)
             loss = answer_loss(peft_model, batch) + imp.sparsity * gates.mean()
             loss.backward()
@@ -85,7 +87,7 @@ def grad_norm_importance(model, tokenizer, train: Sequence[Pair], cfg: AlignerTr
     peft_model = attach_lora(model, cfg, layers=None)
     peft_model.train()
     try:
-        for batch in islice(cycle(data), cfg.importance.batches):
+        for batch in tqdm(islice(cycle(data), cfg.importance.batches), total=cfg.importance.batches, desc="grad-norm"):
             answer_loss(peft_model, batch).backward()
         scores = dict.fromkeys(range(num_layers(model)), 0.0)
         for name, p in peft_model.named_parameters():

@@ -22,11 +22,13 @@ class ImportanceConfig(StrictModel):
     method: Literal["gates", "grad-norm"] = Field(
         default="gates", description="'gates' (ILA) or the cheaper gradient-norm proxy."
     )
-    warmup_steps: int = Field(default=30, ge=0, description="LoRA steps before gates are learned.")
-    gate_steps: int = Field(default=30, ge=1, description="Steps learning the gates (LoRA frozen).")
+    warmup_steps: int = Field(default=20, ge=0, description="LoRA steps before gates are learned.")
+    gate_steps: int = Field(default=20, ge=1, description="Steps learning the gates (LoRA frozen).")
     gate_lr: float = Field(default=0.05, gt=0)
     sparsity: float = Field(default=0.5, ge=0, description="Weight of the mean-gate penalty.")
     batches: int = Field(default=8, ge=1, description="Batches averaged by the grad-norm proxy.")
+    batch_size: int = Field(default=4, ge=1, description="Examples per importance step.")
+    max_length: int = Field(default=256, ge=32, description="Tokens per example while measuring.")
     top_k_fraction: float = Field(default=0.25, gt=0, le=1, description="Share of layers kept.")
     top_k: int | None = Field(default=None, ge=1, description="Absolute k; overrides the fraction.")
 
