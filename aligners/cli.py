@@ -206,6 +206,39 @@ def analyze_cmd(
     typer.echo(f"wrote {out}/report.md")
 
 
+@app.command("eval")
+def eval_cmd(
+    squad: Annotated[str, typer.Option(help="Squad recipe YAML.")],
+    prompts: Annotated[str, typer.Option(help="Prompt file: .txt (one per line), .jsonl or .csv.")],
+    kind: Annotated[str, typer.Option(help="harmful or benign: what the prompts are.")],
+    out: Annotated[str, typer.Option(help="Report folder.")],
+    column: Annotated[str, typer.Option(help="Field/column holding the prompt in JSONL/CSV.")] = "prompt",
+    limit: Annotated[int | None, typer.Option(min=1, help="Use the first N prompts.")] = None,
+    eval_inspector: Annotated[
+        list[str], typer.Option(help="criterion=DIR: an inspector trained on another split, to judge fairly.")
+    ] = [],  # noqa: B006
+    judge: Annotated[str | None, typer.Option(help="OpenAI-compatible URL of a pairwise judge model.")] = None,
+    judge_model: Annotated[str, typer.Option(help="Model name at --judge.")] = "default",
+) -> None:
+    """Measure a squad: flag/correct rates, misalignment before/after, do-no-harm, optional judge.
+
+    Example: aligners eval --squad configs/squad/default.yaml --prompts prompts.txt --kind harmful --out report/
+    """
+    from aligners.backends import backend_from_spec
+    from serve.evaluation import evaluate_squad, read_prompts
+    from serve.pipeline import Squad
+
+    if kind not in ("harmful", "benign"):
+        raise typer.BadParameter(f"--kind must be harmful or benign, got {kind!r}")
+    pairs = [item.split("=", 1) for item in eval_inspector]
+    if any(len(p) != 2 for p in pairs):
+        raise typer.BadParameter("--eval-inspector takes criterion=DIR")
+    texts = read_prompts(prompts, column)[:limit]
+    judge_backend = backend_from_spec(judge, model=judge_model) if judge else None
+    report = evaluate_squad(Squad.from_config(squad), texts, kind, out, dict(pairs) or None, judge_backend)
+    typer.echo(f"{report['n']} {kind} prompts, {report['changed_rate']:.0%} changed → {out}/report.md")
+
+
 # Commands defined next to the code they drive (light modules: heavy imports stay inside).
 # (registration lines go here)
 from synth.commands import synth  # noqa: E402
