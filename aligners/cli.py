@@ -59,15 +59,16 @@ def generate_cmd(
 
 @app.command("demo")
 def demo_cmd(
-    max_tokens: Annotated[int, typer.Option(min=1, help="Answer length cap.")] = 96,
+    squad: Annotated[str | None, typer.Option(help="Squad recipe (default: configs/squad/default.yaml).")] = None,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Base answer length cap.")] = 96,
 ) -> None:
-    """Run the offline demo on the embedded default model (no network, no GPU).
+    """Run the starter squad on mixed prompts with the embedded SmolLM2 (no network, no GPU).
 
     Example: aligners demo
     """
-    from aligners.demo import run_demo
+    from aligners.demo import DEFAULT_SQUAD, run_demo
 
-    run_demo(max_tokens=max_tokens)
+    run_demo(squad or DEFAULT_SQUAD, max_tokens=max_tokens)
 
 
 # --- aligners: layer selection, training, export, analysis ----------------------------------

@@ -36,8 +36,13 @@ def _task_batches(tokenizer, train: Sequence[Pair], cfg: AlignerTrainConfig):
     from aligners.train import batches, tokenize_all, training_pairs
 
     imp = cfg.importance
-    examples = tokenize_all(tokenizer, training_pairs(train, cfg), imp.max_length)
-    return batches(examples, imp.batch_size, tokenizer.pad_token_id, seed=cfg.seed)
+    examples = tokenize_all(tokenizer, training_pairs(train, cfg), cfg.max_length)
+    # Measure on the examples that fit whole in imp.max_length (cheaper steps, nothing truncated);
+    # fall back to truncating when too few fit.
+    short = [e for e in examples if len(e.input_ids) <= imp.max_length]
+    if len(short) < 4 * imp.batch_size:
+        short = tokenize_all(tokenizer, training_pairs(train, cfg), imp.max_length)
+    return batches(short, imp.batch_size, tokenizer.pad_token_id, seed=cfg.seed)
 
 
 def gate_importance(model, tokenizer, train: Sequence[Pair], cfg: AlignerTrainConfig) -> dict[int, float]:
