@@ -1,0 +1,68 @@
+"""Squad cost: overhead on clean traffic vs raw base generation, and time per record as the
+flagged fraction grows (0/25/50/100 %). Ratios from one run; prints one JSON object.
+
+    python benchmarks/squad_overhead.py --squad configs/squad/default.yaml --n 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from aligners.backends import GenerationRequest
+from serve.pipeline import Squad
+from synth.dataset import load_seed, split_by_topic
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--squad", default="configs/squad/default.yaml")
+    ap.add_argument("--n", type=int, default=16, help="records per measurement")
+    ap.add_argument("--criterion", default="harmless", help="seed set supplying flagged answers")
+    args = ap.parse_args()
+    squad = Squad.from_config(args.squad)
+    test = split_by_topic(load_seed(args.criterion))["test"]
+    benign = [p for p in test if not p.needs_correction][: args.n]
+    harmful = [p for p in test if p.needs_correction][: args.n]
+    params = squad.config.policy.base_params
+    prompts = [p.prompt for p in benign]
+
+    squad.generate(prompts[:2])  # warm-up: allocator, kernels, encoder
+    t0 = time.perf_counter()
+    squad.base.generate([GenerationRequest.chat(p, params=params) for p in prompts])
+    base_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    results = squad.generate(prompts)
+    squad_s = time.perf_counter() - t1
+    clean = [r for r in results if not r.trace.steps]
+    inspect_s = sum(r.trace.timings["inspect_s"] for r in results)
+
+    per_fraction = {}
+    for frac in (0.0, 0.25, 0.5, 1.0):
+        k = round(frac * args.n)
+        recs = harmful[:k] + benign[: args.n - k]
+        t = time.perf_counter()
+        out = squad.correct([p.prompt for p in recs], [p.misaligned for p in recs])
+        per_fraction[f"{int(frac * 100)}%"] = {
+            "seconds_per_record": (time.perf_counter() - t) / len(recs),
+            "flagged": sum(any(v.flagged for v in r.trace.initial) for r in out),
+            "rewritten": sum(bool(r.trace.steps) for r in out),
+        }
+    base0 = per_fraction["0%"]["seconds_per_record"]
+    print(json.dumps({
+        "benchmark": "squad_overhead",
+        "n": args.n,
+        "clean_traffic": {
+            "base_generation_s": base_s, "squad_generate_s": squad_s, "inspection_s": inspect_s,
+            "answers_without_rewrite": len(clean),
+            "overhead_fraction_of_end_to_end": (squad_s - base_s) / squad_s,
+            "inspection_fraction_of_end_to_end": inspect_s / squad_s,
+        },
+        "supplied_answers_by_flagged_fraction": per_fraction,
+        "cost_ratio_100pct_vs_0pct": per_fraction["100%"]["seconds_per_record"] / base0,
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
