@@ -34,10 +34,13 @@ test-slow: venv
 # and two seeds, then one aligner per criterion on its own top-k layers.
 CRITERIA := harmless no-pii polite
 starter-squad: venv
-	$(VENV)/bin/aligners select-layers $(foreach c,$(CRITERIA),--data seed:$(c)) --seed 0 --seed 1 \
+	$(VENV)/bin/aligners select-layers $(foreach c,$(CRITERIA),--data seed:$(c)) --seed 0 \
 		--method gates --config configs/aligners/harmless.yaml --out artifacts/layers
 	$(foreach c,$(CRITERIA),$(VENV)/bin/aligners train-aligner --data seed:$(c) --config configs/aligners/$(c).yaml \
 		--layers-from artifacts/layers/importance.json --out artifacts/aligners/$(c) &&) true
+	# stability across seeds: extends the same importance.json (runs already there are skipped)
+	$(VENV)/bin/aligners select-layers $(foreach c,$(CRITERIA),--data seed:$(c)) --seed 0 --seed 1 \
+		--method gates --config configs/aligners/harmless.yaml --out artifacts/layers
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -125,6 +125,27 @@ def jaccard(a: Sequence[int], b: Sequence[int]) -> float:
     return len(sa & sb) / len(sa | sb) if sa | sb else 1.0
 
 
+def _overlaps(runs: list[dict]) -> dict:
+    label = lambda r: f"{r['data']}/{r['method']}/s{r['seed']}"  # noqa: E731
+    groups = {
+        "across_seeds": lambda r: (r["data"], r["method"]),
+        "across_data": lambda r: (r["method"], r["seed"]),
+        "across_methods": lambda r: (r["data"], r["seed"]),
+    }
+    from aligners.analysis import pairwise_overlap
+
+    overlap = {}
+    for kind, key in groups.items():
+        found = {}
+        for group in {key(r) for r in runs}:
+            members = {label(r): r["top_k"] for r in runs if key(r) == group}
+            if len(members) > 1:
+                found.update(pairwise_overlap(members))
+        if found:
+            overlap[kind] = {"pairs": found, "mean": sum(found.values()) / len(found)}
+    return overlap
+
+
 def select_layers(
     data: dict[str, Sequence[Pair]],
     cfg: AlignerTrainConfig,
@@ -133,46 +154,45 @@ def select_layers(
     seeds: Sequence[int] = (0,),
     load_model=None,
 ) -> dict:
-    """Importance for every (data set, method, seed), top-k sets, and how much they agree.
+    """Importance for every (seed, data set, method), top-k sets, and how much they agree.
 
-    Writes `importance.json` and `importance.png` (heatmap) to `out_dir`. The paper reports ~90 %
-    overlap of important layers across alignment datasets; `overlap` measures ours across seeds,
-    data sets and methods (Jaccard of top-k sets).
+    Writes `importance.json` and `importance.png` (heatmap) to `out_dir` after every run, and
+    skips runs already recorded there: an interrupted selection resumes, and a later call with
+    more seeds or data sets extends the same file. The paper reports ~90 % overlap of important
+    layers across alignment datasets; `overlap` measures ours across seeds, data sets and methods
+    (Jaccard of top-k sets).
     """
     import json
     from pathlib import Path
 
-    from aligners.analysis import pairwise_overlap, plot_layer_heatmap
+    from aligners.analysis import plot_layer_heatmap
     from aligners.models import load_causal_lm
 
-    load_model = load_model or (lambda: load_causal_lm(cfg.base))
-    model, tokenizer = load_model()
-    k = cfg.importance.k_for(model.config.num_hidden_layers)
-    runs = []
-    for name, pairs in data.items():
-        for method in methods:
-            for seed in seeds:
-                run_cfg = cfg.model_copy(update={"seed": seed, "importance": cfg.importance.model_copy(update={"method": method})})
-                scores = layer_importance(model, tokenizer, pairs, run_cfg)
-                runs.append({"data": name, "method": method, "seed": seed, "scores": scores, "top_k": top_k_layers(scores, k)})
-    label = lambda r: f"{r['data']}/{r['method']}/s{r['seed']}"  # noqa: E731
-    groups = {
-        "across_seeds": lambda r: (r["data"], r["method"]),
-        "across_data": lambda r: (r["method"], r["seed"]),
-        "across_methods": lambda r: (r["data"], r["seed"]),
-    }
-    overlap = {}
-    for kind, key in groups.items():
-        pairs_in_kind = {}
-        for group in {key(r) for r in runs}:
-            members = {label(r): r["top_k"] for r in runs if key(r) == group}
-            if len(members) > 1:
-                pairs_in_kind.update(pairwise_overlap(members))
-        if pairs_in_kind:
-            overlap[kind] = {"pairs": pairs_in_kind, "mean": sum(pairs_in_kind.values()) / len(pairs_in_kind)}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    result = {"base": cfg.base, "k": k, "runs": runs, "overlap": overlap}
-    (out / "importance.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot_layer_heatmap([(label(r), r["scores"]) for r in runs], out / "importance.png", f"layer importance, top-{k} per run")
+    path = out / "importance.json"
+    runs = json.loads(path.read_text())["runs"] if path.is_file() else []
+    done = {(r["data"], r["method"], r["seed"]) for r in runs}
+    todo = [(n, m, s) for s in seeds for n in data for m in methods if (n, m, s) not in done]
+    model = tokenizer = None
+    k = None
+    result = {"base": cfg.base, "k": k, "runs": runs, "overlap": _overlaps(runs)}
+    for name, method, seed in todo:
+        if model is None:
+            model, tokenizer = (load_model or (lambda: load_causal_lm(cfg.base)))()
+            k = cfg.importance.k_for(model.config.num_hidden_layers)
+        run_cfg = cfg.model_copy(update={"seed": seed, "importance": cfg.importance.model_copy(update={"method": method})})
+        scores = layer_importance(model, tokenizer, data[name], run_cfg)
+        runs.append({"data": name, "method": method, "seed": seed,
+                     "scores": {str(i): v for i, v in scores.items()}, "top_k": top_k_layers(scores, k)})
+        result = {"base": cfg.base, "k": k, "runs": runs, "overlap": _overlaps(runs)}
+        tmp = path.with_name(".importance.json.tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        tmp.replace(path)
+        plot_layer_heatmap(
+            [(f"{r['data']}/{r['method']}/s{r['seed']}", {int(i): v for i, v in r["scores"].items()}) for r in runs],
+            out / "importance.png", f"layer importance, top-{k} per run",
+        )
+    if result["k"] is None and runs:
+        result["k"] = len(runs[0]["top_k"])
     return result
