@@ -69,3 +69,19 @@ def test_bad_layers_flag_is_explained(folders):
     root, _ = folders
     result = runner.invoke(app, ["train-aligner", "--data", str(root / "polite"), "--layers", "x,y", "--out", str(root / "z")])
     assert result.exit_code != 0 and "comma list" in result.output
+
+
+def test_select_layers_extends_an_existing_file_without_redoing_runs(folders, monkeypatch):
+    import aligners.importance as importance
+
+    root, recipe = folders
+    out = root / "layers-extend"
+    invoke("select-layers", "--data", str(root / "polite"), "--config", str(recipe), "--out", str(out))
+    first = json.loads((out / "importance.json").read_text())["runs"]
+    calls = []
+    real = importance.layer_importance
+    monkeypatch.setattr(importance, "layer_importance", lambda *a, **k: calls.append(1) or real(*a, **k))
+    invoke("select-layers", "--data", str(root / "polite"), "--seed", "0", "--seed", "1",
+           "--config", str(recipe), "--out", str(out))
+    runs = json.loads((out / "importance.json").read_text())["runs"]
+    assert len(calls) == 1 and runs[0] == first[0] and [r["seed"] for r in runs] == [0, 1]
