@@ -1,0 +1,177 @@
+"""`aligners synth`: the CLI face of synth/pipeline.py (imports stay light until the command runs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+_RESUME_HINT = "finished generations are cached in {out}/cache; rerun with --resume to continue"
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.secho(f"error: {message}", fg="red", err=True)
+    raise typer.Exit(code)
+
+
+def _build_model(
+    spec: str, served_name: str | None, flags: tuple[str, str], concurrency: int | None
+):
+    """A `pipeline.Model` from a CLI spec: http(s) URL (+ served model name), backend YAML
+    (configs/backends/*.yaml: any backend, e.g. vLLM in-process), or a local model name."""
+    from aligners.backends import backend_from_spec, build_backend
+    from aligners.config import BACKEND_CONFIG, load_config
+    from synth.pipeline import Model
+
+    if spec.startswith(("http://", "https://")):
+        if not served_name:
+            _fail(f"{flags[0]} is a URL: also pass {flags[1]} NAME (the model name the server serves)")
+        overrides = {"model": served_name}
+        if concurrency:
+            overrides["concurrency"] = concurrency
+        return Model(backend_from_spec(spec, **overrides), served_name)
+    if spec.endswith((".yaml", ".yml")) and Path(spec).is_file():
+        cfg = load_config(spec, BACKEND_CONFIG)
+        if concurrency and cfg.type == "openai_http":
+            cfg = cfg.model_copy(update={"concurrency": concurrency})
+        return Model(build_backend(cfg), cfg.model)
+    return Model(backend_from_spec(spec), spec)
+
+
+def synth(
+    out: Annotated[Path, typer.Option("--out", help="Output folder (must be empty unless --resume).")],
+    criterion: Annotated[
+        Path | None, typer.Option(help="Criterion spec, e.g. configs/criteria/harmless.yaml.")
+    ] = None,
+    teacher: Annotated[
+        str | None,
+        typer.Option(
+            help="Teacher: registry name, HF id/path, http(s) URL of an OpenAI-compatible "
+            "server (with --teacher-model), or a backend YAML (configs/backends/*.yaml)."
+        ),
+    ] = None,
+    teacher_model: Annotated[
+        str | None, typer.Option(help="Served model name when --teacher is a URL.")
+    ] = None,
+    n_topics: Annotated[int | None, typer.Option(min=1, help="Topics to generate.")] = None,
+    per_topic: Annotated[int | None, typer.Option(min=1, help="Questions per topic.")] = None,
+    harvest_with: Annotated[
+        str | None,
+        typer.Option(
+            help="Harvest mode: answer the questions with this base model (same forms as "
+            "--teacher); the teacher then critiques and corrects the real answers."
+        ),
+    ] = None,
+    harvest_model: Annotated[
+        str | None, typer.Option(help="Served model name when --harvest-with is a URL.")
+    ] = None,
+    from_seed: Annotated[
+        str | None,
+        typer.Option(help="Use the shipped hand-written seed set (e.g. harmless) instead of a teacher."),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="SynthConfig recipe, e.g. configs/synth/default.yaml.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Run seed (sampling seeds, splits).")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Requests per backend call.")] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, help="HTTP requests in flight (default: batch size).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue a run in --out, reusing its cached generations.")
+    ] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Generate (misaligned, critique, corrected) training pairs for one criterion.
+
+    A teacher LLM proposes topics, then questions per topic, then a misaligned answer, a \
+critique and a corrected answer per question (the Aligners paper's recipe). With \
+--harvest-with, a real base model answers the questions and the teacher critiques and \
+corrects those answers, or keeps them when they already satisfy the criterion. Duplicate \
+and near-duplicate questions, too-short or too-long texts and near-identical corrections \
+are dropped; the rest is split by topic. Generations are cached in OUT/cache, so a killed \
+run continues with --resume.
+
+    Examples:
+
+    aligners synth --criterion configs/criteria/harmless.yaml --teacher http://127.0.0.1:8000/v1 --teacher-model Qwen/Qwen2.5-7B-Instruct --n-topics 20 --per-topic 10 --out data/harmless
+
+    aligners synth --criterion configs/criteria/polite.yaml --teacher smollm2-135m-instruct --harvest-with smollm2-135m-instruct --n-topics 4 --per-topic 5 --out data/polite
+
+    aligners synth --from-seed harmless --out data/harmless-seed
+    """
+    from aligners.backends.base import BackendError
+    from aligners.config import ConfigError, load_config, load_criterion, validate
+    from aligners.models import ModelNotFoundError
+    from synth.config import SynthConfig
+
+    if from_seed and (criterion or teacher or harvest_with):
+        _fail("--from-seed uses the shipped seed set: do not combine it with --criterion/--teacher/--harvest-with")
+    if not from_seed and not (criterion and teacher):
+        _fail("pass --criterion FILE and --teacher MODEL (or --from-seed NAME for the shipped seed set)")
+    if out.exists() and not out.is_dir():
+        _fail(f"--out {out} is a file; give a folder")
+    if out.is_dir() and any(out.iterdir()) and not resume:
+        n = sum(1 for _ in out.iterdir())
+        _fail(
+            f"--out {out} is not empty ({n} entr{'y' if n == 1 else 'ies'}); pass --resume to "
+            "continue the run stored there (its cached generations are reused), or choose an "
+            "empty folder"
+        )
+
+    try:
+        cfg = load_config(config, SynthConfig) if config else SynthConfig()
+        flags = {"n_topics": n_topics, "per_topic": per_topic, "seed": seed, "batch_size": batch_size}
+        cfg = validate(
+            SynthConfig,
+            {**cfg.model_dump(), **{k: v for k, v in flags.items() if v is not None}},
+            "command-line flags",
+        )
+        if from_seed:
+            from synth.pipeline import run_from_seed
+
+            stats = run_from_seed(from_seed, out, cfg)
+        else:
+            from synth.pipeline import SynthAborted, SynthError, SynthRun
+
+            crit = load_criterion(criterion)
+            conc = concurrency or cfg.batch_size
+            teacher_m = _build_model(teacher, teacher_model, ("--teacher", "--teacher-model"), conc)
+            harvest_m = None
+            if harvest_with:
+                if harvest_with == teacher and (harvest_model or teacher_model) == teacher_model:
+                    harvest_m = teacher_m  # one model in memory, both roles
+                else:
+                    harvest_m = _build_model(
+                        harvest_with, harvest_model, ("--harvest-with", "--harvest-model"), conc
+                    )
+            echo = lambda msg: typer.echo(msg, err=True)  # noqa: E731
+            try:
+                stats = SynthRun(crit, cfg, teacher_m, out, harvest_m, progress, echo).run()
+            except SynthAborted as exc:
+                _fail(f"{exc}\n{_RESUME_HINT.format(out=out)}", 1)
+            except KeyboardInterrupt:
+                _fail(f"interrupted\n{_RESUME_HINT.format(out=out)}", 130)
+            except SynthError as exc:
+                _fail(str(exc), 1)
+    except (ConfigError, ModelNotFoundError, FileNotFoundError, BackendError) as exc:
+        _fail(str(exc))
+    _summary(out, stats)
+
+
+def _summary(out: Path, stats: dict) -> None:
+    counts, splits = stats["counts"], stats["splits"]
+    typer.echo(
+        f"{counts['pairs_kept']} pairs ({counts['needs_correction']} to correct, "
+        f"{counts['keep_as_is']} keep-as-is) → {out}  "
+        f"[train {splits['train']} / validation {splits['validation']} / test {splits['test']}]"
+    )
+    dropped = {k: v for k, v in stats.get("dropped", {}).items() if v}
+    if dropped:
+        typer.echo("dropped: " + ", ".join(f"{k} {v}" for k, v in dropped.items()))
+    bad = {k: v for k, v in stats.get("unparseable", {}).items() if v}
+    if bad:
+        typer.echo("unparseable: " + ", ".join(f"{k} {v}" for k, v in bad.items()) + " (see errors.jsonl)")
+    typer.echo(f"wall time {stats['wall_time_s']} s; details in {out / 'stats.json'}")
