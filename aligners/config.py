@@ -138,6 +138,7 @@ CONFIG_KINDS: dict[str, str] = {
     "inspectors": "inspectors.config:INSPECTOR_CONFIG",
     "aligners": "aligners.train_config:AlignerTrainConfig",
     "squad": "serve.config:SquadConfig",
+    "serve": "serve.server_config:ServerConfig",
 }
 
 

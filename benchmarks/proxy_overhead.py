@@ -7,6 +7,10 @@ process, as in production, so neither competes with the client for the GIL. Both
 keep-alive connection and alternate request by request, so load from other jobs on the machine
 hits both alike. Target: overhead p50 <= 5 ms.
 
+`in_memory_ms` separates our code from the sockets: the same request through the ASGI app in
+memory (no HTTP parsing, no kernel), the upstream answered by an httpx MockTransport; `app_cpu_p50`
+is what auth, admission, validation, the upstream client and rendering cost per request.
+
 Usage: .venv/bin/python benchmarks/proxy_overhead.py [--requests 500]
 """
 
@@ -74,6 +78,47 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
 
 
+def in_memory(n: int) -> dict:
+    """The app's own cost without sockets: the same request through the ASGI app in memory, the
+    upstream answered by an httpx MockTransport, minus the same client calling the mock directly."""
+    import asyncio
+
+    import httpx
+
+    sys.path[:0] = [str(ROOT)]
+    from serve.app import build_app
+    from serve.metrics import ServerMetrics
+    from serve.server_config import ServerConfig
+    from serve.serving import AlignersServing, Upstream
+
+    reply = {"id": "x", "object": "chat.completion", "created": 0, "model": MODEL, "usage": {},
+             "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]}
+    mock = httpx.MockTransport(lambda request: httpx.Response(200, json=reply))
+    cfg = ServerConfig(squad=None, upstream="http://upstream/v1", upstream_model=MODEL)
+    upstream = Upstream(cfg.upstream, MODEL)
+    app = build_app(cfg, serving=AlignersServing(cfg, None, ServerMetrics(), upstream=upstream))
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 32}
+
+    async def run() -> dict:
+        upstream._client, upstream._loop = httpx.AsyncClient(transport=mock), asyncio.get_running_loop()
+        out = {}
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://proxy") as via, \
+                httpx.AsyncClient(transport=mock, base_url="http://upstream") as direct:
+            for name, client in (("direct", direct), ("proxy", via)):
+                times = []
+                for _ in range(n + 50):
+                    t0 = time.perf_counter()
+                    r = await client.post("/v1/chat/completions", json=body)
+                    times.append((time.perf_counter() - t0) * 1000)
+                    assert r.status_code == 200, r.text
+                out[name] = pct(times[50:], 0.5)
+        return out
+
+    t = asyncio.run(run())
+    return {"direct_mock_p50": round(t["direct"], 3), "proxy_asgi_p50": round(t["proxy"], 3),
+            "app_cpu_p50": round(t["proxy"] - t["direct"], 3)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=500)
@@ -125,6 +170,7 @@ def main() -> None:
         "overhead_p50_ms": round(pct(p, 0.5) - pct(d, 0.5), 3),
         "overhead_paired_p50_ms": round(pct(overhead, 0.5), 3),
         "overhead_p99_ms": round(pct(p, 0.99) - pct(d, 0.99), 3),
+        "in_memory_ms": in_memory(args.requests),
         "target_p50_ms": 5.0,
         "meets_target": pct(p, 0.5) - pct(d, 0.5) <= 5.0,
         "cpu_cores": os.cpu_count(),

@@ -45,3 +45,36 @@ def correct(
     else:
         raise typer.BadParameter(f"--engine must be local or ray, got {engine!r}")
     typer.echo(" ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
+
+
+def serve(
+    squad: Annotated[str | None, typer.Option(help="Squad recipe, e.g. configs/squad/default.yaml (overrides the config's).")] = None,
+    config: Annotated[str | None, typer.Option(help="Server recipe, e.g. configs/serve/default.yaml; flags override it.")] = None,
+    upstream: Annotated[str | None, typer.Option(help="OpenAI-compatible base URL that answers prompts, e.g. http://127.0.0.1:8080/v1.")] = None,
+    upstream_model: Annotated[str | None, typer.Option(help="Model name the upstream serves.")] = None,
+    upstream_key: Annotated[str | None, typer.Option(help="Upstream key: a key, env:VAR, or 'passthrough' (forward the client's).")] = None,
+    host: Annotated[str | None, typer.Option(help="Interface to listen on (default 127.0.0.1; the config's host if set).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000).")] = None,
+    api_key: Annotated[list[str] | None, typer.Option("--api-key", help="Accepted Bearer key (repeat; env:VAR allowed). None = open.")] = None,
+    no_squad: Annotated[bool, typer.Option("--no-squad", help="Passthrough proxy to --upstream, no correction.")] = False,
+) -> None:
+    """Serve an OpenAI-compatible API whose answers are corrected by a squad.
+
+    Point any OpenAI client (official SDK, LangChain, curl) at http://HOST:PORT/v1; see docs/server.md.
+
+    Example: aligners serve --squad configs/squad/default.yaml --upstream http://127.0.0.1:8080/v1 --upstream-model smollm2 --api-key env:ALIGNERS_KEY
+    """
+    from aligners.config import read_yaml, validate
+    from serve.app import serve as run_server
+    from serve.server_config import ServerConfig
+
+    data = read_yaml(config) if config else {}
+    flags = {"squad": squad, "upstream": upstream, "upstream_model": upstream_model, "upstream_key": upstream_key,
+             "host": host, "port": port, "api_keys": api_key or None}
+    data.update({k: v for k, v in flags.items() if v is not None})
+    if no_squad:
+        data["squad"] = None
+    cfg = validate(ServerConfig, data, config or "<flags>")
+    # a squad named on the command line is relative to the working directory, not to --config
+    typer.echo(f"serving {cfg.squad or 'no squad (passthrough)'} on http://{cfg.host}:{cfg.port}/v1")
+    run_server(cfg, config_file=None if squad else config)

@@ -274,7 +274,7 @@ def serve_app(app: Any, host: str = "127.0.0.1", startup_timeout_s: float = 10.0
     """Run `app` on uvicorn in a daemon thread; yields `http://host:port` once it accepts
     connections, and stops it on exit. The socket is bound here (port 0) and handed to
     uvicorn, so there is no window in which another process can take the port."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # explicit proto: asyncio then disables Nagle
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, 0))
     port = sock.getsockname()[1]

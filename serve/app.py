@@ -1,0 +1,338 @@
+"""The HTTP layer of the OpenAI-compatible server: a thin FastAPI router over `AlignersServing`.
+
+    app = build_app(ServerConfig(squad="configs/squad/default.yaml"))     # uvicorn serve.app:...
+    app = build_app(config, squad=my_squad)                               # a ready Squad (tests)
+
+Routes: POST /v1/chat/completions, /v1/completions, /v1/aligners/correct, /v1/aligners/inspect;
+GET /v1/models, /health (always open), /metrics (Prometheus; behind the key unless metrics_open).
+
+One pure-ASGI middleware (`Gate`) does what every route needs, in this order:
+1. authentication: `Authorization: Bearer <key>` against `api_keys`, compared in constant time
+   (SHA-256 digests, every key compared); one 401 message whatever was sent;
+2. body size: a `Content-Length` above `max_body_bytes` is refused at once, and a chunked body is
+   counted as it arrives — 413 either way;
+3. admission: at most `max_concurrency` work requests run and `max_queue` wait; the next gets
+   429 with `Retry-After` (an estimate from recent request durations). A streamed response
+   holds its slot until the stream ends;
+4. metrics: requests by endpoint and status, total latency, and a catch-all that turns an
+   unexpected exception into an OpenAI-style 500 instead of a dropped connection.
+Every error body is OpenAI's `{"error": {"message", "type", "param", "code"}}`.
+
+A non-streaming request whose client disconnects is cancelled (`until_disconnected`): waiting
+for the squad or the upstream stops, and a squad run not yet started is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import logging
+import math
+import time
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serve.metrics import ServerMetrics
+from serve.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    ServingError,
+    SquadRequest,
+    parse_body,
+)
+from serve.server_config import ServerConfig
+from serve.serving import AlignersServing, RequestContext, Served, Streamed
+
+log = logging.getLogger("aligners.serve")
+
+# fixed endpoint labels (unknown paths are "other", so scanners cannot blow up label cardinality)
+WORK = {
+    "/v1/chat/completions": "chat",
+    "/v1/completions": "completions",
+    "/v1/aligners/correct": "correct",
+    "/v1/aligners/inspect": "inspect",
+}
+LIGHT = {"/v1/models": "models", "/health": "health", "/metrics": "metrics"}
+AUTH_MESSAGE = "Invalid or missing API key: send `Authorization: Bearer <key>`."
+
+T = TypeVar("T")
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class ClientGone(Exception):
+    """The client disconnected before the answer was ready; nothing is sent."""
+
+
+def error_response(err: ServingError, metrics: ServerMetrics | None = None) -> JSONResponse:
+    if metrics is not None:
+        metrics.error(err.code or err.type)
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+# --- admission ------------------------------------------------------------------------------------
+
+
+class Admission:
+    """`max_concurrency` slots plus a bounded wait queue; beyond that, callers are refused."""
+
+    def __init__(self, max_concurrency: int, max_queue: int, metrics: ServerMetrics):
+        self.max_concurrency = max_concurrency
+        self.max_queue = max_queue
+        self.metrics = metrics
+        self.running = 0
+        self.waiting = 0
+        self._sem = asyncio.Semaphore(max_concurrency)
+        self._mean_s = 1.0  # moving average of request durations, for Retry-After
+
+    async def acquire(self) -> bool:
+        if self.running >= self.max_concurrency and self.waiting >= self.max_queue:
+            return False
+        self.waiting += 1
+        self.metrics.queued.inc()
+        try:
+            await self._sem.acquire()
+        finally:
+            self.waiting -= 1
+            self.metrics.queued.dec()
+        self.running += 1
+        self.metrics.in_flight.inc()
+        return True
+
+    def release(self, seconds: float) -> None:
+        self.running -= 1
+        self.metrics.in_flight.dec()
+        self._sem.release()
+        self._mean_s = 0.8 * self._mean_s + 0.2 * seconds
+
+    def retry_after(self) -> int:
+        """Seconds until a slot is likely free: the queue ahead drained at the recent pace."""
+        return max(1, math.ceil(self._mean_s * (self.waiting + 1) / self.max_concurrency))
+
+
+# --- the gate middleware ------------------------------------------------------------------------------
+
+
+class Gate:
+    """Auth, body size, admission, metrics and last-resort errors for every HTTP request."""
+
+    def __init__(self, app: Any, config: ServerConfig, metrics: ServerMetrics, admission: Admission):
+        self.app = app
+        self.config = config
+        self.metrics = metrics
+        self.admission = admission
+        self._keys = [hashlib.sha256(k.encode()).digest() for k in config.resolved_api_keys()]
+
+    def _authorized(self, path: str, headers: dict[bytes, bytes]) -> bool:
+        if not self._keys or path == "/health" or (path == "/metrics" and self.config.metrics_open):
+            return True
+        value = headers.get(b"authorization", b"")
+        token = value[7:].strip() if value[:7].lower() == b"bearer " else b""
+        digest = hashlib.sha256(token).digest()
+        ok = False
+        for key in self._keys:  # no early exit: the time taken does not depend on which key matched
+            ok |= hmac.compare_digest(digest, key)
+        return ok and bool(token)
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        path = scope["path"]
+        endpoint = WORK.get(path) or LIGHT.get(path) or "other"
+        work = path in WORK and scope["method"] == "POST"
+        status = [0]
+
+        async def send_status(message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        async def reply(err: ServingError) -> None:
+            await error_response(err, self.metrics)(scope, receive, send_status)
+
+        admitted = False
+        try:
+            headers = dict(scope["headers"])
+            if not self._authorized(path, headers):
+                await reply(ServingError(401, AUTH_MESSAGE, code="invalid_api_key",
+                                         headers={"WWW-Authenticate": "Bearer"}))
+                return
+            limit = self.config.max_body_bytes
+            declared = headers.get(b"content-length")
+            if declared is not None and (not declared.isdigit() or int(declared) > limit):
+                await reply(_too_large(limit))
+                return
+            if work:
+                admitted = await self.admission.acquire()
+                if not admitted:
+                    retry = str(self.admission.retry_after())
+                    await reply(ServingError(
+                        429, f"server busy: {self.config.max_concurrency} requests running and "
+                        f"{self.config.max_queue} waiting; retry after {retry} s",
+                        type="rate_limit_error", code="server_busy", headers={"Retry-After": retry}))
+                    return
+            received = 0
+
+            async def counted_receive():
+                nonlocal received
+                message = await receive()
+                if message["type"] == "http.request":
+                    received += len(message.get("body", b""))
+                    if received > limit:
+                        raise BodyTooLarge()
+                return message
+
+            await self.app(scope, counted_receive, send_status)
+        except BodyTooLarge:
+            if not status[0]:
+                await reply(_too_large(self.config.max_body_bytes))
+        except ClientGone:
+            status[0] = 499  # nginx's "client closed request"; nothing can be sent
+            self.metrics.error("client_disconnected")
+        except Exception as exc:  # the server stays up and the client gets a readable 500
+            log.exception("unhandled error on %s", path)
+            if not status[0]:
+                await reply(ServingError(500, f"internal error ({type(exc).__name__}); the server log has "
+                                         "the details", type="internal_error", code="internal_error"))
+            else:
+                self.metrics.error("internal_error")
+        finally:
+            seconds = time.perf_counter() - t0
+            if admitted:
+                self.admission.release(seconds)
+                self.metrics.observe("total", seconds)
+            self.metrics.request(endpoint, status[0] or 499)
+
+
+def _too_large(limit: int) -> ServingError:
+    return ServingError(413, f"request body exceeds this server's limit of {limit} bytes (max_body_bytes)",
+                        code="request_too_large")
+
+
+# --- routes -----------------------------------------------------------------------------------------
+
+
+async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it if the client disconnects first (then raises ClientGone)."""
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+    raise ClientGone()
+
+
+def _render(result: Served | Streamed) -> Response:
+    if isinstance(result, Streamed):
+        headers = {**result.headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return StreamingResponse(result.events, media_type="text/event-stream", headers=headers)
+    return Response(result.body.model_dump_json(exclude_none=True), media_type="application/json",
+                    headers=result.headers)
+
+
+def _context(request: Request) -> RequestContext:
+    return RequestContext(authorization=request.headers.get("authorization"),
+                          disconnected=request.is_disconnected)
+
+
+def build_app(config: ServerConfig, *, squad=None, serving: AlignersServing | None = None,
+              config_file: Path | str | None = None) -> FastAPI:
+    """The app for `config`. `squad` injects a ready Squad (else `config.squad` is loaded;
+    `squad: null` in the config = passthrough proxy); `serving` injects the whole serving layer."""
+    metrics = serving.metrics if serving is not None else ServerMetrics()
+    if serving is None:
+        if squad is None and config.squad is not None:
+            from serve.pipeline import Squad
+
+            squad = Squad.from_config(config.squad_path(config_file))
+        serving = AlignersServing(config, squad, metrics)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        yield
+        await serving.aclose()  # the pooled upstream connections
+
+    app = FastAPI(title="aligners", summary="OpenAI-compatible API whose answers are corrected by a squad",
+                  docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.serving = serving
+    app.state.metrics = metrics
+    app.state.admission = Admission(config.max_concurrency, config.max_queue, metrics)
+
+    @app.exception_handler(ServingError)
+    async def _serving_error(request: Request, exc: ServingError) -> JSONResponse:
+        return error_response(exc, metrics)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        msg = f"no route {request.method} {request.url.path}" if exc.status_code in (404, 405) else str(exc.detail)
+        return error_response(ServingError(exc.status_code, msg, code="not_found" if exc.status_code == 404
+                                           else "method_not_allowed"), metrics)
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Response:
+        req = parse_body(ChatCompletionRequest, await request.body())
+        return _render(await until_disconnected(request, serving.chat(req, _context(request))))
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        req = parse_body(CompletionRequest, await request.body())
+        return _render(await until_disconnected(request, serving.completion(req, _context(request))))
+
+    @app.post("/v1/aligners/correct")
+    async def correct(request: Request) -> Response:
+        req = parse_body(SquadRequest, await request.body())
+        return _render(await until_disconnected(request, serving.correct(req)))
+
+    @app.post("/v1/aligners/inspect")
+    async def inspect(request: Request) -> Response:
+        req = parse_body(SquadRequest, await request.body())
+        return _render(await until_disconnected(request, serving.inspect(req)))
+
+    @app.get("/v1/models")
+    async def models() -> Response:
+        return Response(serving.models().model_dump_json(), media_type="application/json")
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return serving.health()
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    app.add_middleware(Gate, config=config, metrics=metrics, admission=app.state.admission)
+    return app
+
+
+def serve(config: ServerConfig, *, config_file: Path | str | None = None, squad=None) -> None:
+    """Run the app on uvicorn until SIGINT/SIGTERM; in-flight requests get `graceful_shutdown_s`."""
+    import uvicorn
+
+    app = build_app(config, squad=squad, config_file=config_file)
+    uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level,
+                timeout_graceful_shutdown=config.graceful_shutdown_s)

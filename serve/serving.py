@@ -1,0 +1,799 @@
+"""The serving layer of the OpenAI-compatible server: validated protocol requests in, OpenAI
+responses (or SSE event streams) out. No web framework here (vLLM's `OpenAIServing*` split):
+`serve/app.py` is the thin HTTP router; tests and the benchmarks can drive this class directly.
+
+One request, `POST /v1/chat/completions`:
+
+    generate   the base answers: an upstream OpenAI-compatible server (pooled httpx client), or
+               the squad's local base model (a worker thread, serialized with the squad)
+    correct    `squad.correct([prompt] * n, answers)`: inspect, route aligners, re-inspect
+    respond    the corrected text as a normal OpenAI response; squad details in the extra
+               top-level field `aligners` and in `x-aligners-*` headers
+
+The squad and any local model run in worker threads (`asyncio.to_thread`) so the event loop
+keeps serving other requests; torch is not thread-safe for concurrent `generate` on one model,
+so every squad/local-model call holds one lock (the app's admission limit bounds the queue).
+
+Streaming (`stream: true`) — an answer has to be inspected whole:
+
+- `buffered` (default): the base answer is generated and corrected first, then the final text is
+  streamed as ordinary `chat.completion.chunk`s: the role, word-sized content pieces, a chunk with
+  `finish_reason` that also carries the top-level `aligners` object for that choice, an optional
+  usage chunk (`stream_options.include_usage`), then `data: [DONE]`. Headers carry the squad's
+  verdict as for non-streaming requests, because it is known before the first byte.
+- `live` (`"aligners": {"stream_mode": "live"}`, one choice only): base tokens are forwarded as
+  they arrive (from the upstream's own stream; a local model's finished answer is chunked), then
+  the squad runs on the whole answer and the `finish_reason` chunk carries `aligners` with
+  `stream_mode: "live"` and, per choice, `replaces_streamed` (true when the squad changed the
+  answer) and `corrected` (the full corrected text, present when `replaces_streamed` is true).
+  A client that ignores `aligners` shows the uncorrected base text: live mode is for UIs that
+  swap the text in when `replaces_streamed` is true. Errors after the first byte arrive as a
+  `data: {"error": {...}}` event followed by `data: [DONE]`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from aligners.backends.base import BackendError, ChatMessage, GenerationRequest, SamplingParams
+from aligners.config import OpenAIHTTPBackendConfig
+from aligners.schema import Correction
+from serve.metrics import ServerMetrics
+from serve.protocol import (
+    AlignersInfo,
+    ChatChoice,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChoiceDetails,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
+    CorrectResponse,
+    InspectResponse,
+    InspectResult,
+    ModelCard,
+    ModelList,
+    ResponseMessage,
+    ScoreSet,
+    ServingError,
+    SquadRequest,
+    StepInfo,
+    UsageInfo,
+    chat_chunk,
+    completion_chunk,
+    invalid,
+    new_id,
+    sse,
+    usage_chunk,
+)
+from serve.server_config import ServerConfig, resolve_secret
+
+ALIGNER_MODEL_PREFIX = "aligners/"
+
+
+# --- small records -----------------------------------------------------------------------------
+
+
+async def _never_disconnected() -> bool:
+    return False
+
+
+@dataclass
+class RequestContext:
+    """What the serving layer needs to know about the HTTP request, without HTTP objects."""
+
+    authorization: str | None = None  # the client's Authorization header (upstream_key: passthrough)
+    disconnected: Callable[[], Awaitable[bool]] = _never_disconnected
+
+
+@dataclass
+class BaseAnswer:
+    text: str
+    finish_reason: str = "stop"
+    completion_tokens: int = 0
+    prompt_tokens: int = 0
+
+
+@dataclass
+class Served:
+    """A complete JSON response."""
+
+    body: BaseModel
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Streamed:
+    """An SSE response: `events` yields ready-to-send `data: ...` strings."""
+
+    events: AsyncIterator[str]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Cancelled(Exception):
+    """Work abandoned because its request went away before a worker thread picked it up."""
+
+
+# --- the upstream OpenAI-compatible server ----------------------------------------------------------
+
+
+class Upstream:
+    """A pooled async client for one OpenAI-compatible server (vLLM, llama.cpp, OpenAI).
+
+    Keep-alive connections make the proxy hop cost about a millisecond. No retries: the
+    client's own SDK retries (the official one retries 429/5xx), and a retry here would stack
+    its timeout on top of the client's. Every failure becomes a `ServingError`: unreachable →
+    502, no answer within `timeout_s` → 504, upstream 4xx/5xx → 400/401/429/502 (see `_refused`).
+    """
+
+    def __init__(self, base_url: str, model: str, *, key: str | None = None, passthrough: bool = False,
+                 timeout_s: float = 60.0, connections: int = 64):
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.key = key
+        self.passthrough = passthrough
+        self.timeout_s = timeout_s
+        self.connections = connections
+        self._client: httpx.AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def client(self) -> httpx.AsyncClient:
+        """The pooled client of the running loop (an httpx client is bound to its loop)."""
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:
+            limits = httpx.Limits(max_connections=self.connections, max_keepalive_connections=self.connections)
+            self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.timeout_s), limits=limits)
+            self._loop = loop
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def _headers(self, authorization: str | None) -> dict[str, str]:
+        if self.passthrough:
+            return {"Authorization": authorization} if authorization else {}
+        return {"Authorization": f"Bearer {self.key}"} if self.key else {}
+
+    async def post(self, path: str, body: dict[str, Any], authorization: str | None) -> dict[str, Any]:
+        """POST and decode the JSON answer, within `timeout_s` in total."""
+        url = self.base_url + path
+        try:
+            resp = await asyncio.wait_for(
+                self.client().post(url, json=body, headers=self._headers(authorization)), self.timeout_s
+            )
+        except (asyncio.TimeoutError, httpx.TimeoutException):
+            raise self._timeout(url) from None
+        except httpx.TransportError as exc:
+            raise self._unreachable(url, exc) from None
+        if resp.status_code >= 400:
+            raise self._refused(url, resp.status_code, resp.headers, resp.text)
+        try:
+            data = resp.json()
+        except ValueError:
+            raise ServingError(502, f"upstream {url} answered with a body that is not JSON: {resp.text[:200]!r}",
+                               type="upstream_error", code="upstream_bad_response") from None
+        if not isinstance(data, dict):
+            raise ServingError(502, f"upstream {url} answered with JSON that is not an object",
+                               type="upstream_error", code="upstream_bad_response")
+        return data
+
+    async def stream(self, path: str, body: dict[str, Any], authorization: str | None,
+                     chat: bool) -> AsyncIterator[tuple[str, str | None]]:
+        """POST with `stream: true`; yields (text piece, finish_reason or None) as they arrive.
+        An upstream that ignores `stream` and answers JSON yields its whole text at once.
+        Leaving the loop early (client gone) closes the upstream connection, which stops its
+        generation."""
+        url = self.base_url + path
+        try:
+            async with self.client().stream("POST", url, json={**body, "stream": True},
+                                            headers=self._headers(authorization)) as resp:
+                if resp.status_code >= 400:
+                    text = (await resp.aread()).decode("utf-8", "replace")
+                    raise self._refused(url, resp.status_code, resp.headers, text)
+                if not resp.headers.get("content-type", "").startswith("text/event-stream"):
+                    data = json.loads(await resp.aread())
+                    for ans in _answers_of(data, chat, url):
+                        yield ans.text, ans.finish_reason
+                    return
+                async for line in resp.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    payload = line[5:].strip()
+                    if payload == "[DONE]":
+                        return
+                    event = json.loads(payload)
+                    if "error" in event:
+                        raise ServingError(502, f"upstream {url} failed mid-stream: {_error_text(event)}",
+                                           type="upstream_error", code="upstream_error")
+                    for ch in event.get("choices") or []:
+                        piece = (ch.get("delta") or {}).get("content") if chat else ch.get("text")
+                        yield piece or "", ch.get("finish_reason")
+        except (asyncio.TimeoutError, httpx.TimeoutException):
+            raise self._timeout(url) from None
+        except httpx.TransportError as exc:
+            raise self._unreachable(url, exc) from None
+        except ValueError as exc:  # json
+            raise ServingError(502, f"upstream {url} sent a malformed stream event: {exc}",
+                               type="upstream_error", code="upstream_bad_response") from None
+
+    def _timeout(self, url: str) -> ServingError:
+        return ServingError(504, f"upstream {url} did not answer within {self.timeout_s:g} s "
+                            "(request_timeout_s)", type="upstream_timeout", code="upstream_timeout")
+
+    def _unreachable(self, url: str, exc: Exception) -> ServingError:
+        if isinstance(exc, httpx.ConnectError):
+            return ServingError(502, f"upstream {url} is unreachable ({type(exc).__name__}: {exc})",
+                                type="upstream_error", code="upstream_unavailable")
+        return ServingError(502, f"the connection to upstream {url} failed ({type(exc).__name__}: {exc})",
+                            type="upstream_error", code="upstream_error")
+
+    def _refused(self, url: str, status: int, headers: httpx.Headers, text: str) -> ServingError:
+        """Map an upstream error status to ours: the client's fault stays a 4xx, ours is a 502."""
+        msg = _error_text(text)
+        if status == 429:
+            retry = headers.get("retry-after")
+            return ServingError(429, f"upstream is rate limiting: {msg}", type="rate_limit_error",
+                                code="upstream_rate_limited", headers={"Retry-After": retry} if retry else None)
+        if status in (401, 403) and self.passthrough:
+            return ServingError(status, f"upstream refused the forwarded key: {msg}",
+                                type="invalid_request_error", code="upstream_auth")
+        if status in (400, 413, 422):
+            return ServingError(400, f"upstream rejected the request: {msg}", code="upstream_bad_request")
+        return ServingError(502, f"upstream {url} answered HTTP {status}: {msg}",
+                            type="upstream_error", code="upstream_error")
+
+
+def _error_text(body: str | dict[str, Any]) -> str:
+    """The upstream's own words from an OpenAI / FastAPI / plain error body."""
+    data: Any = body
+    if isinstance(body, str):
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return body.strip()[:300] or "(empty body)"
+    if isinstance(data, dict):
+        err = data.get("error")
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])
+        for key in ("message", "detail", "error"):
+            if data.get(key):
+                return str(data[key])
+    return json.dumps(data)[:300]
+
+
+def _answers_of(data: dict[str, Any], chat: bool, url: str) -> list[BaseAnswer]:
+    """The choices of an OpenAI response, in index order; a missing field is a 502."""
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise ServingError(502, f"upstream {url} answered without `choices`", type="upstream_error",
+                           code="upstream_bad_response")
+    out = []
+    for ch in sorted(choices, key=lambda c: c.get("index", 0) if isinstance(c, dict) else 0):
+        text = (ch.get("message") or {}).get("content") if chat else ch.get("text")
+        if not isinstance(text, str):
+            where = "choices[].message.content" if chat else "choices[].text"
+            raise ServingError(502, f"upstream {url} answered without text in `{where}`",
+                               type="upstream_error", code="upstream_bad_response")
+        out.append(BaseAnswer(text, "length" if ch.get("finish_reason") == "length" else "stop"))
+    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    # completion tokens are reported per response: spread them over its choices
+    total = int(usage.get("completion_tokens") or 0)
+    for i, a in enumerate(out):
+        a.completion_tokens = total // len(out) + (1 if i < total % len(out) else 0)
+    out[0].prompt_tokens = int(usage.get("prompt_tokens") or 0)
+    return out
+
+
+# --- the serving class -------------------------------------------------------------------------------
+
+
+class AlignersServing:
+    """OpenAI-compatible completions corrected by a squad; also /v1/aligners/{correct,inspect}.
+
+    `squad=None` is passthrough mode (no correction; needs an upstream) — the baseline of
+    `benchmarks/proxy_overhead.py`. `metrics` is the app's `ServerMetrics`."""
+
+    def __init__(self, config: ServerConfig, squad=None, metrics: ServerMetrics | None = None,
+                 upstream: Upstream | None = None):
+        self.config = config
+        self.squad = squad
+        self.metrics = metrics or ServerMetrics()
+        self.upstream = upstream or self._upstream_from(config, squad)
+        self.local_base = squad.base if (squad is not None and self.upstream is None) else None
+        if self.upstream is None and squad is None:
+            raise ValueError("passthrough mode (no squad) needs an upstream")
+        self.model_name = self._base_name()
+        self._alock = asyncio.Lock()  # orders waiters without tying up worker threads
+        self._tlock = threading.Lock()  # held by the worker thread itself (see `_locked`)
+        if squad is not None:
+            self.metrics.init_criteria(self.criteria)
+
+    # --- configuration ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _upstream_from(config: ServerConfig, squad) -> Upstream | None:
+        if config.upstream:
+            return Upstream(config.upstream, config.upstream_model or "default",
+                            key=config.resolved_upstream_key(), passthrough=config.upstream_key == "passthrough",
+                            timeout_s=config.request_timeout_s, connections=config.upstream_connections)
+        base = getattr(getattr(squad, "config", None), "base", None)
+        if isinstance(base, OpenAIHTTPBackendConfig):  # the squad recipe names an upstream itself
+            return Upstream(base.base_url, base.model, key=resolve_secret(base.api_key),
+                            passthrough=config.upstream_key == "passthrough",
+                            timeout_s=min(config.request_timeout_s, base.timeout_s),
+                            connections=config.upstream_connections)
+        return None
+
+    def _base_name(self) -> str | None:
+        if self.config.served_model_name:
+            return self.config.served_model_name
+        if self.upstream is not None:
+            return self.upstream.model
+        if self.local_base is None:
+            return None
+        base = self.squad.config.base
+        cfg = self.squad.config.backend if base == "shared" else base
+        return str(getattr(cfg, "model", "base"))
+
+    @property
+    def criteria(self) -> list[str]:
+        return [g.criterion for g in self.squad.guards] if self.squad is not None else []
+
+    async def aclose(self) -> None:
+        if self.upstream is not None:
+            await self.upstream.aclose()
+
+    # --- models and health -----------------------------------------------------------------------
+
+    def models(self) -> ModelList:
+        cards = []
+        if self.model_name:
+            where = "upstream" if self.upstream else "local"
+            cards.append(ModelCard(id=self.model_name, aligners={"role": "base", "generation": where,
+                                                                 "squad": self.squad is not None}))
+        for g in (self.squad.guards if self.squad is not None else []):
+            cards.append(ModelCard(id=ALIGNER_MODEL_PREFIX + g.criterion, aligners={
+                "role": "aligner", "criterion": g.criterion, "threshold": g.threshold}))
+        return ModelList(data=cards)
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok", "model": self.model_name, "squad": self.squad is not None,
+                "criteria": self.criteria}
+
+    # --- checks shared by chat and completions ---------------------------------------------------------
+
+    def _check(self, req: ChatCompletionRequest | CompletionRequest, choices: int) -> None:
+        if req.model != self.model_name:
+            if req.model.startswith(ALIGNER_MODEL_PREFIX) and req.model[len(ALIGNER_MODEL_PREFIX):] in self.criteria:
+                raise invalid(f"`{req.model}` is an aligner: it rewrites answers inside the squad and does not "
+                              f"answer prompts; ask `{self.model_name}`, or use /v1/aligners/correct", "model",
+                              "model_not_generative")
+            if self.model_name is None:
+                raise invalid("this server has no base model to generate with (squad `base: none` and no "
+                              "upstream): use /v1/aligners/correct with your own answers, or start it with "
+                              "--upstream", "model", "no_base_model")
+            raise ServingError(404, f"the model `{req.model}` does not exist on this server; available: "
+                               f"`{self.model_name}`", param="model", code="model_not_found")
+        limit = req.token_limit
+        if limit is not None and limit > self.config.max_tokens_limit:
+            name = "max_completion_tokens" if getattr(req, "max_completion_tokens", None) else "max_tokens"
+            raise invalid(f"`{name}`={limit} exceeds this server's limit of {self.config.max_tokens_limit}",
+                          name, "max_tokens_too_large")
+        if req.n > self.config.max_n:
+            raise invalid(f"`n`={req.n} exceeds this server's limit of {self.config.max_n}", "n")
+        if choices > self.config.max_batch_items:
+            raise invalid(f"{choices} choices requested (prompts x n); this server's limit is "
+                          f"{self.config.max_batch_items}", "prompt")
+        if req.stream and req.aligners.stream_mode == "live" and choices != 1:
+            raise invalid("stream_mode `live` streams a single choice: use n=1 and one prompt, or the "
+                          "default buffered mode", "aligners.stream_mode")
+
+    def _sampling(self, req: ChatCompletionRequest | CompletionRequest) -> SamplingParams:
+        """The request's sampling knobs for a local model; unset ones from the squad's base_params."""
+        base = self.squad.config.policy.base_params
+        try:
+            return SamplingParams(
+                max_tokens=req.token_limit or base.max_tokens,
+                temperature=base.temperature if req.temperature is None else req.temperature,
+                top_p=base.top_p if req.top_p is None else req.top_p,
+                stop=req.stops or base.stop, seed=base.seed if req.seed is None else req.seed,
+            )
+        except ValidationError as exc:
+            raise invalid(f"sampling parameters not accepted by the local model: {exc.errors()[0]['msg']}") from None
+
+    def _upstream_body(self, req: ChatCompletionRequest | CompletionRequest) -> dict[str, Any]:
+        """Sampling knobs for the upstream: only what the client set (the upstream's defaults
+        apply otherwise, as if the client talked to it directly)."""
+        body: dict[str, Any] = {"model": self.upstream.model}
+        if req.token_limit is not None:
+            body["max_tokens"] = req.token_limit
+        for name in ("temperature", "top_p", "seed"):
+            if getattr(req, name) is not None:
+                body[name] = getattr(req, name)
+        if req.stops:
+            body["stop"] = req.stops
+        return body
+
+    # --- worker threads ----------------------------------------------------------------------------
+
+    async def _locked(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run `fn(*args)` in a worker thread, one at a time.
+
+        The asyncio lock queues waiters without holding threads; the thread lock is taken by
+        the worker itself, so a request cancelled mid-run (client gone, timeout) releases the
+        asyncio lock while its thread finishes under the thread lock — the next run waits for
+        it instead of entering torch concurrently. A request cancelled before its thread
+        started skips the work."""
+        cancelled = threading.Event()
+
+        def work() -> Any:
+            with self._tlock:
+                if cancelled.is_set():
+                    raise Cancelled()
+                return fn(*args)
+
+        async with self._alock:
+            try:
+                return await asyncio.to_thread(work)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+    async def _local_generate(self, requests: list[GenerationRequest]) -> list[BaseAnswer]:
+        try:
+            outs = await asyncio.wait_for(self._locked(self.local_base.generate, requests),
+                                          self.config.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise ServingError(504, f"the local base model did not finish within {self.config.request_timeout_s:g} s "
+                               "(request_timeout_s)", type="timeout", code="generation_timeout") from None
+        except BackendError as exc:
+            raise ServingError(502, f"base model failed: {exc}", type="upstream_error", code="generation_failed") from None
+        return [BaseAnswer(o.text, o.finish_reason, o.completion_tokens, o.prompt_tokens) for o in outs]
+
+    async def _correct(self, prompts: Sequence[str], answers: Sequence[str],
+                       ids: Sequence[str | None] | None = None) -> list[Correction] | None:
+        if self.squad is None:
+            return None
+        try:
+            results = await self._locked(self.squad.correct, list(prompts), list(answers), ids)
+        except BackendError as exc:
+            raise ServingError(502, f"an aligner failed: {exc}", type="upstream_error", code="aligner_failed") from None
+        self.metrics.corrections(results)
+        return results
+
+    # --- generation ---------------------------------------------------------------------------------
+
+    async def _generate_upstream(self, path: str, body: dict[str, Any], n: int, ctx: RequestContext,
+                                 chat: bool) -> tuple[list[BaseAnswer], int]:
+        """n answers for one input; servers that ignore `n` (llama.cpp) get extra calls."""
+        data = await self.upstream.post(path, {**body, **({"n": n} if n > 1 else {})}, ctx.authorization)
+        answers = _answers_of(data, chat, self.upstream.base_url + path)[:n]
+        prompt_tokens = answers[0].prompt_tokens
+        if len(answers) < n:
+            more = await asyncio.gather(*[self.upstream.post(path, body, ctx.authorization)
+                                          for _ in range(n - len(answers))])
+            answers += [_answers_of(d, chat, self.upstream.base_url + path)[0] for d in more]
+        return answers, prompt_tokens
+
+    async def _generate_chat(self, req: ChatCompletionRequest, ctx: RequestContext) -> tuple[list[BaseAnswer], UsageInfo]:
+        t0 = time.perf_counter()
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text} for m in req.messages]
+        if self.upstream is not None:
+            body = {**self._upstream_body(req), "messages": messages}
+            answers, prompt_tokens = await self._generate_upstream("/chat/completions", body, req.n, ctx, True)
+        else:
+            params = self._sampling(req)
+            gen = GenerationRequest(messages=[ChatMessage(**m) for m in messages], params=params)
+            answers = await self._local_generate([gen] * req.n)
+            prompt_tokens = answers[0].prompt_tokens
+        self.metrics.observe("generate", time.perf_counter() - t0)
+        return answers, _usage(prompt_tokens, answers)
+
+    async def _generate_completion(self, req: CompletionRequest, ctx: RequestContext) -> tuple[list[BaseAnswer], UsageInfo]:
+        t0 = time.perf_counter()
+        if self.upstream is not None:
+            body = self._upstream_body(req)
+            per_prompt = await asyncio.gather(*[
+                self._generate_upstream("/completions", {**body, "prompt": p}, req.n, ctx, False)
+                for p in req.prompts
+            ])
+            answers = [a for group, _ in per_prompt for a in group]
+            prompt_tokens = sum(pt for _, pt in per_prompt)
+        else:
+            params = self._sampling(req)
+            answers = await self._local_generate(
+                [GenerationRequest(prompt=p, params=params) for p in req.prompts for _ in range(req.n)])
+            prompt_tokens = sum(a.prompt_tokens for a in answers[:: req.n])
+        self.metrics.observe("generate", time.perf_counter() - t0)
+        return answers, _usage(prompt_tokens, answers)
+
+    # --- squad details ------------------------------------------------------------------------------
+
+    def _details(self, results: list[Correction] | None, answers: list[BaseAnswer], return_original: bool,
+                 live: bool = False) -> AlignersInfo:
+        if results is None:
+            return AlignersInfo(squad=False, choices=[ChoiceDetails(index=i, changed=False, flagged=[], applied=[])
+                                                      for i in range(len(answers))])
+        choices = []
+        for i, r in enumerate(results):
+            choices.append(ChoiceDetails(
+                index=i, changed=r.changed,
+                flagged=[v.criterion for v in r.trace.initial if v.flagged],
+                applied=[s.criterion for s in r.trace.steps if s.accepted],
+                scores=ScoreSet(before={v.criterion: v.score for v in r.trace.initial},
+                                after={v.criterion: v.score for v in r.trace.final},
+                                thresholds={v.criterion: v.threshold for v in r.trace.final}),
+                steps=[StepInfo(criterion=s.criterion, score_before=s.score_before, score_after=s.score_after,
+                                accepted=s.accepted, reason=s.reason) for s in r.trace.steps],
+                original=r.original if return_original else None,
+                corrected=r.corrected if (live and r.changed) else None,
+                replaces_streamed=r.changed if live else None,
+            ))
+        applied: list[str] = []
+        for c in choices:
+            applied += [a for a in c.applied if a not in applied]
+        return AlignersInfo(squad=True, changed=any(c.changed for c in choices), applied=applied, choices=choices)
+
+    @staticmethod
+    def _headers(info: AlignersInfo) -> dict[str, str]:
+        flagged: list[str] = []
+        for c in info.choices:
+            flagged += [f for f in c.flagged if f not in flagged]
+        return {
+            "x-aligners-squad": "on" if info.squad else "off",
+            "x-aligners-changed": "true" if info.changed else "false",
+            "x-aligners-applied": ",".join(info.applied),
+            "x-aligners-flagged": ",".join(flagged),
+            **({"x-aligners-time-ms": f"{info.timings_ms['total']:.1f}"} if "total" in info.timings_ms else {}),
+        }
+
+    def _finish(self, info: AlignersInfo, answers: list[BaseAnswer], results: list[Correction] | None,
+                t0: float, t_gen: float) -> tuple[list[str], list[str]]:
+        """Final texts and finish reasons; fills `info.timings_ms`. A changed answer is a complete
+        rewrite, so its finish reason is `stop` even if the base hit the length limit."""
+        texts = [r.corrected for r in results] if results else [a.text for a in answers]
+        finish = ["stop" if (results and results[i].changed) else a.finish_reason for i, a in enumerate(answers)]
+        timings = {"generate": t_gen * 1000}
+        if results:
+            timings["inspect"] = sum(r.trace.timings.get("inspect_s", 0.0) for r in results) * 1000
+            timings["align"] = sum(r.trace.timings.get("align_s", 0.0) for r in results) * 1000
+        timings["total"] = (time.perf_counter() - t0) * 1000
+        info.timings_ms = {k: round(v, 3) for k, v in timings.items()}
+        return texts, finish
+
+    # --- POST /v1/chat/completions --------------------------------------------------------------------
+
+    async def chat(self, req: ChatCompletionRequest, ctx: RequestContext | None = None) -> Served | Streamed:
+        ctx = ctx or RequestContext()
+        t0 = time.perf_counter()
+        self._check(req, req.n)
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        if req.stream and req.aligners.stream_mode == "live":
+            events = await self._start_live(self._live(req, ctx, chat=True, include_usage=include_usage))
+            return Streamed(events, {"x-aligners-squad": "on" if self.squad else "off",
+                                     "x-aligners-stream-mode": "live"})
+        answers, usage = await self._generate_chat(req, ctx)
+        t_gen = time.perf_counter() - t0
+        prompt = req.inspected_prompt()
+        results = await self._correct([prompt] * len(answers), [a.text for a in answers])
+        info = self._details(results, answers, req.aligners.return_original)
+        texts, finish = self._finish(info, answers, results, t0, t_gen)
+        headers = self._headers(info)
+        if req.stream:
+            info.stream_mode = "buffered"
+            return Streamed(self._replay(req.model, texts, finish, info, usage, ctx, True, include_usage), headers)
+        body = ChatCompletionResponse(
+            model=req.model, usage=usage, aligners=info if req.aligners.details else None,
+            choices=[ChatChoice(index=i, message=ResponseMessage(content=t), finish_reason=f)
+                     for i, (t, f) in enumerate(zip(texts, finish, strict=True))])
+        return Served(body, headers)
+
+    # --- POST /v1/completions -------------------------------------------------------------------------
+
+    async def completion(self, req: CompletionRequest, ctx: RequestContext | None = None) -> Served | Streamed:
+        ctx = ctx or RequestContext()
+        t0 = time.perf_counter()
+        self._check(req, len(req.prompts) * req.n)
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        if req.stream and req.aligners.stream_mode == "live":
+            events = await self._start_live(self._live(req, ctx, chat=False, include_usage=include_usage))
+            return Streamed(events, {"x-aligners-squad": "on" if self.squad else "off",
+                                     "x-aligners-stream-mode": "live"})
+        answers, usage = await self._generate_completion(req, ctx)
+        t_gen = time.perf_counter() - t0
+        prompts = [p for p in req.prompts for _ in range(req.n)]
+        results = await self._correct(prompts, [a.text for a in answers])
+        info = self._details(results, answers, req.aligners.return_original)
+        texts, finish = self._finish(info, answers, results, t0, t_gen)
+        headers = self._headers(info)
+        if req.stream:
+            info.stream_mode = "buffered"
+            return Streamed(self._replay(req.model, texts, finish, info, usage, ctx, False, include_usage), headers)
+        body = CompletionResponse(
+            model=req.model, usage=usage, aligners=info if req.aligners.details else None,
+            choices=[CompletionChoice(index=i, text=t, finish_reason=f)
+                     for i, (t, f) in enumerate(zip(texts, finish, strict=True))])
+        return Served(body, headers)
+
+    # --- streaming ------------------------------------------------------------------------------------
+
+    async def _replay(self, model: str, texts: list[str], finish: list[str], info: AlignersInfo,
+                      usage: UsageInfo, ctx: RequestContext, chat: bool, include_usage: bool) -> AsyncIterator[str]:
+        """Buffered mode: stream finished texts as chunks; each choice's finish chunk carries
+        `aligners` (this choice's details)."""
+        cid, created = new_id("chatcmpl" if chat else "cmpl"), int(time.time())
+        for i, text in enumerate(texts):
+            if chat:
+                yield sse(chat_chunk(cid, created, model, i, {"role": "assistant", "content": ""}))
+            for piece in pieces(text):
+                if await ctx.disconnected():
+                    self.metrics.error("client_disconnected")
+                    return
+                yield sse(chat_chunk(cid, created, model, i, {"content": piece}) if chat
+                          else completion_chunk(cid, created, model, i, piece))
+            extra = {"aligners": _one_choice(info, i)}
+            yield sse(chat_chunk(cid, created, model, i, {}, finish[i], **extra) if chat
+                      else completion_chunk(cid, created, model, i, "", finish[i], **extra))
+        if include_usage:
+            yield sse(usage_chunk(cid, created, model, "chat.completion.chunk" if chat else "text_completion", usage))
+        yield sse("[DONE]")
+
+    async def _live(self, req: ChatCompletionRequest | CompletionRequest, ctx: RequestContext, chat: bool,
+                    include_usage: bool) -> AsyncIterator[str]:
+        """Live mode (one choice): forward base pieces as they come, then the correction event.
+
+        Nothing is yielded before the first base piece, so a failure to start (upstream down,
+        slow, refusing) raises a ServingError to `_start_live` and becomes a proper HTTP status;
+        a failure after that is an in-stream error event. Usage counts stream pieces as tokens."""
+        t0 = time.perf_counter()
+        cid, created, model = new_id("chatcmpl" if chat else "cmpl"), int(time.time()), req.model
+
+        def chunk(text: str | None, finish: str | None = None, **extra: Any) -> str:
+            if chat:
+                delta = {} if text is None else {"content": text}
+                return sse(chat_chunk(cid, created, model, 0, delta, finish, **extra))
+            return sse(completion_chunk(cid, created, model, 0, text or "", finish, **extra))
+
+        opening = sse(chat_chunk(cid, created, model, 0, {"role": "assistant", "content": ""})) if chat else None
+        prompt = req.inspected_prompt() if chat else req.prompts[0]
+        parts: list[str] = []
+        finish_reason = "stop"
+        started = False
+        try:
+            if self.upstream is not None:
+                if chat:
+                    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text}
+                                for m in req.messages]
+                    path, body = "/chat/completions", {**self._upstream_body(req), "messages": messages}
+                else:
+                    path, body = "/completions", {**self._upstream_body(req), "prompt": prompt}
+                base_pieces = contextlib.aclosing(self.upstream.stream(path, body, ctx.authorization, chat))
+            else:
+                answers, _ = await (self._generate_chat(req, ctx) if chat else self._generate_completion(req, ctx))
+                finish_reason = answers[0].finish_reason
+                base_pieces = contextlib.aclosing(_aiter((p, None) for p in pieces(answers[0].text)))
+            async with base_pieces as stream:
+                async for piece, fin in stream:
+                    if started and await ctx.disconnected():
+                        self.metrics.error("client_disconnected")
+                        return  # leaving the block closes the upstream stream: it stops generating
+                    if fin:
+                        finish_reason = "length" if fin == "length" else "stop"
+                    if not piece:
+                        continue
+                    if not started and opening:
+                        yield opening
+                    started = True
+                    parts.append(piece)
+                    yield chunk(piece)
+            if not started and opening:
+                yield opening
+            started = True
+            t_gen = time.perf_counter() - t0
+            if self.upstream is not None:
+                self.metrics.observe("generate", t_gen)
+            answer = BaseAnswer("".join(parts), finish_reason, completion_tokens=len(parts))
+            results = await self._correct([prompt], [answer.text])
+            info = self._details(results, [answer], req.aligners.return_original, live=True)
+            _, finish = self._finish(info, [answer], results, t0, t_gen)
+            info.stream_mode = "live"
+            yield chunk(None, finish[0], aligners=info.model_dump(exclude_none=True))
+            if include_usage:
+                usage = _usage(0, [answer])
+                yield sse(usage_chunk(cid, created, model, "chat.completion.chunk" if chat else "text_completion", usage))
+        except ServingError as exc:
+            if not started:
+                raise
+            self.metrics.error(exc.code or exc.type)
+            yield sse(exc.body())
+        yield sse("[DONE]")
+
+    async def _start_live(self, events: AsyncIterator[str]) -> AsyncIterator[str]:
+        """Run a live stream up to its first event, so errors before it raise here (HTTP status)."""
+        try:
+            first = await events.__anext__()
+        except StopAsyncIteration:
+            return _aiter([sse("[DONE]")])
+        except BaseException:
+            await events.aclose()
+            raise
+
+        async def stream() -> AsyncIterator[str]:
+            async with contextlib.aclosing(events):
+                yield first
+                async for event in events:
+                    yield event
+
+        return stream()
+
+    # --- POST /v1/aligners/correct and /v1/aligners/inspect ------------------------------------------------
+
+    def _pairs(self, req: SquadRequest) -> tuple[list[str], list[str], list[str | None]]:
+        if self.squad is None:
+            raise invalid("this server runs without a squad (passthrough mode): nothing to correct or inspect",
+                          code="no_squad")
+        prompts, answers, ids = req.pairs()
+        if len(answers) > self.config.max_batch_items:
+            raise invalid(f"{len(answers)} answers in one request; this server's limit is "
+                          f"{self.config.max_batch_items}", "answer")
+        return prompts, answers, ids
+
+    async def correct(self, req: SquadRequest) -> Served:
+        prompts, answers, ids = self._pairs(req)
+        results = await self._correct(prompts, answers, ids)
+        info = self._details(results, [BaseAnswer(a) for a in answers], False)
+        return Served(CorrectResponse(data=[r.model_dump() for r in results]), self._headers(info))
+
+    async def inspect(self, req: SquadRequest) -> Served:
+        prompts, answers, ids = self._pairs(req)
+        t0 = time.perf_counter()
+        scores = await self._locked(self.squad.inspect, prompts, answers)
+        self.metrics.observe("inspect", time.perf_counter() - t0)
+        thresholds = {g.criterion: g.threshold for g in self.squad.guards}
+        data = []
+        for i, row in enumerate(scores):
+            s = {g.criterion: float(v) for g, v in zip(self.squad.guards, row, strict=True)}
+            data.append(InspectResult(index=i, id=ids[i], scores=s, thresholds=thresholds,
+                                      flagged=[c for c, v in s.items() if v < thresholds[c]]))
+        return Served(InspectResponse(data=data))
+
+
+# --- helpers ------------------------------------------------------------------------------------------
+
+_PIECE = re.compile(r"\s*\S+\s*|\s+")
+
+
+def pieces(text: str) -> list[str]:
+    """Word-sized stream pieces that join back to exactly `text`."""
+    return _PIECE.findall(text)
+
+
+async def _aiter(items) -> AsyncIterator:
+    for item in items:
+        yield item
+
+
+def _usage(prompt_tokens: int, answers: Sequence[BaseAnswer]) -> UsageInfo:
+    completion = sum(a.completion_tokens for a in answers)
+    return UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=completion,
+                     total_tokens=prompt_tokens + completion)
+
+
+def _one_choice(info: AlignersInfo, index: int) -> dict[str, Any]:
+    """`info` with only choice `index` (what a streamed choice's finish chunk carries)."""
+    data = info.model_dump(exclude_none=True)
+    data["choices"] = [c for c in data["choices"] if c["index"] == index]
+    return data
