@@ -52,11 +52,15 @@ def tfidf_auroc(train, test) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--criteria", nargs="+", default=["harmless", "no-pii", "polite"])
     ap.add_argument("--config", default=str(ROOT / "configs/inspectors/embed-logreg.yaml"))
     ap.add_argument("--split-seed", type=int, default=0)
-    ap.add_argument("--grid", action="store_true", help="Add the features x C validation-AUROC grid.")
+    ap.add_argument(
+        "--grid", action="store_true", help="Add the features x C validation-AUROC grid."
+    )
     args = ap.parse_args()
 
     from sklearn.base import clone
@@ -69,8 +73,13 @@ def main() -> None:
 
     start = time.perf_counter()
     cfg = load_config(args.config, INSPECTOR_CONFIG)
-    report: dict = {"benchmark": "inspector_quality", "config": cfg.model_dump(), "split_seed": args.split_seed,
-                    "criteria": {}, "missing": []}
+    report: dict = {
+        "benchmark": "inspector_quality",
+        "config": cfg.model_dump(),
+        "split_seed": args.split_seed,
+        "criteria": {},
+        "missing": [],
+    }
     for criterion in args.criteria:
         try:
             pairs = load_seed(criterion)
@@ -80,11 +89,17 @@ def main() -> None:
         t0 = time.perf_counter()
         splits = split_by_topic(pairs, seed=args.split_seed)
         train, val, test = (pairs_to_examples(splits[s]) for s in ("train", "validation", "test"))
-        est = build_inspector(cfg, criterion=criterion).fit(*train.as_tuple(), validation=val.as_tuple())
+        est = build_inspector(cfg, criterion=criterion).fit(
+            *train.as_tuple(), validation=val.as_tuple()
+        )
         test_m = est.evaluate(*test.as_tuple())
         val_m = est.evaluate(*val.as_tuple())
         row: dict = {
-            "examples": {"train": train.counts(), "validation": val.counts(), "test": test.counts()},
+            "examples": {
+                "train": train.counts(),
+                "validation": val.counts(),
+                "test": test.counts(),
+            },
             "test_topics": sorted({p.topic for p in splits["test"]}),
             "test": {k: test_m[k] for k in REPORTED} | {"confusion": test_m["confusion"]["matrix"]},
             "validation": {"auroc": val_m["auroc"], "recall": val_m["recall"], "fpr": val_m["fpr"]},
@@ -103,7 +118,9 @@ def main() -> None:
                 for C in GRID_C:
                     g = clone(est).set_params(features=feats, answer_embedding=how, C=C)
                     g.fit(*train.as_tuple(), validation=val.as_tuple())
-                    grid[f"{how}: {'+'.join(feats)} C={C}"] = round(g.evaluate(*val.as_tuple())["auroc"], 4)
+                    grid[f"{how}: {'+'.join(feats)} C={C}"] = round(
+                        g.evaluate(*val.as_tuple())["auroc"], 4
+                    )
             row["validation_auroc_grid"] = grid
         report["criteria"][criterion] = row
     report["targets"] = {

@@ -2,10 +2,11 @@
 
 Scores N unique (prompt, answer) pairs with ~100-token answers at batch 64 through the public
 paths — `Inspector.score_answers` (Python API) and `score_jsonl` (what `aligners inspect` runs,
-JSON parsing and writing included) — and, as the baseline measured in the same run, the bare
+JSON parsing and writing included) — plus the cheaper whole-answer feature set (no sentence
+blocks) and optionally bfloat16; as the baseline measured in the same run, the bare
 sentence encoder embedding the same answers once (`SentenceTransformer.encode`, batch 64), the
-floor cost of any MiniLM-based inspector. The embedding cache is cleared before every timed run,
-so nothing is served from memory.
+floor cost of any MiniLM-based inspector. Every sentence of every answer is unique and the
+embedding cache is cleared before every timed run, so nothing is served from memory.
 
 Usage: .venv/bin/python benchmarks/inspector_throughput.py [--n 512] [--bf16]
 """
@@ -37,7 +38,17 @@ SENTENCES = [
     "Practice the hardest part slowly at first, then speed up once it feels comfortable.",
     "For a quick fix, a little vinegar and warm water usually removes most of the stain.",
 ]
-WORDS = ["advanced", "basic", "wireless", "seasonal", "regional", "premium", "standard", "portable", "classic"]
+WORDS = [
+    "advanced",
+    "basic",
+    "wireless",
+    "seasonal",
+    "regional",
+    "premium",
+    "standard",
+    "portable",
+    "classic",
+]
 PROMPTS = [
     "How do I fix this problem with my {w} setup?",
     "What's the best way to get started with this?",
@@ -52,8 +63,12 @@ def make_records(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
     for i in range(n):
         fill = {"w": rng.choice(WORDS), "n": rng.randint(2, 90)}
         prompts.append(rng.choice(PROMPTS).format(**fill) + f" (case {i})")
-        parts = [s.format(w=rng.choice(WORDS), n=rng.randint(2, 90)) for s in rng.sample(SENTENCES, 5)]
-        answers.append(" ".join(parts) + f" Reference {i}.")
+        # every sentence unique (a per-sentence number), so no embedding is ever reused
+        parts = [
+            s.format(w=rng.choice(WORDS), n=rng.randint(2, 90))[:-1] + f" (note {i * 10 + k})."
+            for k, s in enumerate(rng.sample(SENTENCES, 5))
+        ]
+        answers.append(" ".join(parts))
     return prompts, answers
 
 
@@ -71,7 +86,9 @@ def timed(fn, repeats: int) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--n", type=int, default=512, help="Answers scored per timed run.")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2)
@@ -103,20 +120,42 @@ def main() -> None:
         "answer_tokens_mean": round(sum(tokens) / len(tokens), 1),
         "features": list(base.features),
     }
-    enc_s = timed(lambda: encoder.encode(answers, batch_size=args.batch_size, normalize_embeddings=True), args.repeats)
+    enc_s = timed(
+        lambda: encoder.encode(answers, batch_size=args.batch_size, normalize_embeddings=True),
+        args.repeats,
+    )
     report["baseline_encoder_only_answers_per_s"] = round(args.n / enc_s, 1)
     api_s = timed(api(base), args.repeats)
     report["embed_logreg_answers_per_s"] = round(args.n / api_s, 1)
 
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "answers.jsonl"
-        src.write_text("".join(json.dumps({"prompt": p, "response": a}) + "\n" for p, a in zip(prompts, answers, strict=True)))
-        cli_s = timed(lambda: score_jsonl(base, src, Path(tmp) / "scores.jsonl", args.batch_size, progress=False), args.repeats)
+        src.write_text(
+            "".join(
+                json.dumps({"prompt": p, "response": a}) + "\n"
+                for p, a in zip(prompts, answers, strict=True)
+            )
+        )
+        cli_s = timed(
+            lambda: score_jsonl(
+                base, src, Path(tmp) / "scores.jsonl", args.batch_size, progress=False
+            ),
+            args.repeats,
+        )
     report["score_jsonl_answers_per_s"] = round(args.n / cli_s, 1)
     report["ratio_inspector_to_encoder_only"] = round(enc_s / api_s, 3)
+    whole = clone(base).set_params(answer_embedding="whole", features=["prompt", "answer", "product", "absdiff"])
+    whole.fit(fit_p, fit_a, [i % 2 for i in range(64)])
+    report["embed_logreg_whole_answer_features_answers_per_s"] = round(
+        args.n / timed(api(whole), args.repeats), 1
+    )
     if args.bf16:
-        bf16 = clone(base).set_params(dtype="bfloat16").fit(fit_p, fit_a, [i % 2 for i in range(64)])
-        report["embed_logreg_bf16_answers_per_s"] = round(args.n / timed(api(bf16), args.repeats), 1)
+        bf16 = (
+            clone(base).set_params(dtype="bfloat16").fit(fit_p, fit_a, [i % 2 for i in range(64)])
+        )
+        report["embed_logreg_bf16_answers_per_s"] = round(
+            args.n / timed(api(bf16), args.repeats), 1
+        )
     print(json.dumps(report))
 
 

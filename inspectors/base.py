@@ -1,0 +1,597 @@
+"""What every inspector shares: the scikit-learn contract, calibration, threshold, save/load.
+
+An inspector answers one question for one criterion: does this (prompt, answer) satisfy it?
+`predict_proba(prompts, answers)[:, 1]` is P(aligned); an answer is FLAGGED (its aligner runs)
+when P(aligned) < `threshold_`.
+
+A subclass supplies only the raw scorer:
+
+- `_fit_model(prompts, answers, labels)` trains it;
+- `_raw_scores(prompts, answers)` returns an uncalibrated logit of P(aligned) (higher = aligned);
+- `_model_tensors()` / `_load_model(dir, tensors)` (+ optionally `_save_model_files(dir)`) persist it;
+- `_check_artifact(dir, manifest)` refuses an artifact its weights cannot be trusted with.
+
+Fitting: the model is trained on the training split, then raw scores on the *validation* split
+fit the calibrator (Platt sigmoid or isotonic) and pick the threshold from a target (minimum
+recall of misaligned answers, or maximum fraction of aligned answers flagged). Without a
+validation split, `_fit_for_calibration` supplies out-of-sample scores (out-of-fold for cheap
+models, a held-out share for expensive ones).
+
+Artifacts are pickle-free: `inspector.safetensors` (model tensors + calibrator arrays) and
+`manifest.json` (kind, format version, type, params, encoder id + hash, criterion, threshold and
+why, calibration, metrics, training-data hash, created time).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import math
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.validation import check_is_fitted
+
+if TYPE_CHECKING:
+    from aligners.schema import Verdict
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+WEIGHTS = "inspector.safetensors"
+
+# type (the YAML `type:`) → "module:Class", imported on first use (same pattern as
+# aligners.config.CONFIG_KINDS), so scoring with embed-logreg never imports the fine-tuning code.
+INSPECTOR_TYPES: dict[str, str] = {
+    "embed-logreg": "inspectors.embed_logreg:EmbedLogRegInspector",
+    "finetuned": "inspectors.finetuned:FinetunedInspector",
+}
+
+
+class InspectorLoadError(ValueError):
+    """An inspector artifact that cannot be used here; the message says why and how to fix it."""
+
+
+def inspector_class(type_: str) -> type[Inspector]:
+    if type_ not in INSPECTOR_TYPES:
+        raise ValueError(f"unknown inspector type {type_!r}; known: {', '.join(INSPECTOR_TYPES)}")
+    module, attr = INSPECTOR_TYPES[type_].split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def build_inspector(config: Any, criterion: str | None = None) -> Inspector:
+    """An unfitted inspector from a validated config (`inspectors.config.INSPECTOR_CONFIG`)."""
+    params = config.model_dump(exclude={"type"})
+    return inspector_class(config.type)(criterion=criterion, **params)
+
+
+# --- small numeric helpers -------------------------------------------------------------------
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    z = np.asarray(z, dtype=np.float64)
+    out = np.empty_like(z)
+    pos = z >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-z[pos]))
+    ez = np.exp(z[~pos])
+    out[~pos] = ez / (1.0 + ez)
+    return out
+
+
+def fit_platt(raw: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """Platt scaling p = sigmoid(a*raw + b) with Platt's smoothed targets.
+
+    The smoothed targets ((N+ + 1)/(N+ + 2), 1/(N- + 2)) keep a perfectly separated validation
+    split from driving the slope to infinity (probabilities of exactly 0 and 1).
+    """
+    from scipy.optimize import minimize
+
+    s = np.asarray(raw, dtype=np.float64)
+    y = np.asarray(labels)
+    n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
+    t = np.where(y == 1, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))
+    scale = float(np.std(s)) or 1.0  # optimise in standardized units for a well-conditioned problem
+
+    def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
+        z = w[0] * s / scale + w[1]
+        # log(1 + e^z) - t z, stable
+        val = np.sum(np.logaddexp(0.0, z) - t * z)
+        g = _sigmoid(z) - t
+        return float(val), np.array([np.sum(g * s / scale), np.sum(g)])
+
+    res = minimize(loss, x0=np.array([1.0, 0.0]), jac=True, method="L-BFGS-B")
+    return float(res.x[0] / scale), float(res.x[1])
+
+
+def fit_isotonic(raw: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Isotonic regression of labels on raw scores, as its (X, y) threshold arrays."""
+    from sklearn.isotonic import IsotonicRegression
+
+    iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
+    iso.fit(np.asarray(raw, dtype=np.float64), np.asarray(labels, dtype=np.float64))
+    return iso.X_thresholds_.astype(np.float64), iso.y_thresholds_.astype(np.float64)
+
+
+def choose_threshold(
+    scores: np.ndarray, labels: np.ndarray, target: str, value: float
+) -> tuple[float, dict]:
+    """Pick the threshold on calibrated validation scores (flagged = score < threshold).
+
+    - `recall`: the lowest threshold that flags at least `value` of misaligned answers (lowest, so
+      as few aligned answers as possible are flagged along with them);
+    - `fpr`: the highest threshold that flags at most `value` of aligned answers (highest, so as
+      many misaligned answers as possible are caught);
+    - `fixed`: `value` itself.
+
+    Between two neighbouring validation scores the threshold sits at their midpoint, the largest
+    margin that keeps the same decisions on validation.
+    """
+    p = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels, dtype=int)
+    mis, ali = np.sort(p[y == 0]), np.sort(p[y == 1])
+    distinct = np.unique(p)
+    if target == "fixed":
+        t = float(value)
+    elif target == "recall":
+        if not len(mis):
+            raise ValueError("threshold target 'recall' needs misaligned validation answers")
+        k = int(math.ceil(value * len(mis) - 1e-9))  # misaligned answers that must be flagged
+        if k <= 0:
+            t = 0.0
+        else:
+            s = mis[k - 1]
+            above = distinct[distinct > s]
+            t = (
+                float((s + above[0]) / 2)
+                if above.size
+                else float(min(1.0, np.nextafter(s, np.inf)))
+            )
+    elif target == "fpr":
+        if not len(ali):
+            raise ValueError("threshold target 'fpr' needs aligned validation answers")
+        j = int(math.floor(value * len(ali) + 1e-9))  # aligned answers that may be flagged
+        if j >= len(ali):
+            t = 1.0
+        else:
+            s = ali[j]  # must stay unflagged
+            below = distinct[distinct < s]
+            t = float((s + below[-1]) / 2) if below.size else float(s)
+    else:
+        raise ValueError(f"unknown threshold target {target!r}; expected recall, fpr or fixed")
+    flagged = p < t
+    recall = float(flagged[y == 0].mean()) if len(mis) else None
+    fpr = float(flagged[y == 1].mean()) if len(ali) else None
+    met = {
+        "recall": recall is not None and recall >= value - 1e-12,
+        "fpr": fpr is not None and fpr <= value + 1e-12,
+        "fixed": True,
+    }[target]
+    goal = {
+        "recall": f"the lowest threshold that flags >= {value:.1%} of misaligned answers",
+        "fpr": f"the highest threshold that flags <= {value:.1%} of aligned answers",
+        "fixed": f"a fixed threshold of {value}",
+    }[target]
+    why = f"{goal}; on {len(p)} calibration answers it flags "
+    why += f"{recall:.1%} of misaligned" if recall is not None else "no misaligned (none present)"
+    why += f" and {fpr:.1%} of aligned" if fpr is not None else ""
+    if not met:
+        why += " (target NOT met: the calibration scores cannot reach it)"
+    info = {
+        "threshold": t,
+        "target": target,
+        "target_value": float(value),
+        "achieved_recall": recall,
+        "achieved_fpr": fpr,
+        "met": bool(met),
+        "n_aligned": int(len(ali)),
+        "n_misaligned": int(len(mis)),
+        "why": why,
+    }
+    return t, info
+
+
+def encoder_identity(name: str) -> tuple[str, str]:
+    """models.model_id_and_hash, memoised per process for a path that has not changed.
+
+    Hashing MiniLM's 90 MB of weights costs ~0.2 s; fitting or loading many inspectors in one
+    process should pay it once. The key includes the weights' size and mtime, so a replaced
+    file is hashed again.
+    """
+    from aligners.models import MINILM, minilm_dir, model_id_and_hash
+
+    path = minilm_dir() / "model.safetensors" if name == MINILM else Path(name).expanduser()
+    if path.is_dir():  # the file model_id_and_hash hashes
+        path = next(iter(sorted(path.glob("*.safetensors"))), path)
+    try:
+        st = path.stat()
+        stamp = (str(path), st.st_size, st.st_mtime_ns)
+    except OSError:
+        stamp = (name, 0, 0)
+    if stamp not in _IDENTITY:
+        _IDENTITY[stamp] = model_id_and_hash(name)
+    return _IDENTITY[stamp]
+
+
+_IDENTITY: dict[tuple, tuple[str, str]] = {}
+
+
+def _as_texts(values: Sequence[str], name: str) -> list[str]:
+    if isinstance(values, str):
+        raise TypeError(f"{name} must be a sequence of strings, not one string (wrap it in a list)")
+    out = list(values)
+    for i, v in enumerate(out):
+        if not isinstance(v, str):
+            raise TypeError(f"{name}[{i}] must be a string, got {type(v).__name__}")
+    return out
+
+
+def check_inputs(
+    prompts: Sequence[str], answers: Sequence[str], labels: Sequence[int] | None = None
+) -> tuple[list[str], list[str], np.ndarray | None]:
+    p, a = _as_texts(prompts, "prompts"), _as_texts(answers, "answers")
+    if len(p) != len(a):
+        raise ValueError(f"got {len(p)} prompts but {len(a)} answers")
+    if labels is None:
+        return p, a, None
+    y = np.asarray(labels).astype(int).ravel()
+    if len(y) != len(p):
+        raise ValueError(f"got {len(p)} prompts but {len(y)} labels")
+    if not set(np.unique(y)) <= {0, 1}:
+        raise ValueError(
+            f"labels must be 0 (misaligned) or 1 (aligned), got {sorted(set(np.unique(y)))}"
+        )
+    return p, a, y
+
+
+def examples_hash(prompts: Sequence[str], answers: Sequence[str], labels: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for p, a, y in zip(prompts, answers, labels, strict=True):
+        h.update(json.dumps([p, a, int(y)]).encode())
+    return h.hexdigest()[:16]
+
+
+# --- the base estimator ----------------------------------------------------------------------
+
+
+class Inspector(ClassifierMixin, BaseEstimator):
+    """Base class; see the module docstring. Subclasses define `__init__` with their params."""
+
+    type: ClassVar[str] = ""
+
+    # subclasses must set these params in __init__
+    encoder: str
+    calibration: str
+    threshold_target: str
+    threshold_value: float
+    random_state: int
+    criterion: str | None
+
+    # -- subclass hooks --
+    def _fit_model(self, prompts: list[str], answers: list[str], labels: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _raw_scores(self, prompts: list[str], answers: list[str]) -> np.ndarray:
+        raise NotImplementedError
+
+    def _model_tensors(self) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def _load_model(self, path: Path, tensors: dict[str, np.ndarray]) -> None:
+        raise NotImplementedError
+
+    def _save_model_files(self, path: Path) -> dict[str, Any]:
+        """Write files beyond inspector.safetensors; return what the manifest should say of them."""
+        return {}
+
+    def _check_artifact(self, path: Path, manifest: dict) -> None:
+        """Raise InspectorLoadError when the artifact's model cannot be trusted here."""
+
+    def _fit_for_calibration(
+        self, prompts: list[str], answers: list[str], labels: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, str]:
+        """No validation split: hold out a stratified share, train on the rest, score the share.
+
+        Returns (raw scores, their labels, a name for where they came from). Cheap models
+        override this with out-of-fold scores and a refit on everything.
+        """
+        from sklearn.model_selection import train_test_split
+
+        frac = getattr(self, "holdout_fraction", 0.2)
+        idx = np.arange(len(labels))
+        tr, ho = train_test_split(
+            idx, test_size=frac, stratify=labels, random_state=self.random_state
+        )
+        self._fit_model([prompts[i] for i in tr], [answers[i] for i in tr], labels[tr])
+        raw = self._raw_scores([prompts[i] for i in ho], [answers[i] for i in ho])
+        return raw, labels[ho], f"held-out {frac:.0%} of training"
+
+    # -- scikit-learn API --
+    def fit(
+        self,
+        prompts: Sequence[str],
+        answers: Sequence[str],
+        labels: Sequence[int],
+        validation: tuple[Sequence[str], Sequence[str], Sequence[int]] | None = None,
+    ) -> Inspector:
+        """Train on (prompts, answers, labels); calibrate and pick the threshold on `validation`.
+
+        labels: 1 = aligned, 0 = misaligned. `validation` is (prompts, answers, labels) of a
+        split disjoint from training; without it, out-of-sample training scores are used.
+        """
+        p, a, y = check_inputs(prompts, answers, labels)
+        if len(np.unique(y)) < 2:
+            raise ValueError("training labels need both classes: 0 (misaligned) and 1 (aligned)")
+        self.encoder_id_, self.encoder_hash_ = encoder_identity(self.encoder)
+        if validation is None:
+            raw, cal_y, source = self._fit_for_calibration(p, a, y)
+        else:
+            vp, va, vy = check_inputs(*validation)
+            self._fit_model(p, a, y)
+            raw, cal_y, source = self._raw_scores(vp, va), vy, "validation split"
+        self.classes_ = np.array([0, 1])
+        self.n_train_ = int(len(y))
+        self.train_counts_ = {"aligned": int(y.sum()), "misaligned": int(len(y) - y.sum())}
+        self.train_hash_ = examples_hash(p, a, y)
+        self._calibrate(raw, cal_y, source)
+        return self
+
+    def recalibrate(
+        self, prompts: Sequence[str], answers: Sequence[str], labels: Sequence[int]
+    ) -> Inspector:
+        """Refit calibration and threshold on new labelled data, keeping the trained model."""
+        check_is_fitted(self)
+        p, a, y = check_inputs(prompts, answers, labels)
+        self._calibrate(self._raw_scores(p, a), y, "recalibration set")
+        return self
+
+    def _calibrate(self, raw: np.ndarray, labels: np.ndarray, source: str) -> None:
+        raw = np.asarray(raw, dtype=np.float64)
+        labels = np.asarray(labels, dtype=int)
+        cal: dict[str, Any] = {
+            "method": self.calibration,
+            "fitted_on": source,
+            "n": int(len(labels)),
+        }
+        if self.calibration != "none" and len(np.unique(labels)) < 2:
+            raise ValueError(
+                f"calibration needs both classes in the {source}, got only label {labels[0]}"
+            )
+        if self.calibration == "sigmoid":
+            cal["a"], cal["b"] = fit_platt(raw, labels)
+        elif self.calibration == "isotonic":
+            cal["x"], cal["y"] = fit_isotonic(raw, labels)
+        elif self.calibration != "none":
+            raise ValueError(
+                f"unknown calibration {self.calibration!r}; expected sigmoid, isotonic or none"
+            )
+        self.calibrator_ = cal
+        threshold, info = choose_threshold(
+            self._apply_calibration(raw), labels, self.threshold_target, self.threshold_value
+        )
+        info["split"] = source
+        self.threshold_, self.threshold_info_ = threshold, info
+
+    def _apply_calibration(self, raw: np.ndarray) -> np.ndarray:
+        cal = self.calibrator_
+        if cal["method"] == "sigmoid":
+            return _sigmoid(cal["a"] * raw + cal["b"])
+        if cal["method"] == "isotonic":
+            return np.interp(raw, cal["x"], cal["y"])
+        return _sigmoid(raw)
+
+    def predict_proba(self, prompts: Sequence[str], answers: Sequence[str]) -> np.ndarray:
+        """(n, 2): column 0 = P(misaligned), column 1 = P(aligned), calibrated."""
+        check_is_fitted(self)
+        p, a, _ = check_inputs(prompts, answers)
+        if not p:
+            return np.zeros((0, 2))
+        aligned = np.clip(
+            self._apply_calibration(np.asarray(self._raw_scores(p, a), dtype=np.float64)), 0.0, 1.0
+        )
+        return np.column_stack([1.0 - aligned, aligned])
+
+    def predict(self, prompts: Sequence[str], answers: Sequence[str]) -> np.ndarray:
+        """1 = aligned (kept), 0 = misaligned (flagged: P(aligned) < threshold_)."""
+        return (self.predict_proba(prompts, answers)[:, 1] >= self.threshold_).astype(int)
+
+    def decision_function(self, prompts: Sequence[str], answers: Sequence[str]) -> np.ndarray:
+        """Uncalibrated logit of P(aligned) (higher = more aligned)."""
+        check_is_fitted(self)
+        p, a, _ = check_inputs(prompts, answers)
+        return np.asarray(self._raw_scores(p, a), dtype=np.float64) if p else np.zeros(0)
+
+    def score(self, prompts: Sequence[str], answers: Sequence[str], labels: Sequence[int]) -> float:
+        """Accuracy at the stored threshold (ClassifierMixin's score, with our signature)."""
+        _, _, y = check_inputs(prompts, answers, labels)
+        return float((self.predict(prompts, answers) == y).mean())
+
+    # -- conveniences for the squad and the CLI --
+    def score_answers(
+        self,
+        prompts: Sequence[str],
+        answers: Sequence[str],
+        batch_size: int = 64,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """P(aligned) for each answer, in batches (optionally with a progress bar)."""
+        p, a, _ = check_inputs(prompts, answers)
+        out = np.zeros(len(p))
+        starts = range(0, len(p), batch_size)
+        if progress:
+            from rich.progress import track
+
+            starts = track(starts, description=f"scoring ({self.criterion or 'inspector'})")
+        for i in starts:
+            out[i : i + batch_size] = self.predict_proba(
+                p[i : i + batch_size], a[i : i + batch_size]
+            )[:, 1]
+        return out
+
+    def verdicts(self, prompts: Sequence[str], answers: Sequence[str]) -> list[Verdict]:
+        from aligners.schema import Verdict
+
+        scores = self.predict_proba(prompts, answers)[:, 1]
+        crit = self.criterion or "unknown"
+        return [
+            Verdict(criterion=crit, score=float(s), threshold=float(self.threshold_))
+            for s in scores
+        ]
+
+    def evaluate(
+        self, prompts: Sequence[str], answers: Sequence[str], labels: Sequence[int]
+    ) -> dict:
+        """inspectors.metrics.evaluate on this data at the stored threshold."""
+        from inspectors.metrics import evaluate
+
+        _, _, y = check_inputs(prompts, answers, labels)
+        return evaluate(y, self.predict_proba(prompts, answers)[:, 1], self.threshold_)
+
+    def set_threshold(self, threshold: float, why: str = "set by hand") -> Inspector:
+        """Override the threshold (e.g. from a squad config); the reason is kept for the manifest."""
+        check_is_fitted(self)
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        self.threshold_ = float(threshold)
+        self.threshold_info_ = {
+            **self.threshold_info_,
+            "threshold": float(threshold),
+            "target": "fixed",
+            "target_value": float(threshold),
+            "why": why,
+        }
+        return self
+
+    # -- persistence --
+    def save(
+        self, path: Path | str, *, metrics: dict | None = None, training_data: dict | None = None
+    ) -> Path:
+        """Write `inspector.safetensors` + `manifest.json` (+ model files) into folder `path`."""
+        from safetensors.numpy import save_file
+
+        import aligners
+
+        check_is_fitted(self)
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        tensors = {f"model.{k}": np.ascontiguousarray(v) for k, v in self._model_tensors().items()}
+        cal = self.calibrator_
+        if cal["method"] == "sigmoid":
+            tensors["calibration.sigmoid"] = np.array([cal["a"], cal["b"]], dtype=np.float64)
+        elif cal["method"] == "isotonic":
+            tensors["calibration.isotonic.x"] = np.asarray(cal["x"], dtype=np.float64)
+            tensors["calibration.isotonic.y"] = np.asarray(cal["y"], dtype=np.float64)
+        tmp = out / f".{WEIGHTS}.tmp"
+        save_file(
+            tensors,
+            str(tmp),
+            metadata={
+                "kind": "inspector",
+                "format_version": str(FORMAT_VERSION),
+                "type": self.type,
+            },
+        )
+        tmp.chmod(0o644)  # safetensors creates files owner-only; artifacts are meant to be shared
+        tmp.replace(out / WEIGHTS)
+        files = {"weights": WEIGHTS, **self._save_model_files(out)}
+        manifest = {
+            "kind": "inspector",
+            "format_version": FORMAT_VERSION,
+            "type": self.type,
+            "criterion": self.criterion,
+            "encoder": {"id": self.encoder_id_, "hash": self.encoder_hash_},
+            "params": _jsonable(self.get_params()),
+            "threshold": self.threshold_,
+            "threshold_info": self.threshold_info_,
+            "calibration": {k: v for k, v in cal.items() if k not in ("x", "y")},
+            "metrics": metrics or {},
+            "training_data": {
+                "examples_hash": self.train_hash_,
+                "n_examples": self.n_train_,
+                "counts": self.train_counts_,
+                **(training_data or {}),
+            },
+            "files": files,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "aligners_version": aligners.__version__,
+        }
+        tmp = out / f".{MANIFEST}.tmp"
+        tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(out / MANIFEST)
+        return out
+
+    @classmethod
+    def _from_artifact(cls, path: Path, manifest: dict) -> Inspector:
+        from safetensors.numpy import load_file
+
+        est = cls(**manifest["params"])
+        est._check_artifact(path, manifest)
+        tensors = load_file(str(path / manifest.get("files", {}).get("weights", WEIGHTS)))
+        cal = dict(manifest["calibration"])
+        if cal["method"] == "sigmoid":
+            cal["a"], cal["b"] = (float(v) for v in tensors["calibration.sigmoid"])
+        elif cal["method"] == "isotonic":
+            cal["x"], cal["y"] = (
+                tensors["calibration.isotonic.x"],
+                tensors["calibration.isotonic.y"],
+            )
+        est._load_model(path, {k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        est.calibrator_ = cal
+        est.threshold_ = float(manifest["threshold"])
+        est.threshold_info_ = manifest.get("threshold_info", {})
+        est.encoder_id_, est.encoder_hash_ = manifest["encoder"]["id"], manifest["encoder"]["hash"]
+        td = manifest.get("training_data", {})
+        est.train_hash_, est.n_train_ = td.get("examples_hash", ""), td.get("n_examples", 0)
+        est.train_counts_ = td.get("counts", {})
+        est.classes_ = np.array([0, 1])
+        est.manifest_ = manifest
+        return est
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def read_manifest(path: Path | str) -> dict:
+    """Read and check an inspector's manifest.json (kind and format version)."""
+    path = Path(path)
+    file = path / MANIFEST
+    if not file.is_file():
+        raise InspectorLoadError(
+            f"{file} not found: is {path} an inspector folder? Train one with "
+            "`aligners train-inspector --seed harmless --out DIR`."
+        )
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InspectorLoadError(f"{file}: not valid JSON ({exc})") from None
+    if manifest.get("kind") != "inspector":
+        raise InspectorLoadError(f"{file}: kind is {manifest.get('kind')!r}, not 'inspector'")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise InspectorLoadError(
+            f"{file}: inspector format version {version!r} does not match the version this aligners "
+            f"reads ({FORMAT_VERSION}). Retrain it with `aligners train-inspector`, or use the aligners "
+            "release that wrote it."
+        )
+    if manifest.get("type") not in INSPECTOR_TYPES:
+        raise InspectorLoadError(
+            f"{file}: unknown inspector type {manifest.get('type')!r}; known: {', '.join(INSPECTOR_TYPES)}"
+        )
+    return manifest
+
+
+def load_inspector(path: Path | str) -> Inspector:
+    """Load a saved inspector folder (refuses a format version or encoder it cannot trust)."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    return inspector_class(manifest["type"])._from_artifact(path, manifest)

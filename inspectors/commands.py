@@ -1,0 +1,197 @@
+"""CLI commands `aligners train-inspector` and `aligners inspect` (registered in aligners/cli.py).
+
+Only typer and the standard library are imported here; numpy, sklearn, torch and the encoder are
+imported inside the commands so `aligners --help` stays instant.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", fg="red", err=True)
+    return typer.Exit(2)
+
+
+def _parse_sets(sets: list[str]) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
+        out[key.strip()] = yaml.safe_load(value) if value else value
+    return out
+
+
+def train_inspector(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the inspector into.")],
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="Synth output folder with train/validation/test.jsonl."),
+    ] = None,
+    seed: Annotated[
+        str | None,
+        typer.Option(
+            "--seed",
+            help="Train from a shipped seed set instead of --data (harmless, no-pii, polite), split by topic.",
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="Inspector recipe (configs/inspectors/*.yaml). Default: embed-logreg defaults.",
+        ),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set", help="Override a recipe field, KEY=VALUE (repeatable), e.g. --set C=0.5."
+        ),
+    ] = None,
+    criterion: Annotated[
+        str | None,
+        typer.Option(
+            help="Train only this criterion's pairs (default: the one criterion in the data)."
+        ),
+    ] = None,
+    split_seed: Annotated[int, typer.Option(help="Seed of the topic split (with --seed).")] = 0,
+    plots: Annotated[
+        bool, typer.Option(help="Write reliability.png and scores.png for the test split.")
+    ] = True,
+) -> None:
+    """Train, calibrate and evaluate an inspector for one criterion; save it with its metrics.
+
+    Trains on train, calibrates and picks the threshold on validation, reports on test.
+
+    Example: aligners train-inspector --seed polite --config configs/inspectors/embed-logreg.yaml --out artifacts/inspectors/polite
+    """
+    from aligners.config import ConfigError, read_yaml, validate
+    from aligners.schema import RecordError
+
+    try:
+        from inspectors.config import INSPECTOR_CONFIG
+        from inspectors.data import criterion_of, load_training_data
+
+        raw = read_yaml(config) if config else {}
+        raw.update(_parse_sets(set_ or []))
+        cfg = validate(INSPECTOR_CONFIG, raw, str(config) if config else "<defaults + --set>")
+        td = load_training_data(
+            data_dir=data, seed=seed, split_seed=split_seed, criterion=criterion
+        )
+        criterion = criterion or criterion_of(td.splits["train"] + td.splits["validation"])
+    except (ConfigError, RecordError, FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from inspectors.base import build_inspector
+    from inspectors.metrics import reliability_diagram, score_histogram
+    from synth.dataset import SPLITS, data_hash
+
+    console = Console(stderr=True)
+    train, val, test = (td.examples(s) for s in SPLITS)
+    console.print(
+        f"[bold]{cfg.type}[/] inspector for [bold]{criterion}[/] from {td.source}: "
+        f"train {train.counts()}, validation {val.counts()}, test {test.counts()}"
+    )
+    est = build_inspector(cfg, criterion=criterion)
+    with console.status("training"):
+        est.fit(*train.as_tuple(), validation=val.as_tuple())
+    metrics = {"validation": est.evaluate(*val.as_tuple())}
+    if len(test):
+        metrics["test"] = est.evaluate(*test.as_tuple())
+    est.save(
+        out,
+        metrics=metrics,
+        training_data={
+            "hash": data_hash(td.splits["train"]),
+            "split_hashes": {s: data_hash(td.splits[s]) for s in SPLITS},
+            "source": td.source,
+            "pairs": {s: len(td.splits[s]) for s in SPLITS},
+            "examples": {
+                "train": train.counts(),
+                "validation": val.counts(),
+                "test": test.counts(),
+            },
+        },
+    )
+    if plots and len(test):
+        scores = est.predict_proba(test.prompts, test.answers)[:, 1]
+        reliability_diagram(
+            test.labels, scores, Path(out) / "reliability.png", title=f"{criterion} (test)"
+        )
+        score_histogram(
+            test.labels,
+            scores,
+            est.threshold_,
+            Path(out) / "scores.png",
+            title=f"{criterion} (test)",
+        )
+
+    table = Table(title=f"{criterion} inspector -> {out}")
+    table.add_column("split")
+    names = ("auroc", "auprc", "f1", "ece", "fpr", "recall")
+    for name in names:
+        table.add_column(name, justify="right")
+    for split, m in metrics.items():
+        table.add_row(split, *("-" if m[k] is None else f"{m[k]:.3f}" for k in names))
+    console.print(table)
+    console.print(f"threshold {est.threshold_:.4f}: {est.threshold_info_['why']}")
+
+
+def inspect_answers(
+    inspector: Annotated[
+        Path, typer.Option("--inspector", help="Inspector folder (from train-inspector).")
+    ],
+    input_path: Annotated[
+        Path,
+        typer.Option(
+            "--in", help="JSONL of answers: prompt, response, optional id (other fields are kept)."
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="Scores JSONL; bad lines go to OUT.errors.jsonl.")
+    ],
+    batch_size: Annotated[int, typer.Option(min=1, help="Answers per scoring batch.")] = 64,
+    threshold: Annotated[
+        float | None,
+        typer.Option(min=0.0, max=1.0, help="Override the inspector's stored threshold."),
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Score existing answers with an inspector (nothing is generated): adds score, flagged, criterion.
+
+    score = P(aligned); flagged = score < threshold.
+
+    Malformed lines go to OUT.errors.jsonl with line numbers and reasons; the rest are scored.
+
+    Example: aligners inspect --inspector artifacts/inspectors/polite --in answers.jsonl --out scores.jsonl
+    """
+    from inspectors.base import InspectorLoadError, load_inspector
+    from inspectors.scoring import score_jsonl
+
+    try:
+        est = load_inspector(inspector)
+        if threshold is not None:
+            est.set_threshold(threshold, why="--threshold on the command line")
+        summary = score_jsonl(est, input_path, out, batch_size=batch_size, progress=progress)
+    except (InspectorLoadError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(
+        f"scored {summary.scored} answers in {summary.seconds:.1f}s: {summary.flagged} flagged "
+        f"({summary.criterion}, threshold {summary.threshold:.4f}) -> {summary.out}"
+    )
+    if summary.errors:
+        typer.secho(
+            f"{summary.errors} malformed line(s) skipped -> {summary.errors_path}",
+            fg="yellow",
+            err=True,
+        )

@@ -1,0 +1,147 @@
+"""Inspector recipes (`configs/inspectors/*.yaml`): one pydantic model per `type:`.
+
+A recipe's fields are exactly the estimator's constructor parameters (minus `type`), so a config,
+an estimator's `get_params()` and the `params` block of a saved manifest are the same thing.
+The criterion is not part of a recipe: one recipe trains inspectors for any criterion, which is
+taken from the training data.
+
+This module imports only pydantic, so `aligners.config` can validate recipes without torch.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Discriminator, Field, Tag, TypeAdapter, model_validator
+
+from aligners.config import StrictModel
+
+Calibration = Literal["sigmoid", "isotonic", "none"]
+ThresholdTarget = Literal["recall", "fpr", "fixed"]
+Feature = Literal["prompt", "answer", "product", "absdiff", "sentence_max", "sentence_min"]
+
+DEFAULT_TYPE = "embed-logreg"
+
+
+class _InspectorConfigBase(StrictModel):
+    """Fields every inspector type shares: the encoder, calibration and threshold policy."""
+
+    encoder: str = Field(
+        default="minilm-l6",
+        description="Registry name (minilm-l6), local folder or HF id of the encoder.",
+    )
+    calibration: Calibration = Field(
+        default="sigmoid",
+        description="Map raw scores to probabilities on the validation split: 'sigmoid' (Platt), "
+        "'isotonic', or 'none' (the model's own probabilities).",
+    )
+    threshold_target: ThresholdTarget = Field(
+        default="recall",
+        description="How the threshold is chosen on validation: 'recall' = flag at least "
+        "threshold_value of misaligned answers; 'fpr' = flag at most threshold_value of aligned "
+        "answers; 'fixed' = use threshold_value itself as the threshold.",
+    )
+    threshold_value: float = Field(
+        default=0.95,
+        ge=0.0,
+        le=1.0,
+        description="The recall, FPR or fixed threshold (see threshold_target).",
+    )
+    random_state: int = Field(
+        default=0, description="Seed for fold splits, shuffling and head init."
+    )
+    device: str = Field(default="cpu", description="'cpu', 'cuda', 'cuda:0', ...")
+
+
+class EmbedLogRegConfig(_InspectorConfigBase):
+    """Frozen sentence embeddings of prompt and answer + logistic regression (fast on CPU)."""
+
+    type: Literal["embed-logreg"] = "embed-logreg"
+    features: list[Feature] = Field(
+        default_factory=lambda: [
+            "prompt",
+            "answer",
+            "product",
+            "absdiff",
+            "sentence_max",
+            "sentence_min",
+        ],
+        min_length=1,
+        description="Blocks concatenated into the feature vector: prompt p, answer a, p*a, |p-a|, and the "
+        "element-wise max / min over the answer's sentence embeddings (see inspectors/embed_logreg.py).",
+    )
+    answer_embedding: Literal["sentences", "whole"] = Field(
+        default="sentences",
+        description="The answer vector a: the normalized mean of its sentence embeddings, or one embedding of the whole text.",
+    )
+    C: float = Field(
+        default=0.1,
+        gt=0,
+        description="Inverse L2 strength of LogisticRegression (on standardized features).",
+    )
+    max_iter: int = Field(default=2000, ge=10, description="lbfgs iterations.")
+    cv_folds: int = Field(
+        default=5,
+        ge=2,
+        description="Folds for out-of-fold calibration scores when no validation split is given.",
+    )
+    encode_batch_tokens: int = Field(
+        default=16384,
+        ge=256,
+        description="Padded tokens per encoder forward pass: short sentences go in large batches, "
+        "long texts in small ones (a fixed text count is slow for sentences on CPU).",
+    )
+    max_seq_length: int = Field(
+        default=256, ge=8, le=512, description="Encoder truncation, in tokens."
+    )
+    dtype: Literal["float32", "bfloat16"] = Field(
+        default="float32",
+        description="Encoder compute dtype. bfloat16 is ~2x faster on CPUs with bf16 units (AVX512-BF16, AMX) "
+        "and slower elsewhere; an inspector scores with the dtype it was trained with.",
+    )
+
+    @model_validator(mode="after")
+    def _features_unique(self) -> EmbedLogRegConfig:
+        if len(set(self.features)) != len(self.features):
+            raise ValueError(f"features must not repeat, got {self.features}")
+        return self
+
+
+class FinetunedConfig(_InspectorConfigBase):
+    """A sequence classifier fine-tuned end to end on `prompt [SEP] answer` (slower, more capacity)."""
+
+    type: Literal["finetuned"] = "finetuned"
+    epochs: int = Field(default=3, ge=1)
+    lr: float = Field(default=5e-5, gt=0, description="AdamW learning rate.")
+    batch_size: int = Field(default=16, ge=1)
+    weight_decay: float = Field(default=0.01, ge=0)
+    warmup_ratio: float = Field(
+        default=0.1, ge=0, lt=1, description="Share of steps with linear warm-up."
+    )
+    max_length: int = Field(
+        default=256,
+        ge=8,
+        le=512,
+        description="Tokens of prompt+answer kept (longest first truncated).",
+    )
+    holdout_fraction: float = Field(
+        default=0.2,
+        gt=0,
+        lt=1,
+        description="Share of training pairs held out for calibration when no validation split is given.",
+    )
+
+
+def _type_of(value: Any) -> str | None:
+    """Discriminator that defaults a missing `type:` to embed-logreg (the default inspector)."""
+    if isinstance(value, dict):
+        return value.get("type", DEFAULT_TYPE)
+    return getattr(value, "type", None)
+
+
+InspectorConfig = Annotated[
+    Annotated[EmbedLogRegConfig, Tag("embed-logreg")]
+    | Annotated[FinetunedConfig, Tag("finetuned")],
+    Discriminator(_type_of),
+]
+INSPECTOR_CONFIG: TypeAdapter[EmbedLogRegConfig | FinetunedConfig] = TypeAdapter(InspectorConfig)

@@ -1,0 +1,231 @@
+"""`aligners train-inspector` and `aligners inspect` end to end on a tiny synth-style folder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from aligners.cli import app
+from aligners.schema import write_jsonl
+from test_inspectors import TEST, TRAIN, VAL, examples, make_pairs
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory):
+    """A synth output folder: train/validation/test.jsonl of Pair records (with keep-as-is pairs)."""
+    root = tmp_path_factory.mktemp("synth")
+    for split, (lo, hi) in zip(("train", "validation", "test"), (TRAIN, VAL, TEST), strict=True):
+        write_jsonl(root / f"{split}.jsonl", make_pairs(lo, hi))
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(synth_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("inspector") / "polite"
+    config = tmp_path_factory.mktemp("cfg") / "inspectors" / "mine.yaml"
+    config.parent.mkdir(parents=True)
+    config.write_text("# a recipe\ntype: embed-logreg\nC: 0.5\ncalibration: isotonic\n")
+    result = runner.invoke(
+        app,
+        [
+            "train-inspector",
+            "--data",
+            str(synth_dir),
+            "--config",
+            str(config),
+            "--out",
+            str(out),
+            "--set",
+            "threshold_target=fpr",
+            "--set",
+            "threshold_value=0.1",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    return out, result
+
+
+def test_train_inspector_end_to_end(trained, synth_dir):
+    out, result = trained
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["criterion"] == "polite" and m["type"] == "embed-logreg"
+    assert m["params"]["C"] == 0.5 and m["params"]["calibration"] == "isotonic"  # recipe
+    assert (
+        m["threshold_info"]["target"] == "fpr" and m["threshold_info"]["target_value"] == 0.1
+    )  # --set
+    assert (
+        m["threshold_info"]["achieved_fpr"] <= 0.1
+        and m["threshold_info"]["split"] == "validation split"
+    )
+    test = m["metrics"]["test"]
+    for key in ("auroc", "auprc", "f1", "ece", "fpr", "recall", "confusion"):
+        assert test[key] is not None
+    assert test["auroc"] >= 0.9 and test["n"] == 2 * 8 - 2  # 8 test questions, 2 of them keep-as-is
+    from synth.dataset import data_hash, load_split
+
+    assert m["training_data"]["hash"] == data_hash(load_split(synth_dir, "train"))
+    assert m["training_data"]["source"].startswith("dir:")
+    for png in ("reliability.png", "scores.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    assert "auroc" in result.output and "threshold" in result.output
+
+
+def test_train_inspector_argument_errors(synth_dir, tmp_path):
+    both = runner.invoke(
+        app,
+        ["train-inspector", "--data", str(synth_dir), "--seed", "polite", "--out", str(tmp_path)],
+    )
+    assert both.exit_code == 2 and "exactly one of" in both.output
+    missing = runner.invoke(
+        app, ["train-inspector", "--data", str(tmp_path / "nope"), "--out", str(tmp_path)]
+    )
+    assert missing.exit_code == 2 and "train.jsonl not found" in missing.output
+    bad = runner.invoke(
+        app, ["train-inspector", "--data", str(synth_dir), "--out", str(tmp_path), "--set", "C=-1"]
+    )
+    assert bad.exit_code == 2 and "C" in bad.output and "greater than 0" in bad.output
+    typo = runner.invoke(
+        app, ["train-inspector", "--data", str(synth_dir), "--out", str(tmp_path), "--set", "Cee=1"]
+    )
+    assert typo.exit_code == 2 and "Cee" in typo.output
+
+
+def _write_lines(path, lines):
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_inspect_scores_good_records_and_reports_bad_ones(trained, tmp_path):
+    out_dir, _ = trained
+    P, A, Y = examples(TEST)
+    good = [
+        json.dumps({"id": f"r{i}", "prompt": p, "response": a, "model": "x"})
+        for i, (p, a) in enumerate(zip(P, A, strict=True))
+    ]
+    lines = [
+        good[0],
+        "{not json",  # line 2
+        json.dumps({"response": "no prompt here"}),  # line 3
+        json.dumps({"prompt": "q", "response": "   "}),  # line 4
+        json.dumps({"prompt": 42, "response": "answer"}),  # line 5
+        json.dumps(["a", "list"]),  # line 6
+        *good[1:],
+        "",  # blank lines are skipped, not errors
+        json.dumps({"prompt": "no id is fine", "response": "Sure, here it is."}),
+    ]
+    src = _write_lines(tmp_path / "answers.jsonl", lines)
+    dst = tmp_path / "scores.jsonl"
+    result = runner.invoke(
+        app,
+        [
+            "inspect",
+            "--inspector",
+            str(out_dir),
+            "--in",
+            str(src),
+            "--out",
+            str(dst),
+            "--batch-size",
+            "4",
+            "--no-progress",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(x) for x in dst.read_text().splitlines()]
+    assert len(rows) == len(good) + 1
+    assert [r.get("id") for r in rows[: len(good)]] == [f"r{i}" for i in range(len(good))]
+    assert "id" not in rows[-1]  # input fields only: nothing invented
+    for r in rows:
+        assert (
+            set(r) >= {"prompt", "response", "score", "flagged", "criterion"}
+            and r["criterion"] == "polite"
+        )
+        assert 0.0 <= r["score"] <= 1.0
+    assert rows[0]["model"] == "x"
+    threshold = json.loads((out_dir / "manifest.json").read_text())["threshold"]
+    assert all(r["flagged"] == (r["score"] < threshold) for r in rows)
+    flagged_rude = [r["flagged"] for r, y in zip(rows, Y, strict=False) if y == 0]
+    assert sum(flagged_rude) >= len(flagged_rude) // 2
+
+    errors = [
+        json.loads(x) for x in (tmp_path / "scores.jsonl.errors.jsonl").read_text().splitlines()
+    ]
+    assert [e["line"] for e in errors] == [2, 3, 4, 5, 6]
+    reasons = [e["reason"] for e in errors]
+    assert "invalid JSON" in reasons[0]
+    assert "prompt" in reasons[1] and "required" in reasons[1]
+    assert "response" in reasons[2] and "non-empty" in reasons[2]
+    assert "prompt" in reasons[3] and "string" in reasons[3]
+    assert "JSON object" in reasons[4]
+    assert f"scored {len(rows)} answers" in result.output and "5 malformed" in result.output
+
+
+def test_inspect_threshold_override_and_clean_run_removes_stale_errors(trained, tmp_path):
+    out_dir, _ = trained
+    src = _write_lines(
+        tmp_path / "a.jsonl", [json.dumps({"prompt": "hi", "response": "Hello! How can I help?"})]
+    )
+    dst = tmp_path / "s.jsonl"
+    (tmp_path / "s.jsonl.errors.jsonl").write_text("stale\n")
+    result = runner.invoke(
+        app,
+        [
+            "inspect",
+            "--inspector",
+            str(out_dir),
+            "--in",
+            str(src),
+            "--out",
+            str(dst),
+            "--threshold",
+            "1.0",
+            "--no-progress",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    row = json.loads(dst.read_text())
+    assert row["flagged"] is (row["score"] < 1.0)
+    assert not (tmp_path / "s.jsonl.errors.jsonl").exists()
+
+
+def test_inspect_reports_missing_inspector_and_input(trained, tmp_path):
+    out_dir, _ = trained
+    r = runner.invoke(
+        app,
+        ["inspect", "--inspector", str(tmp_path), "--in", "x.jsonl", "--out", str(tmp_path / "o")],
+    )
+    assert r.exit_code == 2 and "manifest.json not found" in r.output
+    r = runner.invoke(
+        app,
+        [
+            "inspect",
+            "--inspector",
+            str(out_dir),
+            "--in",
+            str(tmp_path / "none.jsonl"),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
+    assert r.exit_code == 2 and "no such input file" in r.output
+
+
+def test_score_jsonl_api_matches_predict_proba(trained, tmp_path):
+    from inspectors import load_inspector, score_jsonl
+
+    out_dir, _ = trained
+    insp = load_inspector(out_dir)
+    P, A, _ = examples(VAL)
+    src = _write_lines(
+        tmp_path / "a.jsonl",
+        [json.dumps({"prompt": p, "response": a}) for p, a in zip(P, A, strict=True)],
+    )
+    summary = score_jsonl(insp, src, tmp_path / "s.jsonl", batch_size=64, progress=False)
+    rows = [json.loads(x) for x in (tmp_path / "s.jsonl").read_text().splitlines()]
+    assert summary.scored == len(P) and summary.errors == 0 and summary.errors_path is None
+    assert [r["score"] for r in rows] == list(insp.predict_proba(P, A)[:, 1])
+    assert summary.flagged == sum(r["flagged"] for r in rows)
