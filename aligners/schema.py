@@ -135,12 +135,9 @@ def _explain(err: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def iter_jsonl(path: Path | str, model: type[R]) -> Iterator[R | RecordError]:
-    """Yield each line parsed as `model`, or a RecordError naming the line; never raise midway.
-
-    Callers that must not lose a batch to one bad line (synth, batch correction) route the
-    errors to an errors file; strict callers use `read_jsonl`.
-    """
+def iter_json_objects(path: Path | str) -> Iterator[tuple[int, dict | None, str | None]]:
+    """(line number, object, None) per JSON-object line, or (line number, None, reason); blank
+    lines are skipped. The one place that turns a JSONL file into numbered objects or reasons."""
     with open(path, encoding="utf-8") as fh:
         for lineno, raw in enumerate(fh, start=1):
             if not raw.strip():
@@ -148,15 +145,28 @@ def iter_jsonl(path: Path | str, model: type[R]) -> Iterator[R | RecordError]:
             try:
                 data = json.loads(raw)
             except json.JSONDecodeError as exc:
-                yield RecordError(path, lineno, f"invalid JSON ({exc.msg} at column {exc.colno})")
+                yield lineno, None, f"invalid JSON ({exc.msg} at column {exc.colno})"
                 continue
             if not isinstance(data, dict):
-                yield RecordError(path, lineno, f"expected a JSON object, got {type(data).__name__}")
-                continue
-            try:
-                yield model.model_validate(data)
-            except ValidationError as exc:
-                yield RecordError(path, lineno, _explain(exc))
+                yield lineno, None, f"expected a JSON object, got {type(data).__name__}"
+            else:
+                yield lineno, data, None
+
+
+def iter_jsonl(path: Path | str, model: type[R]) -> Iterator[R | RecordError]:
+    """Yield each line parsed as `model`, or a RecordError naming the line; never raise midway.
+
+    Callers that must not lose a batch to one bad line (synth, batch correction) route the
+    errors to an errors file; strict callers use `read_jsonl`.
+    """
+    for lineno, data, reason in iter_json_objects(path):
+        if reason is not None:
+            yield RecordError(path, lineno, reason)
+            continue
+        try:
+            yield model.model_validate(data)
+        except ValidationError as exc:
+            yield RecordError(path, lineno, _explain(exc))
 
 
 def read_jsonl(path: Path | str, model: type[R]) -> list[R]:

@@ -23,6 +23,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from aligners.schema import iter_json_objects
 from serve.pipeline import Squad
 
 JOURNAL = "journal.jsonl"
@@ -60,19 +61,8 @@ def read_records(path: Path | str) -> Iterator[Line]:
         for i, row in enumerate(pq.read_table(path).to_pylist(), start=1):
             yield Line(i, row)
     else:
-        with open(path, encoding="utf-8") as fh:
-            for i, raw in enumerate(fh, start=1):
-                if not raw.strip():
-                    continue
-                try:
-                    data = json.loads(raw)
-                except json.JSONDecodeError as exc:
-                    yield Line(i, None, f"invalid JSON ({exc.msg} at column {exc.colno})")
-                    continue
-                if not isinstance(data, dict):
-                    yield Line(i, None, f"expected a JSON object, got {type(data).__name__}")
-                else:
-                    yield Line(i, data)
+        for number, data, reason in iter_json_objects(path):
+            yield Line(number, data, reason)
 
 
 def validate_line(line: Line, max_chars: int) -> tuple[BatchInput | None, str | None]:

@@ -47,6 +47,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from aligners.backends.base import BackendError, ChatMessage, GenerationRequest, SamplingParams
+from aligners.backends.openai_http import error_text as _error_text
 from aligners.config import OpenAIHTTPBackendConfig
 from aligners.schema import Correction
 from serve.metrics import ServerMetrics
@@ -254,24 +255,6 @@ class Upstream:
             return ServingError(400, f"upstream rejected the request: {msg}", code="upstream_bad_request")
         return ServingError(502, f"upstream {url} answered HTTP {status}: {msg}",
                             type="upstream_error", code="upstream_error")
-
-
-def _error_text(body: str | dict[str, Any]) -> str:
-    """The upstream's own words from an OpenAI / FastAPI / plain error body."""
-    data: Any = body
-    if isinstance(body, str):
-        try:
-            data = json.loads(body)
-        except ValueError:
-            return body.strip()[:300] or "(empty body)"
-    if isinstance(data, dict):
-        err = data.get("error")
-        if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])
-        for key in ("message", "detail", "error"):
-            if data.get(key):
-                return str(data[key])
-    return json.dumps(data)[:300]
 
 
 def _answers_of(data: dict[str, Any], chat: bool, url: str) -> list[BaseAnswer]:

@@ -10,6 +10,7 @@ adapter is a served model name, so routing is just the `model` field of the requ
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -197,13 +198,15 @@ def _parse(data: Any, chat: bool, url: str) -> Generation:
     )
 
 
-def _error_message(resp: httpx.Response) -> str:
-    """The server's own words: OpenAI `{"error": {"message"}}`, older vLLM `{"message"}`,
-    FastAPI `{"detail"}`, else the raw body."""
-    try:
-        data = resp.json()
-    except ValueError:
-        return _snippet(resp.text) or resp.reason_phrase
+def error_text(body: str | dict[str, Any]) -> str:
+    """The server's own words from an error body: OpenAI `{"error": {"message"}}`, older vLLM
+    `{"message"}`, FastAPI `{"detail"}`, else the raw body (shared with the proxy's upstream client)."""
+    data: Any = body
+    if isinstance(body, str):
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return _snippet(body) or "(empty body)"
     if isinstance(data, dict):
         err = data.get("error")
         if isinstance(err, dict) and err.get("message"):
@@ -211,7 +214,11 @@ def _error_message(resp: httpx.Response) -> str:
         for key in ("message", "detail", "error"):
             if data.get(key):
                 return str(data[key])
-    return _snippet(resp.text)
+    return _snippet(json.dumps(data))
+
+
+def _error_message(resp: httpx.Response) -> str:
+    return error_text(resp.text) if resp.text.strip() else resp.reason_phrase
 
 
 def _retry_after(resp: httpx.Response, default: float) -> float:
