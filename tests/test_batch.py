@@ -100,10 +100,19 @@ def test_sigkill_at_random_points_then_resume_is_exactly_once(squad_artifacts, t
     cmd = [sys.executable, "-m", "aligners.cli", "correct", "--squad", str(cfg), "--in", str(src),
            "--out", str(out), "--chunk-size", "4"]
     rng = random.Random(7)
+    journal = tmp_path / "out.jsonl.parts" / "journal.jsonl"
+
+    def committed() -> int:
+        return len(journal.read_text().splitlines()) if journal.exists() else 0
+
     kills = 0
     for attempt in range(6):
         proc = subprocess.Popen(cmd + (["--resume"] if attempt else []), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(4, 14))
+        # kill at a random point: after 1-5 more committed chunks, plus a random slice of the next
+        target, deadline = committed() + rng.randint(1, 5), time.monotonic() + 300
+        while proc.poll() is None and committed() < target and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0, 0.3))
         if proc.poll() is not None:
             break
         os.kill(proc.pid, signal.SIGKILL)
@@ -111,7 +120,7 @@ def test_sigkill_at_random_points_then_resume_is_exactly_once(squad_artifacts, t
         kills += 1
     if not out.exists():
         subprocess.run(cmd + ["--resume"], check=True, capture_output=True)
-    assert kills >= 2, "the job finished before it could be killed twice: make it longer"
+    assert kills >= 5, "the job finished before it could be killed five times: make it longer"
     ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
     errors = [json.loads(line)["line"] for line in (tmp_path / "out.jsonl.errors.jsonl").read_text().splitlines()]
     expected = [i for i in range(n) if i % 10 != 9]
