@@ -144,7 +144,9 @@ def main() -> None:
         )
     report["score_jsonl_answers_per_s"] = round(args.n / cli_s, 1)
     report["ratio_inspector_to_encoder_only"] = round(enc_s / api_s, 3)
-    whole = clone(base).set_params(answer_embedding="whole", features=["prompt", "answer", "product", "absdiff"])
+    whole = clone(base).set_params(
+        answer_embedding="whole", features=["prompt", "answer", "product", "absdiff"]
+    )
     whole.fit(fit_p, fit_a, [i % 2 for i in range(64)])
     report["embed_logreg_whole_answer_features_answers_per_s"] = round(
         args.n / timed(api(whole), args.repeats), 1

@@ -527,7 +527,15 @@ class Inspector(ClassifierMixin, BaseEstimator):
     def _from_artifact(cls, path: Path, manifest: dict) -> Inspector:
         from safetensors.numpy import load_file
 
-        est = cls(**manifest["params"])
+        params = manifest["params"]
+        unknown = sorted(set(params) - set(cls._get_param_names()))
+        if unknown:
+            raise InspectorLoadError(
+                f"{path}: the manifest has parameters this {cls.type} inspector does not know "
+                f"({', '.join(unknown)}): it was written by another aligners version. Retrain it "
+                "with `aligners train-inspector`."
+            )
+        est = cls(**params)
         est._check_artifact(path, manifest)
         tensors = load_file(str(path / manifest.get("files", {}).get("weights", WEIGHTS)))
         cal = dict(manifest["calibration"])

@@ -96,7 +96,7 @@ class EmbedLogRegConfig(_InspectorConfigBase):
     )
     dtype: Literal["float32", "bfloat16"] = Field(
         default="float32",
-        description="Encoder compute dtype. bfloat16 is ~2x faster on CPUs with bf16 units (AVX512-BF16, AMX) "
+        description="Encoder compute dtype. bfloat16 is ~2.7x faster on CPUs with bf16 units (AVX512-BF16, AMX) "
         "and slower elsewhere; an inspector scores with the dtype it was trained with.",
     )
 

@@ -243,6 +243,31 @@ def test_pairs_to_examples_labels_and_benign_added_once():
         criterion_of(pairs + make_pairs(8, 12, criterion="harmless"))
 
 
+def test_token_batches_respect_budget_and_padding():
+    from inspectors.embed_logreg import token_batches
+
+    lengths = [5, 100, 20, 20, 30, 7, 250, 22]
+    batches = token_batches(lengths, 120, max_padding=0.5)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for b in batches:
+        longest = max(lengths[i] for i in b)
+        if len(b) > 1:
+            assert len(b) * longest <= 120
+            assert len(b) * longest - sum(lengths[i] for i in b) <= 0.5 * len(b) * longest
+    assert [6] in batches  # longer than the budget: alone
+
+
+def test_embeddings_do_not_depend_on_batching(encoder):
+    from inspectors.embed_logreg import embed, split_sentences
+
+    texts = ["hi", *examples(TRAIN)[1][:12], *split_sentences(RUDE[2].format(f=FACTS[0][1]))]
+    small = embed(encoder, texts, tokens_per_batch=256)
+    big = embed(encoder, texts, tokens_per_batch=1 << 16)
+    assert small.shape == (len(texts), 384)
+    assert np.allclose(small, big, atol=1e-5)
+    assert np.allclose(np.linalg.norm(big, axis=1), 1.0, atol=1e-5)
+
+
 # --- the scikit-learn contract, for every type -------------------------------------------------
 
 
@@ -512,6 +537,9 @@ def test_load_refuses_other_format_versions_and_kinds(fitted, tmp_path):
     )
     _edit_manifest(tmp_path / "insp", format_version=FORMAT_VERSION, kind="aligner")
     with pytest.raises(InspectorLoadError, match="not 'inspector'"):
+        load_inspector(tmp_path / "insp")
+    _edit_manifest(tmp_path / "insp", kind="inspector", **{"params.encode_batch_size": 64})
+    with pytest.raises(InspectorLoadError, match="encode_batch_size.*another aligners version"):
         load_inspector(tmp_path / "insp")
     with pytest.raises(InspectorLoadError, match="manifest.json not found"):
         load_inspector(tmp_path / "nowhere")
