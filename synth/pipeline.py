@@ -379,18 +379,25 @@ class SynthRun:
         )
         pairs = []
         for q, gen in zip(questions, gens, strict=True):
-            if gen is None:
-                continue
-            if gen.finish_reason == "length":
-                self.log.drops.add("truncated", {"stage": "pairs", "prompt": q.text, "output": gen.text})
-                continue
-            try:
-                p = parse_pair(gen.text)
-            except ParseError as exc:
-                self.log.unparseable_output("pairs", str(exc), q.text, gen.text)
+            p = self._parse_generation("pairs", q.text, gen, parse_pair)
+            if p is None:
                 continue
             pairs.append(self._pair(q, p.misaligned, p.critique, p.aligned, True, source))
         return pairs
+
+    def _parse_generation(self, stage: str, prompt: str, gen, parse):
+        """`parse(gen.text)`, or None after logging why: no generation (a failed request),
+        cut off at max_tokens (dropped as truncated), or unparseable (counted with the output)."""
+        if gen is None:
+            return None
+        if gen.finish_reason == "length":
+            self.log.drops.add("truncated", {"stage": stage, "prompt": prompt, "output": gen.text})
+            return None
+        try:
+            return parse(gen.text)
+        except ParseError as exc:
+            self.log.unparseable_output(stage, str(exc), prompt, gen.text)
+            return None
 
     def harvest_pairs(self, questions: list[Question]) -> list[Pair]:
         cfg, base = self.cfg, self.harvest
@@ -419,15 +426,8 @@ class SynthRun:
         )
         pairs = []
         for (q, y), gen in zip(answered, reviews, strict=True):
-            if gen is None:
-                continue
-            if gen.finish_reason == "length":
-                self.log.drops.add("truncated", {"stage": "review", "prompt": q.text, "output": gen.text})
-                continue
-            try:
-                r = parse_review(gen.text)
-            except ParseError as exc:
-                self.log.unparseable_output("review", str(exc), q.text, gen.text)
+            r = self._parse_generation("review", q.text, gen, parse_review)
+            if r is None:
                 continue
             aligned = y if r.satisfies else r.aligned
             pairs.append(self._pair(q, y, r.critique, aligned, not r.satisfies, source))

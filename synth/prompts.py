@@ -129,26 +129,22 @@ def questions_prompt(criterion: Criterion, topic: str, n: int) -> tuple[str, str
     return t.version, text
 
 
+def _rewrite_fields(criterion: Criterion, question: str) -> dict[str, str]:
+    """What the pair and review templates both show the teacher about the criterion."""
+    return {
+        "criterion": criterion.name,
+        "description": _one_line(criterion.description),
+        "correction": _one_line(criterion.correction),
+        "examples": _examples(criterion),
+        "question": _one_line(question),
+    }
+
+
 def pair_prompt(criterion: Criterion, question: str) -> tuple[str, str]:
     t = load_template("pair")
-    text = t.render(
-        criterion=criterion.name,
-        description=_one_line(criterion.description),
-        correction=_one_line(criterion.correction),
-        examples=_examples(criterion),
-        question=_one_line(question),
-    )
-    return t.version, text
+    return t.version, t.render(**_rewrite_fields(criterion, question))
 
 
 def review_prompt(criterion: Criterion, question: str, answer: str) -> tuple[str, str]:
     t = load_template("review")
-    text = t.render(
-        criterion=criterion.name,
-        description=_one_line(criterion.description),
-        correction=_one_line(criterion.correction),
-        examples=_examples(criterion),
-        question=_one_line(question),
-        answer=answer.strip(),
-    )
-    return t.version, text
+    return t.version, t.render(**_rewrite_fields(criterion, question), answer=answer.strip())
