@@ -251,7 +251,6 @@ def train_aligner(
     step_times: list[float] = []
     last_loss = float("nan")
     bar = tqdm(total=total_steps, initial=state["step"], desc=f"train {criterion}", disable=not progress)
-    epoch_batches: list = []
     micro = state["step"] * cfg.grad_accum
     stopped_early = False
     while state["step"] < total_steps and not stopped_early:
