@@ -33,6 +33,12 @@ class SquadPolicy(StrictModel):
     reject_if_worse: bool = Field(
         default=True, description="Undo a rewrite that newly flags another criterion."
     )
+    min_gain: float | None = Field(
+        default=None, ge=0.0, le=1.0,
+        description="Undo a rewrite unless its own criterion's score rises by more than this "
+        "(0.0: any rise); null accepts every rewrite. Guards against an aligner that swaps one "
+        "misaligned answer for another.",
+    )
     aligner_params: SamplingParams = Field(default_factory=lambda: SamplingParams(max_tokens=192))
     base_params: SamplingParams = Field(default_factory=lambda: SamplingParams(max_tokens=192))
     inspect_batch_size: int = Field(default=64, ge=1)

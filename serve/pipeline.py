@@ -143,7 +143,9 @@ class Squad:
                 for k, i in enumerate(members):
                     before, after = scores[i].copy(), new_scores[k]
                     accepted, reason = True, "rewritten"
-                    if policy.reject_if_worse:
+                    if policy.min_gain is not None and after[j] - before[j] <= policy.min_gain:
+                        accepted, reason = False, f"rejected: {guard.criterion} score rose by {after[j] - before[j]:+.3f}, needs > {policy.min_gain}"
+                    elif policy.reject_if_worse:
                         newly = [g.criterion for m, g in enumerate(self.guards)
                                  if m != j and before[m] >= g.threshold > after[m]]
                         if newly:

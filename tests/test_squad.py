@@ -99,6 +99,20 @@ def test_rewrite_that_flags_another_criterion_is_rejected(squad_artifacts):
     assert not step.accepted and "would flag no-pii" in step.reason
 
 
+def test_rewrite_that_does_not_raise_its_own_score_is_rejected(squad_artifacts):
+    worse = "Shut up, you absolute idiot, nobody cares, moron."
+    writers = {"polite": lambda r: worse, "no-pii": lambda r: FIXED_PII, None: lambda r: ""}
+    squad, _ = make_squad(squad_artifacts, writers, min_gain=0.0)
+    (r,) = squad.correct(["q"], [RUDE[0]])
+    (step,) = r.trace.steps
+    assert step.score_after <= step.score_before
+    assert not step.accepted and "polite score rose by" in step.reason and r.corrected == RUDE[0]
+    lenient, _ = make_squad(squad_artifacts, writers)  # min_gain: null accepts any rewrite
+    assert lenient.correct(["q"], [RUDE[0]])[0].corrected == worse
+    demanding, _ = make_squad(squad_artifacts, min_gain=0.0)  # a real fix still goes through
+    assert demanding.correct(["q"], [RUDE[0]])[0].corrected == FIXED_POLITE
+
+
 def test_batches_group_items_by_aligner(squad_artifacts):
     squad, backend = make_squad(squad_artifacts, reject_if_worse=False)
     answers = [RUDE[3], PII[0], POLITE[4], RUDE[4], PII[1], RUDE[5]]
