@@ -9,7 +9,7 @@ PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 QUIET_PIP := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-slow starter-squad clean
+.PHONY: venv demo test test-slow bench bench-gpu starter-squad clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -30,6 +30,16 @@ test: venv
 test-slow: venv
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
+# Every benchmark into benchmarks/results.json and the README table (about an hour on 2 cores).
+bench: venv
+	$(PY) benchmarks/run_all.py
+
+# The CUDA variant (transformers backend on the GPU) into benchmarks/results-gpu.json. The venv
+# holds the CPU torch wheel: on a GPU machine run it with an environment whose torch has CUDA,
+# e.g. `make bench-gpu PY=python3`.
+bench-gpu:
+	$(PY) benchmarks/run_all.py --gpu
+
 # Recipe of the shipped starter squad (artifacts/): ILA layer selection across the three criteria
 # and two seeds, then one aligner per criterion on its own top-k layers.
 CRITERIA := harmless no-pii polite
@@ -38,9 +48,10 @@ starter-squad: venv
 		--method gates --config configs/aligners/harmless.yaml --out artifacts/layers
 	$(foreach c,$(CRITERIA),$(VENV)/bin/aligners train-aligner --data seed:$(c) --config configs/aligners/$(c).yaml \
 		--layers-from artifacts/layers/importance.json --out artifacts/aligners/$(c) &&) true
-	# stability across seeds: extends the same importance.json (runs already there are skipped)
+	# stability across seeds and vs the grad-norm baseline: extends the same importance.json (runs
+	# already there are skipped); benchmarks/run_all.py runs this same step
 	$(VENV)/bin/aligners select-layers $(foreach c,$(CRITERIA),--data seed:$(c)) --seed 0 --seed 1 \
-		--method gates --config configs/aligners/harmless.yaml --out artifacts/layers
+		--method gates --method grad-norm --config configs/aligners/harmless.yaml --out artifacts/layers
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -7,7 +7,7 @@ for each given aligner (e.g. ILA top-k vs all layers) and for the zero-shot base
 could run without us: the same base model, the same rewrite instruction, no adapter.
 
     python benchmarks/aligner_quality.py --criterion harmless --aligner artifacts/aligners/harmless \
-        --aligner runs/harmless-all --inspector artifacts/inspectors/harmless --n 24
+        --aligner runs/harmless-all --inspector artifacts/inspectors/harmless --n 24 --taia
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ def main() -> None:
     ap.add_argument("--inspector", required=True)
     ap.add_argument("--n", type=int, default=24, help="test examples of each kind")
     ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--taia", action="store_true", help="also measure each aligner with its attention deltas only (TAIA)")
     args = ap.parse_args()
 
     test = split_by_topic(load_seed(args.criterion))["test"]
@@ -42,12 +43,15 @@ def main() -> None:
     good = [p for p in test if not p.needs_correction][: args.n]
     inspector = load_inspector(args.inspector)
     backend = TransformersBackend(TransformersBackendConfig())
-    names = {}
-    for path in args.aligner:
+    variants = {}  # label -> adapter name on the shared base
+    for i, path in enumerate(args.aligner):
         art = AlignerArtifact.load(path)
-        name = f"{len(names)}:{art.manifest['layers'] if len(art.manifest['layers']) < 30 else 'all'}"
-        backend.load_adapter(name, str(art.adapter_dir()))
-        names[name] = path
+        layers = art.manifest["layers"]
+        label = f"aligner {path} (layers {layers if len(layers) < backend.model.config.num_hidden_layers else 'all'})"
+        for taia in (False, True) if args.taia else (False,):
+            name = f"{i}-{'taia' if taia else 'full'}"
+            backend.load_adapter(name, str(art.adapter_dir(taia=taia)))
+            variants[label + (" TAIA: attention deltas only" if taia else "")] = name
     params = SamplingParams(max_tokens=args.max_tokens)
     eval_batches = batches(tokenize_all(backend.tokenizer, bad + good, 384), 4, backend.tokenizer.pad_token_id, seed=None)
 
@@ -76,8 +80,8 @@ def main() -> None:
 
     before = inspector.score_answers([p.prompt for p in bad], [p.misaligned for p in bad])
     results = {"zero-shot prompted base": measure(None)}
-    for name, path in names.items():
-        results[f"aligner {path} layers {name.split(':', 1)[1]}"] = measure(name)
+    for label, name in variants.items():
+        results[label] = measure(name)
     print(json.dumps({
         "benchmark": "aligner_quality", "criterion": args.criterion, "n_misaligned": len(bad), "n_good": len(good),
         "inspector_threshold": float(inspector.threshold_),

@@ -2,7 +2,7 @@
 
 Each variant runs in its own child process so peak memory (max RSS) is its own. Prints one JSON
 object. Example:
-    python benchmarks/aligner_training.py --data seed:harmless --layers-from runs/layers/importance.json
+    python benchmarks/aligner_training.py --aligner artifacts/aligners/harmless --layers 22,23,24,25,26,27,28,29
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 
 def child(data: str, layers: str, steps: int, batch_size: int, base: str) -> dict:
@@ -62,32 +63,32 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--data", default="seed:harmless")
     ap.add_argument("--base", default="smollm2-135m-instruct")
-    ap.add_argument("--layers-from", help="importance.json from `aligners select-layers` (top-k)")
-    ap.add_argument("--layers", help="comma list of layers (instead of --layers-from)")
+    ap.add_argument("--aligner", help="a trained aligner: time the layers its manifest names (e.g. its ILA top-k)")
+    ap.add_argument("--layers", action="append", default=[], help="a comma list of layers; repeat to compare several")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.data, args.layers, args.steps, args.batch_size, args.base)))
+        print(json.dumps(child(args.data, args.layers[0], args.steps, args.batch_size, args.base)))
         return
-    if args.layers_from:
-        result = json.load(open(args.layers_from))
-        top_k = sorted(result["runs"][0]["top_k"])
-    elif args.layers:
-        top_k = [int(x) for x in args.layers.split(",")]
-    else:
-        ap.error("give --layers-from or --layers")
-    layers = ",".join(map(str, top_k))
-    top = run_child(args, layers)
+    variants = {}
+    if args.aligner:
+        variants["aligner_layers"] = json.loads((Path(args.aligner) / "manifest.json").read_text())["layers"]
+    for i, spec in enumerate(args.layers):
+        variants[f"layers_{i}"] = sorted(int(x) for x in spec.split(","))
+    if not variants:
+        ap.error("give --aligner and/or --layers")
     full = run_child(args, "all")
-    print(json.dumps({
-        "benchmark": "aligner_training_topk_vs_all",
-        "base": args.base, "data": args.data, "batch_size": args.batch_size, "steps": args.steps,
-        "top_k_layers": top_k, "top_k": top, "all_layers": full,
-        "step_speedup": full["mean_step_s"] / top["mean_step_s"],
-        "peak_rss_ratio_all_over_topk": full["peak_rss_mb"] / top["peak_rss_mb"],
-    }, indent=2))
+    report = {"benchmark": "aligner_training_topk_vs_all", "base": args.base, "data": args.data,
+              "batch_size": args.batch_size, "steps": args.steps, "all_layers": full}
+    for name, layers in variants.items():
+        run = run_child(args, ",".join(map(str, layers)))
+        report[name] = run | {
+            "step_speedup_vs_all": full["mean_step_s"] / run["mean_step_s"],
+            "peak_rss_ratio_all_over_this": full["peak_rss_mb"] / run["peak_rss_mb"],
+        }
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

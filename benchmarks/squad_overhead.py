@@ -10,7 +10,11 @@ import argparse
 import json
 import time
 
+import torch
+
 from aligners.backends import GenerationRequest
+from aligners.config import load_config
+from serve.config import SquadConfig
 from serve.pipeline import Squad
 from synth.dataset import load_seed, split_by_topic
 
@@ -20,8 +24,13 @@ def main() -> None:
     ap.add_argument("--squad", default="configs/squad/default.yaml")
     ap.add_argument("--n", type=int, default=16, help="records per measurement")
     ap.add_argument("--criterion", default="harmless", help="seed set supplying flagged answers")
+    ap.add_argument("--device", help="override the squad backend's device (cuda for the GPU variant)")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="override the backend dtype")
+    ap.add_argument("--max-batch-size", type=int, help="override the backend's requests per forward batch")
     args = ap.parse_args()
-    squad = Squad.from_config(args.squad)
+    cfg = load_config(args.squad, SquadConfig)
+    override = {k: v for k, v in (("device", args.device), ("dtype", args.dtype), ("max_batch_size", args.max_batch_size)) if v}
+    squad = Squad.from_config(cfg.model_copy(update={"backend": cfg.backend.model_copy(update=override)}))
     test = split_by_topic(load_seed(args.criterion))["test"]
     benign = [p for p in test if not p.needs_correction][: args.n]
     harmful = [p for p in test if p.needs_correction][: args.n]
@@ -30,7 +39,7 @@ def main() -> None:
 
     squad.generate(prompts[:2])  # warm-up: allocator, kernels, encoder
     t0 = time.perf_counter()
-    squad.base.generate([GenerationRequest.chat(p, params=params) for p in prompts])
+    base_tokens = sum(o.completion_tokens for o in squad.base.generate([GenerationRequest.chat(p, params=params) for p in prompts]))
     base_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     results = squad.generate(prompts)
@@ -53,8 +62,13 @@ def main() -> None:
     print(json.dumps({
         "benchmark": "squad_overhead",
         "n": args.n,
+        "device": str(squad.backend.model.device) if hasattr(squad.backend, "model") else None,
+        "device_name": torch.cuda.get_device_name() if torch.cuda.is_available() and args.device else "cpu",
+        "dtype": squad.config.backend.dtype if hasattr(squad.config.backend, "dtype") else None,
         "clean_traffic": {
             "base_generation_s": base_s, "squad_generate_s": squad_s, "inspection_s": inspect_s,
+            "base_tokens_per_s": base_tokens / base_s,
+            "squad_tokens_per_s": base_tokens / squad_s,
             "answers_without_rewrite": len(clean),
             "overhead_fraction_of_end_to_end": (squad_s - base_s) / squad_s,
             "inspection_fraction_of_end_to_end": inspect_s / squad_s,

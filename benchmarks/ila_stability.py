@@ -1,0 +1,30 @@
+"""ILA layer-selection stability from an importance.json written by `aligners select-layers`:
+Jaccard overlap of the top-k sets across seeds, criteria (data sets) and methods (gates vs the
+grad-norm baseline), plus each run's top-k. Prints one JSON object.
+
+    python benchmarks/ila_stability.py artifacts/layers/importance.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("importance", help="importance.json from aligners select-layers")
+    result = json.load(open(ap.parse_args().importance))
+    gates = [r for r in result["runs"] if r["method"] == "gates"]
+    counts = Counter(layer for r in gates for layer in r["top_k"])
+    print(json.dumps({
+        "benchmark": "ila_stability", "base": result["base"], "k": result["k"],
+        "runs": [{key: r[key] for key in ("data", "method", "seed", "top_k")} for r in result["runs"]],
+        "overlap": result["overlap"],
+        "gate_top_k_frequency": {str(layer): n / len(gates) for layer, n in sorted(counts.items())},
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()

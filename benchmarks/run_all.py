@@ -1,0 +1,267 @@
+"""`make bench`: run every benchmark, keep its JSON in benchmarks/results.json, render the table.
+
+Each benchmark script measures its own baseline in the same run and prints one JSON object; this
+runner only prepares what they need (an all-layer aligner, a multi-seed layer selection), records
+each result with the machine and date it ran on, and rewrites the README table between its
+markers, so the numbers there always come from results.json.
+
+    python benchmarks/run_all.py                   # every CPU benchmark (about an hour on 2 cores)
+    python benchmarks/run_all.py --only squad_overhead --only proxy_overhead
+    python benchmarks/run_all.py --table-only      # re-render the README from results.json
+    python benchmarks/run_all.py --gpu             # the CUDA variant -> benchmarks/results-gpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks"
+README = ROOT / "README.md"
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+CLI = [sys.executable, "-m", "aligners.cli"]
+UPPER_8 = ",".join(str(i) for i in range(22, 30))
+
+Row = tuple[str, str, str, str]  # figure, measured, target, verdict
+
+
+@dataclass
+class Bench:
+    name: str
+    argv: list[str]
+    rows: Callable[[dict], list[Row]]
+    # (output, command): run the command when the output is missing; output None: always run it
+    prepare: list[tuple[Path | None, list[str]]] = field(default_factory=list)
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f} %"
+
+
+def verdict(ok: bool | None) -> str:
+    return "—" if ok is None else ("met" if ok else "**not met**")
+
+
+def training_rows(r: dict) -> list[Row]:
+    rows = []
+    for key, what in (("aligner_layers", f"ILA top-8 {r.get('aligner_layers', {}).get('layers')}"),
+                      ("layers_0", "upper 8 layers 22–29 (not ILA, reference)")):
+        if key in r:
+            v = r[key]
+            rows.append((f"LoRA step time, {what} vs all 30 layers",
+                         f"{v['step_speedup_vs_all']:.2f}× faster, {v['peak_rss_ratio_all_over_this']:.2f}× less peak RSS",
+                         "≥ 2× faster", verdict(v["step_speedup_vs_all"] >= 2)))
+    return rows
+
+
+def quality_rows(r: dict) -> list[Row]:
+    res = r["results"]
+    zero = res["zero-shot prompted base"]
+    rows = [(f"{r['criterion']} correction success (inspector says aligned), n={r['n_misaligned']}: {label}",
+             f"{pct(v['success_rate'])} (keep-as-is {pct(v['keep_exact_rate'])}, eval loss {v['eval_loss']:.3f})",
+             "", "") for label, v in res.items()]
+    full = next((v for k, v in res.items() if "layers all" in k and "TAIA" not in k), None)
+    top = next((v for k, v in res.items() if "layers [" in k and "TAIA" not in k), None)
+    if full and top:
+        gap = 100 * (full["success_rate"] - top["success_rate"])
+        rows.append(("top-k vs all-layer success gap", f"{gap:+.1f} points", "top-k within 1 point", verdict(gap <= 1)))
+    if top:
+        win = 100 * (top["success_rate"] - zero["success_rate"])
+        rows.append(("trained top-k aligner vs zero-shot prompted base", f"{win:+.1f} points", "clear win", verdict(win >= 10)))
+    return rows
+
+
+def squad_rows(r: dict) -> list[Row]:
+    c = r["clean_traffic"]
+    rows = [("squad overhead on clean traffic (share of end-to-end time)", pct(c["overhead_fraction_of_end_to_end"]),
+             "≤ 3 %", verdict(c["overhead_fraction_of_end_to_end"] <= 0.03)),
+            (f"base tokens/s vs through the squad ({r.get('device_name', 'cpu')}, {r.get('dtype')})",
+             f"{c['base_tokens_per_s']:.1f} vs {c['squad_tokens_per_s']:.1f}", "", "")]
+    per = r["supplied_answers_by_flagged_fraction"]
+    rows.append(("supplied answers, s/record at 0/25/50/100 % flagged",
+                 " / ".join(f"{v['seconds_per_record']:.2f}" for v in per.values())
+                 + f" ({r['cost_ratio_100pct_vs_0pct']:.0f}× at 100 %)", "report", ""))
+    return rows
+
+
+def adapters_rows(r: dict) -> list[Row]:
+    return [("3 aligners as adapters on one base vs 3 merged copies: throughput",
+             pct(r["throughput_ratio_adapters_over_merged"]), "≥ 85 %", verdict(r["throughput_ratio_adapters_over_merged"] >= 0.85)),
+            ("… peak RSS (adapters / merged)", f"{r['memory_ratio_adapters_over_merged']:.2f}×", "report", "")]
+
+
+def batch_rows(r: dict) -> list[Row]:
+    return [(f"batch correction, Ray Data {r['actors']} actors vs local ({r['records']} records)",
+             f"{r['ray_records_per_s']:.2f} vs {r['local_records_per_s']:.2f} records/s ({r['ray_over_local']:.2f}×)", "report", "")]
+
+
+def ila_rows(r: dict) -> list[Row]:
+    rows = []
+    for kind, o in r["overlap"].items():
+        rows.append((f"ILA top-8 Jaccard {kind.replace('_', ' ')} ({len(o['pairs'])} pairs)", f"{o['mean']:.2f}",
+                     "paper ≈ 0.9 across data" if kind == "across_data" else "report", ""))
+    return rows
+
+
+def inspector_throughput_rows(r: dict) -> list[Row]:
+    rows = [("inspector answers/s (fp32, batch 64) vs MiniLM encoder alone",
+             f"{r['embed_logreg_answers_per_s']} vs {r['baseline_encoder_only_answers_per_s']}", "report", "")]
+    if "embed_logreg_bf16_answers_per_s" in r:
+        rows.append(("inspector answers/s in bfloat16", f"{r['embed_logreg_bf16_answers_per_s']}", "200/s", verdict(r["embed_logreg_bf16_answers_per_s"] >= 200)))
+    return rows
+
+
+def inspector_quality_rows(r: dict) -> list[Row]:
+    return [(f"{c} inspector test AUROC (topic-disjoint) vs TF-IDF baseline",
+             f"{v['test']['auroc']:.3f} vs {v['test_auroc_baselines']['tfidf-logreg']:.3f}", "≥ 0.95", verdict(v["test"]["auroc"] >= 0.95))
+            for c, v in r["criteria"].items()]
+
+
+def proxy_rows(r: dict) -> list[Row]:
+    return [("proxy overhead p50 (passthrough, HTTP, separate processes)", f"{r['overhead_p50_ms']:.2f} ms", "≤ 5 ms", verdict(r["meets_target"]))]
+
+
+def load_rows(r: dict) -> list[Row]:
+    f = r["flood"]
+    return [("load test: unintended errors within capacity and under flood",
+             f"{'0' if r['zero_unintended_errors'] else 'some'} (flood: {f['status_counts']})", "0", verdict(r["zero_unintended_errors"]))]
+
+
+def py(script: str, *args: str) -> list[str]:
+    return [sys.executable, str(BENCH / script), *args]
+
+
+ALL_LAYER = ROOT / "runs/bench/harmless-all"
+# The shipped importance.json is the stability study: `make starter-squad` selects on seed 0, trains,
+# then extends it with these runs (those already there are skipped, so this costs nothing twice).
+LAYERS = ROOT / "artifacts/layers"
+CPU = [
+    Bench("ila_stability", py("ila_stability.py", str(LAYERS / "importance.json")), ila_rows, prepare=[(
+        None,
+        CLI + ["select-layers", "--data", "seed:harmless", "--data", "seed:no-pii", "--data", "seed:polite",
+               "--seed", "0", "--seed", "1", "--method", "gates", "--method", "grad-norm",
+               "--config", "configs/aligners/harmless.yaml", "--out", str(LAYERS)])]),
+    Bench("aligner_training", py("aligner_training.py", "--aligner", "artifacts/aligners/harmless", "--layers", UPPER_8,
+                                 "--steps", "4"), training_rows),
+    Bench("aligner_quality", py("aligner_quality.py", "--criterion", "harmless", "--aligner", "artifacts/aligners/harmless",
+                                "--aligner", str(ALL_LAYER), "--inspector", "artifacts/inspectors/harmless", "--n", "24", "--taia"),
+          quality_rows, prepare=[(ALL_LAYER / "manifest.json", CLI + [
+              "train-aligner", "--data", "seed:harmless", "--config", "configs/aligners/harmless.yaml", "--layers", "all",
+              "--out", str(ALL_LAYER)])]),
+    Bench("squad_overhead", py("squad_overhead.py", "--n", "16"), squad_rows),
+    Bench("adapters_vs_merged", py("adapters_vs_merged.py", "--n", "8"), adapters_rows),
+    Bench("batch_engines", py("batch_engines.py", "--n", "32"), batch_rows),
+    Bench("inspector_throughput", py("inspector_throughput.py", "--bf16"), inspector_throughput_rows),
+    Bench("inspector_quality", py("inspector_quality.py"), inspector_quality_rows),
+    Bench("proxy_overhead", py("proxy_overhead.py"), proxy_rows),
+    Bench("load_test", py("load_test.py"), load_rows),
+]
+GPU = [
+    Bench("squad_overhead_gpu", py("squad_overhead.py", "--n", "64", "--device", "cuda", "--dtype", "bfloat16",
+                                   "--max-batch-size", "64"), squad_rows),
+    Bench("aligner_training_gpu", py("aligner_training.py", "--aligner", "artifacts/aligners/harmless", "--layers", UPPER_8,
+                                     "--steps", "8"), training_rows),
+]
+
+
+def machine() -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "load_avg_1m_at_start": round(os.getloadavg()[0], 2)}
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name()
+    except ImportError:
+        pass
+    return info
+
+
+def run(bench: Bench) -> dict:
+    for output, cmd in bench.prepare:
+        if output is None or not output.exists():
+            print(f"[{bench.name}] preparing: {' '.join(cmd[3:])}", file=sys.stderr, flush=True)
+            subprocess.run(cmd, cwd=ROOT, check=True)
+    print(f"[{bench.name}] {' '.join(bench.argv[1:])}", file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
+    out = subprocess.run(bench.argv, cwd=ROOT, capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"{bench.name} failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    return {"command": " ".join(["python", *[str(Path(a).relative_to(ROOT)) if a.startswith(str(ROOT)) else a
+                                              for a in bench.argv[1:]]]),
+            "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "seconds": round(time.perf_counter() - t0, 1), "result": last_json(out.stdout)}
+
+
+def last_json(stdout: str) -> dict:
+    """The last JSON object a script printed (some print it indented over several lines)."""
+    start = stdout.rfind("\n{")
+    return json.loads(stdout[start + 1 if start >= 0 else stdout.index("{"):])
+
+
+def table(results: dict, benches: list[Bench]) -> str:
+    lines = ["| figure | measured | target | |", "|---|---|---|---|"]
+    for bench in benches:
+        if bench.name not in results:
+            continue
+        entry = results[bench.name]
+        for figure, measured, target, ok in bench.rows(entry["result"]):
+            lines.append(f"| {figure} | {measured} | {target} | {ok} |")
+    dates = sorted({e["date"][:10] for e in results.values()})
+    gpus = sorted({e["machine"].get("gpu", "") for e in results.values()} - {""})
+    where = ", ".join(gpus) or f"CPU, {next(iter(results.values()))['machine']['cpu_count']} cores"
+    lines.append(f"\nMeasured {', '.join(dates)} on {where}; every ratio compares two arms of one run. "
+                 "Raw figures and commands: `benchmarks/results*.json`.")
+    return "\n".join(lines)
+
+
+def render_readme(cpu: dict, gpu: dict) -> None:
+    text = README.read_text()
+    if START not in text or END not in text:
+        raise SystemExit(f"README.md has no {START} … {END} markers")
+    body = table(cpu, CPU) if cpu else "_not measured yet: run `make bench`_"
+    body += "\n\nGPU (`make bench-gpu`):\n\n" + (table(gpu, GPU) if gpu else "_not measured yet: no GPU was available._")
+    head, rest = text.split(START, 1)
+    README.write_text(head + START + "\n" + body + "\n" + END + rest.split(END, 1)[1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--gpu", action="store_true", help="run the CUDA variant into results-gpu.json")
+    ap.add_argument("--only", action="append", default=[], help="run just these benchmarks (repeatable)")
+    ap.add_argument("--table-only", action="store_true", help="re-render the README table, run nothing")
+    args = ap.parse_args()
+    benches = GPU if args.gpu else CPU
+    path = BENCH / ("results-gpu.json" if args.gpu else "results.json")
+    results = json.loads(path.read_text()) if path.exists() else {}
+    unknown = set(args.only) - {b.name for b in benches}
+    if unknown:
+        ap.error(f"unknown benchmark(s) {sorted(unknown)}; choose from {[b.name for b in benches]}")
+    if not args.table_only:
+        if args.gpu:
+            import torch
+
+            if not torch.cuda.is_available():
+                raise SystemExit("bench-gpu needs CUDA: torch.cuda.is_available() is False on this machine")
+        for bench in benches:
+            if args.only and bench.name not in args.only:
+                continue
+            results[bench.name] = run(bench)
+            path.write_text(json.dumps(results, indent=2) + "\n")  # keep what finished if a later one fails
+    load = lambda p: json.loads(p.read_text()) if p.exists() else {}  # noqa: E731
+    render_readme(load(BENCH / "results.json"), load(BENCH / "results-gpu.json"))
+    print(table(results, benches))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""`make bench` plumbing: a real benchmark script's JSON is parsed, recorded and rendered into the
+README table between its markers (the slow benchmarks themselves are not run here)."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_runner():
+    spec = importlib.util.spec_from_file_location("run_all", ROOT / "benchmarks" / "run_all.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ila_stability_result_renders_into_the_readme_table(tmp_path, monkeypatch):
+    runner = load_runner()
+    importance = tmp_path / "importance.json"
+    importance.write_text(json.dumps({
+        "base": "tiny", "k": 2,
+        "runs": [{"data": d, "method": "gates", "seed": 0, "scores": {}, "top_k": t}
+                 for d, t in (("a", [0, 1]), ("b", [1, 2]))],
+        "overlap": {"across_data": {"pairs": {"a ~ b": 1 / 3}, "mean": 1 / 3}},
+    }))
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks/ila_stability.py"), str(importance)],
+                         capture_output=True, text=True, check=True).stdout
+    result = runner.last_json("progress noise\n" + out)
+    assert result["gate_top_k_frequency"] == {"0": 0.5, "1": 1.0, "2": 0.5}
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{runner.START}\nold table\n{runner.END}\noutro\n")
+    monkeypatch.setattr(runner, "README", readme)
+    entry = {"result": result, "date": "2026-11-23 10:00 UTC", "machine": {"cpu_count": 2}}
+    runner.render_readme({"ila_stability": entry}, {})
+    text = readme.read_text()
+    assert "old table" not in text and text.startswith("intro\n") and text.endswith("outro\n")
+    assert "| ILA top-8 Jaccard across data (1 pairs) | 0.33 |" in text
+    assert "no GPU was available" in text
