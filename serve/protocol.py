@@ -159,6 +159,7 @@ class _Generate(_Request):
     n: int = Field(default=1, ge=1)
     stop: str | list[str] | None = None
     seed: int | None = None
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0, description="vLLM extension")
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None

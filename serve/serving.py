@@ -393,6 +393,7 @@ class AlignersServing:
                 temperature=base.temperature if req.temperature is None else req.temperature,
                 top_p=base.top_p if req.top_p is None else req.top_p,
                 stop=req.stops or base.stop, seed=base.seed if req.seed is None else req.seed,
+                repetition_penalty=base.repetition_penalty if req.repetition_penalty is None else req.repetition_penalty,
             )
         except ValidationError as exc:
             raise invalid(f"sampling parameters not accepted by the local model: {exc.errors()[0]['msg']}") from None
@@ -403,7 +404,7 @@ class AlignersServing:
         body: dict[str, Any] = {"model": self.upstream.model}
         if req.token_limit is not None:
             body["max_tokens"] = req.token_limit
-        for name in ("temperature", "top_p", "seed"):
+        for name in ("temperature", "top_p", "seed", "repetition_penalty"):
             if getattr(req, name) is not None:
                 body[name] = getattr(req, name)
         if req.stops:

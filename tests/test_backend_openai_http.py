@@ -51,6 +51,13 @@ def test_chat_request_body_and_parsed_reply(scripted_openai, monkeypatch):
     assert "authorization" not in call.headers
 
 
+def test_repetition_penalty_is_sent_only_when_set(scripted_openai):
+    scripted_openai.script(Reply(text="ok"))
+    req = GenerationRequest.chat("hi", params=SamplingParams(max_tokens=5, repetition_penalty=1.2))
+    backend(scripted_openai.base_url).generate([req])
+    assert scripted_openai.requests[-1].body["repetition_penalty"] == 1.2
+
+
 def test_prompt_request_uses_completions_with_stop_and_length(scripted_openai):
     scripted_openai.script(Reply(text="abc", finish_reason="length"))
     req = GenerationRequest(prompt="once upon", params=SamplingParams(stop=["\n"]))

@@ -79,6 +79,18 @@ def test_seeded_sampling_is_reproducible_and_differs_by_seed(backend):
     assert len({sample(s) for s in range(4)}) > 1
 
 
+def test_repetition_penalty_reaches_generate(backend):
+    """A random tiny model rarely repeats by itself; a penalty below 1 *rewards* repeats, so it
+    must collapse the output onto a few tokens if the knob reaches generate()."""
+    def distinct_share(penalty):
+        p = SamplingParams(max_tokens=48, repetition_penalty=penalty)
+        [out] = backend.generate([GenerationRequest.chat("say something", params=p)])
+        ids = backend.tokenizer(out.text, add_special_tokens=False)["input_ids"]
+        return len(set(ids)) / len(ids)
+
+    assert distinct_share(0.05) + 0.2 < distinct_share(1.0)
+
+
 def test_cut_at_stop_uses_earliest_stop():
     assert cut_at_stop("abc STOP def END", ["END", "STOP"]) == ("abc ", True)
     assert cut_at_stop("no stops here", ["zz"]) == ("no stops here", False)

@@ -72,7 +72,8 @@ def test_chat_answer_is_corrected_with_details_and_headers(local):
     root, base = local
     base.answers = [RUDE[0]]
     raw = client(root).chat.completions.with_raw_response.create(model=LOCAL, messages=Q, max_tokens=40,
-                                                                 temperature=0.3, top_p=0.9, stop=["\n\n"], seed=7)
+                                                                 temperature=0.3, top_p=0.9, stop=["\n\n"], seed=7,
+                                                                 extra_body={"repetition_penalty": 1.1})
     out = raw.parse()
     assert out.object == "chat.completion" and out.choices[0].message.content == FIXED
     assert out.choices[0].finish_reason == "stop" and out.model == LOCAL
@@ -88,7 +89,7 @@ def test_chat_answer_is_corrected_with_details_and_headers(local):
     sent = base.requests[-1]
     assert [m.role for m in sent.messages] == ["system", "user"]
     p = sent.params
-    assert (p.max_tokens, p.temperature, p.top_p, p.stop, p.seed) == (40, 0.3, 0.9, ["\n\n"], 7)
+    assert (p.max_tokens, p.temperature, p.top_p, p.stop, p.seed, p.repetition_penalty) == (40, 0.3, 0.9, ["\n\n"], 7, 1.1)
     # the original only on request
     out = client(root).chat.completions.create(model=LOCAL, messages=Q, extra_body={"aligners": {"return_original": True}})
     assert out.aligners["choices"][0]["original"] == RUDE[0]

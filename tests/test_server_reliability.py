@@ -216,11 +216,12 @@ def test_every_malformed_request_gets_a_named_4xx_and_the_server_stays_up(script
             r = http.get("/v1/nowhere")
             assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
             assert http.get("/health").json()["status"] == "ok"
-            ok = http.post("/v1/chat/completions", json=chat_body(max_tokens=256, stop="\n", seed=3, temperature=0.5, top_p=0.9))
+            ok = http.post("/v1/chat/completions", json=chat_body(max_tokens=256, stop="\n", seed=3, temperature=0.5, top_p=0.9,
+                                                                        repetition_penalty=1.1))
             assert ok.status_code == 200, ok.text
         sent = scripted_openai.requests[-1].body
-        assert {k: sent[k] for k in ("max_tokens", "stop", "seed", "temperature", "top_p")} == {
-            "max_tokens": 256, "stop": ["\n"], "seed": 3, "temperature": 0.5, "top_p": 0.9}
+        assert {k: sent[k] for k in ("max_tokens", "stop", "seed", "temperature", "top_p", "repetition_penalty")} == {
+            "max_tokens": 256, "stop": ["\n"], "seed": 3, "temperature": 0.5, "top_p": 0.9, "repetition_penalty": 1.1}
         # the official client surfaces the message
         with pytest.raises(openai.BadRequestError, match="`logprobs` is not supported"):
             client(root).chat.completions.create(model=MODEL, messages=HI, logprobs=True)

@@ -32,6 +32,11 @@ class SamplingParams(BaseModel):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     stop: list[str] = Field(default_factory=list)
     seed: int | None = None
+    repetition_penalty: float = Field(
+        default=1.0, gt=0.0, le=2.0,
+        description="vLLM/transformers extension: > 1 discourages repeated tokens (small models "
+        "decoding greedily loop); 1 = off, and then it is not sent to OpenAI-compatible servers.",
+    )
 
 
 class GenerationRequest(BaseModel):

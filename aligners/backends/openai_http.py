@@ -105,6 +105,8 @@ class OpenAIHTTPBackend(Backend):
             body["stop"] = list(p.stop)
         if p.seed is not None:
             body["seed"] = p.seed
+        if p.repetition_penalty != 1.0:  # vLLM's extra sampling parameter; plain OpenAI has none
+            body["repetition_penalty"] = p.repetition_penalty
         if req.messages is not None and self.cfg.endpoint == "chat":
             body["messages"] = [m.model_dump() for m in req.messages]
             return f"{self._base_url}/chat/completions", body, True

@@ -153,6 +153,8 @@ class TransformersBackend(Backend):
             kwargs.update(temperature=None, top_p=None, top_k=None)
         if params.stop:
             kwargs.update(stop_strings=params.stop, tokenizer=tok)
+        if params.repetition_penalty != 1.0:
+            kwargs["repetition_penalty"] = params.repetition_penalty
         model = self.model
         if self.peft_model is not None:
             model = self.peft_model

@@ -118,6 +118,7 @@ class VLLMBackend(Backend):
             top_p=p.top_p,
             stop=list(p.stop) or None,
             seed=p.seed,
+            repetition_penalty=p.repetition_penalty,
         )
 
 
