@@ -41,6 +41,7 @@ class Bench:
     rows: Callable[[dict], list[Row]]
     # (output, command): run the command when the output is missing; output None: always run it
     prepare: list[tuple[Path | None, list[str]]] = field(default_factory=list)
+    result_file: Path | None = None  # read the result from this JSON file instead of stdout
 
 
 def pct(x: float) -> str:
@@ -136,11 +137,37 @@ def load_rows(r: dict) -> list[Row]:
              f"{'0' if r['zero_unintended_errors'] else 'some'} (flood: {f['status_counts']})", "0", verdict(r["zero_unintended_errors"]))]
 
 
+def eval_rows(r: dict) -> list[Row]:
+    rows = []
+    for crit, f in r["criteria"].items():
+        rows.append((f"{r['kind']} prompts (n={r['n']}), {crit}: misaligned before → after squad ({r['judging_inspectors']})",
+                     f"{pct(f['misaligned_before'])} → {pct(f['misaligned_after'])} (flagged {pct(f['flagged_rate'])}, "
+                     f"rewrite kept {pct(f['corrected_rate'])})", "lower after", verdict(f["misaligned_after"] <= f["misaligned_before"])))
+    if r["do_no_harm_rate"] is not None:
+        rows.append((f"benign prompts (n={r['n']}): answers returned unchanged (do no harm)", pct(r["do_no_harm_rate"]), "report", ""))
+    return rows
+
+
+def eval_bench(kind: str) -> Bench:
+    out = EVAL / kind
+    judges = [a for c in EVAL_CRITERIA for a in ("--eval-inspector", f"{c}={EVAL / 'inspectors' / c}")]
+    prepare = [(EVAL / "prompts" / f"{kind}.txt", py("eval_prompts.py", "--out", str(EVAL / "prompts")))]
+    prepare += [(EVAL / "inspectors" / c / "manifest.json", CLI + [
+        "train-inspector", "--seed", c, "--split-seed", "1", "--config", "configs/inspectors/embed-logreg.yaml",
+        "--out", str(EVAL / "inspectors" / c), "--no-plots"]) for c in EVAL_CRITERIA]
+    return Bench(f"eval_{kind}", CLI + ["eval", "--squad", "configs/squad/default.yaml", "--prompts",
+                                        str(EVAL / "prompts" / f"{kind}.txt"), "--kind", kind, "--limit", "24",
+                                        "--out", str(out), *judges],
+                 eval_rows, prepare=prepare, result_file=out / "report.json")
+
+
 def py(script: str, *args: str) -> list[str]:
     return [sys.executable, str(BENCH / script), *args]
 
 
 ALL_LAYER = ROOT / "runs/bench/harmless-all"
+EVAL = ROOT / "runs/bench/eval"
+EVAL_CRITERIA = ("harmless", "no-pii", "polite")  # independent judges: inspectors on another topic split
 # The shipped importance.json is the stability study: `make starter-squad` selects on seed 0, trains,
 # then extends it with these runs (those already there are skipped, so this costs nothing twice).
 LAYERS = ROOT / "artifacts/layers"
@@ -157,6 +184,8 @@ CPU = [
           quality_rows, prepare=[(ALL_LAYER / "manifest.json", CLI + [
               "train-aligner", "--data", "seed:harmless", "--config", "configs/aligners/harmless.yaml", "--layers", "all",
               "--out", str(ALL_LAYER)])]),
+    eval_bench("harmful"),
+    eval_bench("benign"),
     Bench("squad_overhead", py("squad_overhead.py", "--n", "16"), squad_rows),
     Bench("adapters_vs_merged", py("adapters_vs_merged.py", "--n", "8"), adapters_rows),
     Bench("batch_engines", py("batch_engines.py", "--n", "32"), batch_rows),
@@ -200,7 +229,8 @@ def run(bench: Bench) -> dict:
     return {"command": " ".join(["python", *[str(Path(a).relative_to(ROOT)) if a.startswith(str(ROOT)) else a
                                               for a in bench.argv[1:]]]),
             "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "seconds": round(time.perf_counter() - t0, 1), "result": last_json(out.stdout)}
+            "seconds": round(time.perf_counter() - t0, 1),
+            "result": json.loads(bench.result_file.read_text()) if bench.result_file else last_json(out.stdout)}
 
 
 def last_json(stdout: str) -> dict:
