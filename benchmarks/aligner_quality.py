@@ -7,7 +7,7 @@ for each given aligner (e.g. ILA top-k vs all layers) and for the zero-shot base
 could run without us: the same base model, the same rewrite instruction, no adapter.
 
     python benchmarks/aligner_quality.py --criterion harmless --aligner artifacts/aligners/harmless \
-        --aligner runs/harmless-all --inspector artifacts/inspectors/harmless --n 24 --taia
+        --aligner runs/harmless-all --inspector artifacts/inspectors/harmless --n 24 --taia-for 0
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ def main() -> None:
     ap.add_argument("--inspector", required=True)
     ap.add_argument("--n", type=int, default=24, help="test examples of each kind")
     ap.add_argument("--max-tokens", type=int, default=128)
-    ap.add_argument("--taia", action="store_true", help="also measure each aligner with its attention deltas only (TAIA)")
+    ap.add_argument("--taia-for", type=int, action="append", default=[],
+                    help="also measure the i-th --aligner (0-based) with its attention deltas only (TAIA); repeatable")
+    ap.add_argument("--repetition-penalty", type=float, default=1.0, help="same for every variant")
     args = ap.parse_args()
 
     test = split_by_topic(load_seed(args.criterion))["test"]
@@ -43,16 +45,18 @@ def main() -> None:
     good = [p for p in test if not p.needs_correction][: args.n]
     inspector = load_inspector(args.inspector)
     backend = TransformersBackend(TransformersBackendConfig())
-    variants = {}  # label -> adapter name on the shared base
+    variants = {}  # label -> (adapter name on the shared base, what it is)
     for i, path in enumerate(args.aligner):
         art = AlignerArtifact.load(path)
         layers = art.manifest["layers"]
-        label = f"aligner {path} (layers {layers if len(layers) < backend.model.config.num_hidden_layers else 'all'})"
-        for taia in (False, True) if args.taia else (False,):
+        about = {"aligner": path, "layers": "all" if len(layers) == art.manifest["num_layers"] else layers,
+                 "steps": art.manifest["metrics"]["steps"]}
+        for taia in (False, True) if i in args.taia_for else (False,):
             name = f"{i}-{'taia' if taia else 'full'}"
             backend.load_adapter(name, str(art.adapter_dir(taia=taia)))
-            variants[label + (" TAIA: attention deltas only" if taia else "")] = name
-    params = SamplingParams(max_tokens=args.max_tokens)
+            label = f"aligner {path} (layers {about['layers']}, {about['steps']} steps{', TAIA: attention deltas only' if taia else ''})"
+            variants[label] = name, about | {"taia": taia}
+    params = SamplingParams(max_tokens=args.max_tokens, repetition_penalty=args.repetition_penalty)
     eval_batches = batches(tokenize_all(backend.tokenizer, bad + good, 384), 4, backend.tokenizer.pad_token_id, seed=None)
 
     def measure(adapter):
@@ -80,11 +84,11 @@ def main() -> None:
 
     before = inspector.score_answers([p.prompt for p in bad], [p.misaligned for p in bad])
     results = {"zero-shot prompted base": measure(None)}
-    for label, name in variants.items():
-        results[label] = measure(name)
+    for label, (name, about) in variants.items():
+        results[label] = about | measure(name)
     print(json.dumps({
         "benchmark": "aligner_quality", "criterion": args.criterion, "n_misaligned": len(bad), "n_good": len(good),
-        "inspector_threshold": float(inspector.threshold_),
+        "inspector_threshold": float(inspector.threshold_), "repetition_penalty": args.repetition_penalty,
         "misaligned_judged_aligned_before": float((before >= inspector.threshold_).mean()),
         "results": results,
     }, indent=2))
