@@ -214,6 +214,9 @@ def eval_cmd(
     kind: Annotated[str, typer.Option(help="harmful or benign: what the prompts are.")],
     out: Annotated[str, typer.Option(help="Report folder.")],
     column: Annotated[str, typer.Option(help="Field/column holding the prompt in JSONL/CSV.")] = "prompt",
+    answer_column: Annotated[
+        str | None, typer.Option(help="Field/column with stored answers (from any LLM) to evaluate instead of generating.")
+    ] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Use the first N prompts.")] = None,
     eval_inspector: Annotated[
         list[str], typer.Option(help="criterion=DIR: an inspector trained on another split, to judge fairly.")
@@ -234,9 +237,10 @@ def eval_cmd(
     pairs = [item.split("=", 1) for item in eval_inspector]
     if any(len(p) != 2 for p in pairs):
         raise typer.BadParameter("--eval-inspector takes criterion=DIR")
-    texts = read_prompts(prompts, column)[:limit]
+    texts, answers = read_prompts(prompts, column, answer_column)
     judge_backend = backend_from_spec(judge, model=judge_model) if judge else None
-    report = evaluate_squad(Squad.from_config(squad), texts, kind, out, dict(pairs) or None, judge_backend)
+    report = evaluate_squad(Squad.from_config(squad), texts[:limit], kind, out, dict(pairs) or None, judge_backend,
+                            answers=answers[:limit] if answers else None)
     typer.echo(f"{report['n']} {kind} prompts, {report['changed_rate']:.0%} changed → {out}/report.md")
 
 

@@ -1,8 +1,10 @@
-"""Held-out prompt files for `aligners eval`: prompts from the topic-disjoint test split of the
-seed sets, whose topics neither the routing inspectors nor the aligners trained on.
+"""Held-out inputs for `aligners eval`, from the topic-disjoint test split of the seed sets (topics
+neither the routing inspectors nor the aligners trained on):
 
-harmful: prompts whose seed answer needed a correction (harmless and no-pii test splits);
-benign: prompts whose seed answer was already fine (near-boundary and everyday questions).
+- harmful.txt / benign.txt: prompts (harmless and no-pii sets) for the squad's base to answer;
+  harmful = the seed answer needed a correction, benign = it was already fine;
+- supplied-harmful.jsonl / supplied-benign.jsonl: prompt + stored `response` from all three sets
+  (the misaligned answer / the already-good answer), the "answers from another LLM" mode.
 
     python benchmarks/eval_prompts.py --out runs/bench/prompts
 """
@@ -10,30 +12,41 @@ benign: prompts whose seed answer was already fine (near-boundary and everyday q
 from __future__ import annotations
 
 import argparse
+import json
 from itertools import zip_longest
 from pathlib import Path
 
 from synth.dataset import load_seed, split_by_topic
 
+GENERATED_FROM = ("harmless", "no-pii")  # a polite-set prompt is harmless: only its answer was rude
+SUPPLIED_FROM = ("harmless", "no-pii", "polite")
+
+
+def interleaved(lists: list[list]) -> list:
+    """Round-robin across criteria, so `aligners eval --limit N` sees every criterion."""
+    return [x for row in zip_longest(*lists) for x in row if x is not None]
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out", required=True, help="folder for harmful.txt and benign.txt")
-    ap.add_argument("--criteria", nargs="+", default=["harmless", "no-pii"])
+    ap.add_argument("--out", required=True, help="folder for the four files")
     args = ap.parse_args()
-    by_kind = {"harmful": [], "benign": []}  # per kind: one prompt list per criterion
-    for criterion in args.criteria:
-        test = split_by_topic(load_seed(criterion))["test"]
-        by_kind["harmful"].append([p.prompt for p in test if p.needs_correction])
-        by_kind["benign"].append([p.prompt for p in test if not p.needs_correction])
-    # interleaved across criteria, so `aligners eval --limit N` sees every criterion
-    files = {kind: list(dict.fromkeys(p for row in zip_longest(*lists) for p in row if p))
-             for kind, lists in by_kind.items()}
+    tests = {c: split_by_topic(load_seed(c))["test"] for c in SUPPLIED_FROM}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for kind, prompts in files.items():
-        (out / f"{kind}.txt").write_text("".join(p.replace("\n", " ") + "\n" for p in prompts))
-        print(f"{kind}: {len(prompts)} prompts → {out / kind}.txt")
+    for kind, needs in (("harmful", True), ("benign", False)):
+        prompts = interleaved([[p.prompt for p in tests[c] if p.needs_correction == needs] for c in GENERATED_FROM])
+        unique = list(dict.fromkeys(prompts))
+        (out / f"{kind}.txt").write_text("".join(p.replace("\n", " ") + "\n" for p in unique))
+        records = interleaved([[{"prompt": p.prompt, "response": p.misaligned if needs else p.aligned, "criterion": c}
+                                for p in tests[c] if p.needs_correction == needs] for c in SUPPLIED_FROM])
+        # the shared benign pool joins every criterion's set: keep each (prompt, response) once
+        unique_records: dict[tuple[str, str], dict] = {}
+        for r in records:
+            unique_records.setdefault((r["prompt"], r["response"]), r)
+        records = list(unique_records.values())
+        (out / f"supplied-{kind}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        print(f"{kind}: {len(unique)} prompts, {len(records)} supplied answers → {out}")
 
 
 if __name__ == "__main__":

@@ -13,13 +13,20 @@ def test_prompt_files_in_three_formats(tmp_path):
     (tmp_path / "p.txt").write_text("first\n\nsecond\n")
     (tmp_path / "p.jsonl").write_text('{"goal": "first"}\n{"goal": "second"}\n')
     (tmp_path / "p.csv").write_text("id,goal\n1,first\n2,second\n")
-    assert read_prompts(tmp_path / "p.txt") == ["first", "second"]
-    assert read_prompts(tmp_path / "p.jsonl", "goal") == ["first", "second"]
-    assert read_prompts(tmp_path / "p.csv", "goal") == ["first", "second"]
+    (tmp_path / "a.jsonl").write_text('{"prompt": "q1", "response": "a1"}\n{"prompt": "q2"}\n')
+    (tmp_path / "a.csv").write_text("prompt,response\nq1,a1\nq2,a2\n")
+    assert read_prompts(tmp_path / "p.txt") == (["first", "second"], None)
+    assert read_prompts(tmp_path / "p.jsonl", "goal") == (["first", "second"], None)
+    assert read_prompts(tmp_path / "p.csv", "goal") == (["first", "second"], None)
+    assert read_prompts(tmp_path / "a.csv", answer_column="response") == (["q1", "q2"], ["a1", "a2"])
     with pytest.raises(ValueError, match="no column 'prompt'"):
         read_prompts(tmp_path / "p.csv")
     with pytest.raises(ValueError, match="use --column"):
         read_prompts(tmp_path / "p.jsonl")
+    with pytest.raises(ValueError, match=r"lines \[2\] have no 'response'"):
+        read_prompts(tmp_path / "a.jsonl", answer_column="response")
+    with pytest.raises(ValueError, match="need a .jsonl or .csv"):
+        read_prompts(tmp_path / "p.txt", answer_column="response")
 
 
 def test_wilson_interval():
@@ -57,3 +64,11 @@ def test_benign_run_reports_do_no_harm_with_independent_inspectors(squad_artifac
     report = evaluate_squad(squad, ["q"] * 5, "benign", tmp_path, eval_inspectors=eval_insp)
     assert report["do_no_harm_rate"] == 1.0 and report["changed_rate"] == 0.0
     assert report["judging_inspectors"].startswith("independent")
+
+
+def test_supplied_answers_are_corrected_without_generation(squad_artifacts, tmp_path):
+    squad, backend = make_squad(squad_artifacts)
+    report = evaluate_squad(squad, ["q"] * 4, "harmful", tmp_path, answers=[RUDE[0], RUDE[1], POLITE[0], POLITE[1]])
+    assert report["answers"] == "supplied" and report["changed_rate"] == 0.5
+    assert report["criteria"]["polite"]["misaligned_before"] == 0.5 and report["criteria"]["polite"]["misaligned_after"] == 0.0
+    assert all(adapter == "polite" for adapter, _ in backend.calls)  # aligner calls only: no base generation
