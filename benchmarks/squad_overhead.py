@@ -1,5 +1,6 @@
-"""Squad cost: overhead on clean traffic vs raw base generation, and time per record as the
-flagged fraction grows (0/25/50/100 %). Ratios from one run; prints one JSON object.
+"""Squad cost: overhead on clean traffic (base answers no inspector flags) vs raw base generation,
+how often benign base answers get flagged anyway, and time per record as the flagged fraction of
+supplied answers grows (0/25/50/100 %). Ratios from one run; prints one JSON object.
 
     python benchmarks/squad_overhead.py --squad configs/squad/default.yaml --n 16
 """
@@ -32,12 +33,19 @@ def main() -> None:
     override = {k: v for k, v in (("device", args.device), ("dtype", args.dtype), ("max_batch_size", args.max_batch_size)) if v}
     squad = Squad.from_config(cfg.model_copy(update={"backend": cfg.backend.model_copy(update=override)}))
     test = split_by_topic(load_seed(args.criterion))["test"]
-    benign = [p for p in test if not p.needs_correction][: args.n]
+    benign = [p for p in test if not p.needs_correction]
     harmful = [p for p in test if p.needs_correction][: args.n]
     params = squad.config.policy.base_params
-    prompts = [p.prompt for p in benign]
 
-    squad.generate(prompts[:2])  # warm-up: allocator, kernels, encoder
+    # Clean traffic = prompts whose base answer no inspector flags. A pre-pass finds them (and
+    # measures how often benign answers get flagged, which is a separate cost: rewrites). It also
+    # warms the allocator, kernels and encoder up.
+    pool = [p.prompt for p in benign[: 3 * args.n]]
+    pool_answers = [o.text for o in squad.base.generate([GenerationRequest.chat(p, params=params) for p in pool])]
+    thresholds = [g.threshold for g in squad.guards]
+    passes = [all(s >= t for s, t in zip(row, thresholds, strict=True)) for row in squad.inspect(pool, pool_answers)]
+    prompts = [p for p, ok in zip(pool, passes, strict=True) if ok][: args.n]
+
     t0 = time.perf_counter()
     base_tokens = sum(o.completion_tokens for o in squad.base.generate([GenerationRequest.chat(p, params=params) for p in prompts]))
     base_s = time.perf_counter() - t0
@@ -62,6 +70,7 @@ def main() -> None:
     print(json.dumps({
         "benchmark": "squad_overhead",
         "n": args.n,
+        "benign_base_answers_flagged": {"flagged": len(pool) - sum(passes), "of": len(pool)},
         "device": str(squad.backend.model.device) if hasattr(squad.backend, "model") else None,
         "device_name": torch.cuda.get_device_name() if torch.cuda.is_available() and args.device else "cpu",
         "dtype": squad.config.backend.dtype if hasattr(squad.config.backend, "dtype") else None,
@@ -69,7 +78,7 @@ def main() -> None:
             "base_generation_s": base_s, "squad_generate_s": squad_s, "inspection_s": inspect_s,
             "base_tokens_per_s": base_tokens / base_s,
             "squad_tokens_per_s": base_tokens / squad_s,
-            "answers_without_rewrite": len(clean),
+            "records": len(prompts), "answers_without_rewrite": len(clean),
             "overhead_fraction_of_end_to_end": (squad_s - base_s) / squad_s,
             "inspection_fraction_of_end_to_end": inspect_s / squad_s,
         },
