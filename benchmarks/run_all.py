@@ -91,7 +91,8 @@ def quality_rows(r: dict) -> list[Row]:
 
 def squad_rows(r: dict) -> list[Row]:
     c = r["clean_traffic"]
-    rows = [("squad overhead on clean traffic (share of end-to-end time)", pct(c["overhead_fraction_of_end_to_end"]),
+    rows = [("squad overhead on clean traffic (share of end-to-end time; inspection alone)",
+             f"{pct(c['overhead_fraction_of_end_to_end'])} ({pct(c['inspection_fraction_of_end_to_end'])})",
              "≤ 3 %", verdict(c["overhead_fraction_of_end_to_end"] <= 0.03)),
             ("benign prompts whose base answer an inspector flags anyway (then rewritten)",
              f"{r['benign_base_answers_flagged']['flagged']} of {r['benign_base_answers_flagged']['of']}", "report", ""),
