@@ -15,7 +15,7 @@ from aligners.backends.transformers_local import TransformersBackend
 from aligners.config import TransformersBackendConfig
 from aligners.formatting import IGNORE_INDEX, tokenize_pair
 from aligners.manifest import ManifestError
-from aligners.train import train_aligner, training_pairs
+from aligners.train import eval_pairs, train_aligner, training_pairs
 from aligners.train_config import AlignerTrainConfig
 
 
@@ -186,3 +186,11 @@ def test_answer_loss_equals_the_models_own_label_loss(tiny_lm):
     batch = batches(tokenize_all(tokenizer, toy_pairs(6), 128), 3, tokenizer.pad_token_id, seed=None)[0]
     with torch.no_grad():
         torch.testing.assert_close(answer_loss(model, batch), model(**batch).loss, rtol=1e-5, atol=1e-5)
+
+
+def test_eval_pairs_mix_corrections_and_good_answers_whatever_the_split_order():
+    pairs = toy_pairs(24)
+    good_first = sorted(pairs, key=lambda p: p.needs_correction)  # a split whose head is all good
+    chosen = eval_pairs(good_first, 8)
+    assert len(chosen) == 8 and sum(p.needs_correction for p in chosen) == 4
+    assert eval_pairs(good_first, 100) == eval_pairs(good_first, len(pairs))  # capped by the split
