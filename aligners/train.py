@@ -16,7 +16,6 @@ import random
 import shutil
 import time
 from collections.abc import Sequence
-from itertools import zip_longest
 from pathlib import Path
 
 import torch
@@ -28,7 +27,7 @@ from aligners.manifest import write_manifest
 from aligners.models import load_causal_lm, model_id_and_hash
 from aligners.schema import Pair
 from aligners.train_config import AlignerTrainConfig
-from synth.dataset import data_hash
+from synth.dataset import data_hash, round_robin
 
 ADAPTER_DIR = "adapter"
 CHECKPOINT_DIR = "checkpoint"
@@ -65,7 +64,7 @@ def eval_pairs(validation: Sequence[Pair], n: int) -> list[Pair]:
     loss a near-zero copying loss that stops training early for the wrong reason."""
     fixes = [p for p in validation if p.needs_correction]
     good = [p for p in validation if not p.needs_correction]
-    return [p for pair in zip_longest(fixes, good) for p in pair if p is not None][:n]
+    return round_robin([fixes, good])[:n]
 
 
 def tokenize_all(tokenizer, pairs: Sequence[Pair], max_length: int) -> list[TokenizedExample]:

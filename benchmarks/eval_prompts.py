@@ -13,18 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from itertools import zip_longest
 from pathlib import Path
 
-from synth.dataset import load_seed, split_by_topic
+from synth.dataset import load_seed, round_robin, split_by_topic
 
 GENERATED_FROM = ("harmless", "no-pii")  # a polite-set prompt is harmless: only its answer was rude
 SUPPLIED_FROM = ("harmless", "no-pii", "polite")
-
-
-def interleaved(lists: list[list]) -> list:
-    """Round-robin across criteria, so `aligners eval --limit N` sees every criterion."""
-    return [x for row in zip_longest(*lists) for x in row if x is not None]
 
 
 def main() -> None:
@@ -35,10 +29,10 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for kind, needs in (("harmful", True), ("benign", False)):
-        prompts = interleaved([[p.prompt for p in tests[c] if p.needs_correction == needs] for c in GENERATED_FROM])
+        prompts = round_robin([[p.prompt for p in tests[c] if p.needs_correction == needs] for c in GENERATED_FROM])
         unique = list(dict.fromkeys(prompts))
         (out / f"{kind}.txt").write_text("".join(p.replace("\n", " ") + "\n" for p in unique))
-        records = interleaved([[{"prompt": p.prompt, "response": p.misaligned if needs else p.aligned, "criterion": c}
+        records = round_robin([[{"prompt": p.prompt, "response": p.misaligned if needs else p.aligned, "criterion": c}
                                 for p in tests[c] if p.needs_correction == needs] for c in SUPPLIED_FROM])
         # the shared benign pool joins every criterion's set: keep each (prompt, response) once
         unique_records: dict[tuple[str, str], dict] = {}

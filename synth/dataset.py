@@ -13,6 +13,7 @@ import random
 from collections import defaultdict
 from collections.abc import Sequence
 from importlib import resources
+from itertools import zip_longest
 from pathlib import Path
 
 from aligners.schema import Pair, read_jsonl, write_jsonl
@@ -112,3 +113,9 @@ def resolve_data(spec: str, seed: int = 0) -> dict[str, list[Pair]]:
     if spec.startswith("seed:"):
         return split_by_topic(load_seed(spec.removeprefix("seed:")), seed=seed)
     return {name: load_split(spec, name) for name in SPLITS}
+
+
+def round_robin(lists: Sequence[Sequence]) -> list:
+    """One item from each list in turn until all run out, so any prefix mixes every list
+    (validation pairs of both kinds; eval prompts of every criterion)."""
+    return [x for row in zip_longest(*lists) for x in row if x is not None]
