@@ -41,15 +41,15 @@ bench-gpu:
 	$(PY) benchmarks/run_all.py --gpu
 
 # Recipe of the shipped starter squad (artifacts/): ILA layer selection across the three criteria
-# and two seeds, then one aligner per criterion on its own top-k layers.
+# and two seeds, then one aligner per criterion on the top-k of its mean gate score over both seeds.
 CRITERIA := harmless no-pii polite
 starter-squad: venv
-	$(VENV)/bin/aligners select-layers $(foreach c,$(CRITERIA),--data seed:$(c)) --seed 0 \
+	$(VENV)/bin/aligners select-layers $(foreach c,$(CRITERIA),--data seed:$(c)) --seed 0 --seed 1 \
 		--method gates --config configs/aligners/harmless.yaml --out artifacts/layers
 	$(foreach c,$(CRITERIA),$(VENV)/bin/aligners train-aligner --data seed:$(c) --config configs/aligners/$(c).yaml \
 		--layers-from artifacts/layers/importance.json --out artifacts/aligners/$(c) &&) true
-	# stability across seeds and vs the grad-norm baseline: extends the same importance.json (runs
-	# already there are skipped); benchmarks/run_all.py runs this same step
+	# the grad-norm baseline for the comparison: extends the same importance.json (runs already
+	# there are skipped); benchmarks/run_all.py runs this same step
 	$(VENV)/bin/aligners select-layers $(foreach c,$(CRITERIA),--data seed:$(c)) --seed 0 --seed 1 \
 		--method gates --method grad-norm --config configs/aligners/harmless.yaml --out artifacts/layers
 

@@ -28,12 +28,13 @@ from aligners.train import answer_loss, batches, tokenize_all  # noqa: E402
 
 
 def plot_layer_heatmap(rows: Sequence[tuple[str, dict[int, float]]], path: Path, title: str) -> Path:
-    """One row per run (method/seed/data), one column per layer; each row scaled to its max."""
+    """One row per run (method/seed/data), one column per layer; each row scaled to its own
+    min..max, since methods score on different scales (gate logits can be negative)."""
     layers = sorted({layer for _, scores in rows for layer in scores})
     grid = []
     for _, scores in rows:
-        top = max(scores.values()) or 1.0
-        grid.append([scores.get(layer, 0.0) / top for layer in layers])
+        low, high = min(scores.values()), max(scores.values())
+        grid.append([(scores.get(layer, low) - low) / ((high - low) or 1.0) for layer in layers])
     fig, ax = plt.subplots(figsize=(max(6, len(layers) * 0.3), 1 + 0.4 * len(rows)))
     im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1)
     ax.set_yticks(range(len(rows)), [label for label, _ in rows], fontsize=8)

@@ -122,7 +122,8 @@ def select_layers_cmd(
     for run in result["runs"]:
         typer.echo(f"{run['data']} {run['method']} seed={run['seed']}: top-{result['k']} = {run['top_k']}")
     for kind, o in result["overlap"].items():
-        typer.echo(f"overlap {kind}: mean Jaccard {o['mean']:.2f}")
+        rho = "n/a" if o["rank_correlation"] is None else f"{o['rank_correlation']:.2f}"
+        typer.echo(f"overlap {kind}: mean top-{result['k']} Jaccard {o['mean']:.2f}, mean Spearman rho of all scores {rho}")
     typer.echo(f"wrote {out}/importance.json and importance.png")
 
 

@@ -17,15 +17,14 @@ MLP_MODULES = ["gate_proj", "up_proj", "down_proj"]
 
 class ImportanceConfig(StrictModel):
     """ILA stage 1 (2410.17875): train LoRA briefly on every layer, then freeze it and learn a
-    relaxed binary gate per layer with a sparsity penalty; layers whose gate stays open matter."""
+    relaxed binary gate per layer under a budget of k open gates; layers that win it matter."""
 
     method: Literal["gates", "grad-norm"] = Field(
         default="gates", description="'gates' (ILA) or the cheaper gradient-norm proxy."
     )
-    warmup_steps: int = Field(default=20, ge=0, description="LoRA steps before gates are learned.")
-    gate_steps: int = Field(default=20, ge=1, description="Steps learning the gates (LoRA frozen).")
-    gate_lr: float = Field(default=0.05, gt=0)
-    sparsity: float = Field(default=0.5, ge=0, description="Weight of the mean-gate penalty.")
+    warmup_steps: int = Field(default=40, ge=0, description="LoRA steps before gates are learned.")
+    gate_steps: int = Field(default=60, ge=1, description="Steps learning the gates (LoRA frozen).")
+    gate_lr: float = Field(default=0.1, gt=0)
     batches: int = Field(default=8, ge=1, description="Batches averaged by the grad-norm proxy.")
     batch_size: int = Field(default=4, ge=1, description="Examples per importance step.")
     max_length: int = Field(default=256, ge=32, description="Tokens per example while measuring.")

@@ -53,9 +53,10 @@ def verdict(ok: bool | None) -> str:
 
 
 def training_rows(r: dict) -> list[Row]:
+    arms = [("aligner_layers", f"ILA top-8 of the harmless aligner {r.get('aligner_layers', {}).get('layers')}", True)]
+    arms += [(f"layers_{i}", f"{label} {layers}", is_target) for i, (layers, label, is_target) in enumerate(TRAINING_ARMS)]
     rows = []
-    for key, what, is_target in (("aligner_layers", f"ILA top-8 {r.get('aligner_layers', {}).get('layers')}", True),
-                                 ("layers_0", "upper 8 layers 22–29 (reference, not ILA)", False)):
+    for key, what, is_target in arms:
         if key in r:
             v = r[key]
             rows.append((f"LoRA step time, {what} vs all 30 layers",
@@ -117,10 +118,16 @@ def batch_rows(r: dict) -> list[Row]:
 
 
 def ila_rows(r: dict) -> list[Row]:
-    rows = []
-    for kind, o in r["overlap"].items():
-        rows.append((f"ILA top-8 Jaccard {kind.replace('_', ' ')} ({len(o['pairs'])} pairs)", f"{o['mean']:.2f}",
-                     "paper ≈ 0.9 across data" if kind == "across_data" else "report", ""))
+    def row(what: str, o: dict, target: str) -> Row:
+        rho = o.get("rank_correlation")
+        return (f"{what} ({len(o['pairs'])} pairs; Spearman ρ of all layer scores)",
+                f"{o['mean']:.2f}" + ("" if rho is None else f" (ρ {rho:.2f})"), target, "")
+
+    gates = r.get("gates_overlap", {})
+    rows = [row(f"ILA gates top-8 Jaccard {kind.replace('_', ' ')}", o,
+                "paper ≈ 0.9 across data" if kind == "across_data" else "report") for kind, o in gates.items()]
+    if "across_methods" in r["overlap"]:
+        rows.append(row("top-8 Jaccard gates vs grad-norm baseline", r["overlap"]["across_methods"], "report"))
     return rows
 
 
@@ -184,11 +191,23 @@ def py(script: str, *args: str) -> list[str]:
 
 STARTER = "artifacts/aligners/harmless"
 TOP_K_40, ALL_LAYER_40 = "runs/bench/harmless-topk-40", "runs/bench/harmless-all"  # relative to ROOT
-STARTER_LAYERS = ",".join(map(str, json.loads((ROOT / STARTER / "manifest.json").read_text())["layers"]))
+
+
+def starter_layers(criterion: str) -> str:
+    return ",".join(map(str, json.loads((ROOT / f"artifacts/aligners/{criterion}/manifest.json").read_text())["layers"]))
+
+
+STARTER_LAYERS = starter_layers("harmless")
+# arms aligner_training.py times besides the harmless aligner's layers, in --layers order:
+# (layers, label, whether the 2x step-time target applies)
+TRAINING_ARMS = [(starter_layers("no-pii"), "ILA top-8 of the no-pii aligner", True),
+                 (UPPER_8, "upper 8 layers (reference, not ILA)", False)]
+TRAINING_LAYERS = [arg for layers, _, _ in TRAINING_ARMS for arg in ("--layers", layers)]
 EVAL = Path("runs/bench/eval")  # paths relative to ROOT (the runner works there) read well in results.json
 EVAL_CRITERIA = ("harmless", "no-pii", "polite")  # independent judges: inspectors on another topic split
-# The shipped importance.json is the stability study: `make starter-squad` selects on seed 0, trains,
-# then extends it with these runs (those already there are skipped, so this costs nothing twice).
+# The shipped importance.json is the stability study: `make starter-squad` selects (gates, seeds 0
+# and 1), trains, then extends it with these runs (those already there are skipped, so this costs
+# nothing twice).
 LAYERS = Path("artifacts/layers")
 CPU = [
     Bench("ila_stability", py("ila_stability.py", str(LAYERS / "importance.json")), ila_rows, prepare=[(
@@ -196,8 +215,7 @@ CPU = [
         CLI + ["select-layers", "--data", "seed:harmless", "--data", "seed:no-pii", "--data", "seed:polite",
                "--seed", "0", "--seed", "1", "--method", "gates", "--method", "grad-norm",
                "--config", "configs/aligners/harmless.yaml", "--out", str(LAYERS)])]),
-    Bench("aligner_training", py("aligner_training.py", "--aligner", "artifacts/aligners/harmless", "--layers", UPPER_8,
-                                 "--steps", "4"), training_rows),
+    Bench("aligner_training", py("aligner_training.py", "--aligner", STARTER, *TRAINING_LAYERS, "--steps", "4"), training_rows),
     # top-k vs all layers at the same short budget (40 steps, with and without TAIA), and the
     # shipped starter aligner (longer recipe) against the zero-shot prompted base
     Bench("aligner_quality", py("aligner_quality.py", "--criterion", "harmless", "--aligner", STARTER,
@@ -225,7 +243,7 @@ CPU = [
 GPU = [
     Bench("squad_overhead_gpu", py("squad_overhead.py", "--n", "64", "--device", "cuda", "--dtype", "bfloat16",
                                    "--max-batch-size", "64"), squad_rows),
-    Bench("aligner_training_gpu", py("aligner_training.py", "--aligner", "artifacts/aligners/harmless", "--layers", UPPER_8,
+    Bench("aligner_training_gpu", py("aligner_training.py", "--aligner", STARTER, *TRAINING_LAYERS,
                                      "--steps", "8"), training_rows),
 ]
 

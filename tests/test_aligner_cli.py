@@ -41,8 +41,9 @@ def test_select_layers_reports_overlaps_and_plots(folders):
     assert len(result["runs"]) == 2 * 2 * 2 and result["k"] == 1
     assert set(result["overlap"]) == {"across_seeds", "across_data", "across_methods"}
     assert all(0 <= v <= 1 for o in result["overlap"].values() for v in o["pairs"].values())
+    assert all(o["rank_correlation"] is None or -1 <= o["rank_correlation"] <= 1 for o in result["overlap"].values())
     assert (out / "importance.png").stat().st_size > 1000
-    assert "mean Jaccard" in text
+    assert "Jaccard" in text and "Spearman rho" in text
 
 
 def test_train_export_analyze(folders):

@@ -27,7 +27,7 @@ def cfg_for(method: str) -> AlignerTrainConfig:
         base=models.TINY_LLAMA, target_modules=["q_proj", "k_proj", "v_proj"], batch_size=4,
         learning_rate=5e-3, lora_dropout=0.0,
         importance=ImportanceConfig(method=method, warmup_steps=15, gate_steps=40, gate_lr=0.1,
-                                    sparsity=1.0, batches=3, top_k=1),
+                                    batches=3, top_k=1),
     )
 
 
