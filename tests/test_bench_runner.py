@@ -38,5 +38,18 @@ def test_ila_stability_result_renders_into_the_readme_table(tmp_path, monkeypatc
     runner.render_readme({"ila_stability": entry}, {})
     text = readme.read_text()
     assert "old table" not in text and text.startswith("intro\n") and text.endswith("outro\n")
-    assert "| ILA top-8 Jaccard across data (1 pairs) | 0.33 |" in text
+    assert "| ILA gates top-8 Jaccard across data (1 pairs; Spearman ρ of all layer scores) | 0.33 |" in text
     assert "no GPU was available" in text
+
+
+def test_step_time_rows_name_each_timed_layer_set_and_judge_only_ila_sets():
+    runner = load_runner()
+    arm = {"step_speedup_vs_all": 1.5, "peak_rss_ratio_all_over_this": 2.0}
+    result = {"aligner_layers": {**arm, "layers": "0,11"}, "layers_0": arm, "layers_1": {**arm, "step_speedup_vs_all": 2.1}}
+    rows = runner.training_rows(result)
+    assert [row[0] for row in rows] == [
+        "LoRA step time, ILA top-8 of the harmless aligner 0,11 vs all 30 layers",
+        f"LoRA step time, ILA top-8 of the no-pii aligner {runner.TRAINING_ARMS[0][0]} vs all 30 layers",
+        f"LoRA step time, upper 8 layers (reference, not ILA) {runner.UPPER_8} vs all 30 layers",
+    ]
+    assert [row[3] for row in rows] == ["**not met**", "**not met**", ""]
