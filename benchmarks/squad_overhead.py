@@ -44,8 +44,8 @@ def main() -> None:
     # warms the allocator, kernels and encoder up.
     pool = [p.prompt for p in benign[: 3 * args.n]]
     pool_answers = [o.text for o in squad.base.generate([GenerationRequest.chat(p, params=params) for p in pool])]
-    thresholds = [g.threshold for g in squad.guards]
-    passes = [all(s >= t for s, t in zip(row, thresholds, strict=True)) for row in squad.inspect(pool, pool_answers)]
+    verdicts = [g.inspector.verdicts(pool, pool_answers) for g in squad.guards]
+    passes = [not any(v.flagged for v in row) for row in zip(*verdicts, strict=True)]
     prompts = [p for p, ok in zip(pool, passes, strict=True) if ok][: args.n]
 
     # Arms alternate and each keeps its best of --repeats: one pass of 16 answers varies by ~5 %
