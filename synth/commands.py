@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
-
 
 _RESUME_HINT = "finished generations are cached in {out}/cache; rerun with --resume to continue"
 
@@ -17,7 +17,11 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def _build_model(
-    spec: str, served_name: str | None, flags: tuple[str, str], concurrency: int | None
+    spec: str,
+    served_name: str | None,
+    flags: tuple[str, str],
+    concurrency: int | None,
+    batch_size: int | None = None,
 ):
     """A `pipeline.Model` from a CLI spec: http(s) URL (+ served model name), backend YAML
     (configs/backends/*.yaml: any backend, e.g. vLLM in-process), or a local model name."""
@@ -37,7 +41,8 @@ def _build_model(
         if concurrency and cfg.type == "openai_http":
             cfg = cfg.model_copy(update={"concurrency": concurrency})
         return Model(build_backend(cfg), cfg.model)
-    return Model(backend_from_spec(spec), spec)
+    local = {"max_batch_size": batch_size} if batch_size else {}
+    return Model(backend_from_spec(spec, **local), spec)
 
 
 def synth(
@@ -71,6 +76,30 @@ def synth(
         str | None,
         typer.Option(help="Use the shipped hand-written seed set (e.g. harmless) instead of a teacher."),
     ] = None,
+    pairs: Annotated[
+        Path | None,
+        typer.Option(
+            help="Your own hand-written pairs (JSONL: prompt, misaligned, aligned; optional "
+            "critique, topic; misaligned == aligned marks a good answer to keep) instead of a "
+            "teacher; name the criterion with --criterion-name."
+        ),
+    ] = None,
+    criterion_name: Annotated[
+        str | None, typer.Option(help="Criterion name for --pairs, e.g. concise.")
+    ] = None,
+    prompts: Annotated[
+        str | None,
+        typer.Option(
+            help="Prompt file instead of teacher-made topics and questions: a .jsonl of "
+            '{"prompt": ...} objects, a .txt with one prompt per line, or `bank` / '
+            "`bank:harmless,benign` for the shipped prompt bank. With --harvest-with and no "
+            "--teacher, only the real answers are harvested (OUT/answers.jsonl)."
+        ),
+    ] = None,
+    only_split: Annotated[
+        str | None,
+        typer.Option(help="Keep only the prompts of this bank split: dev or train."),
+    ] = None,
     config: Annotated[
         Path | None, typer.Option(help="SynthConfig recipe, e.g. configs/synth/default.yaml.")
     ] = None,
@@ -101,16 +130,36 @@ run continues with --resume.
     aligners synth --criterion configs/criteria/polite.yaml --teacher smollm2-135m-instruct --harvest-with smollm2-135m-instruct --n-topics 4 --per-topic 5 --out data/polite
 
     aligners synth --from-seed harmless --out data/harmless-seed
+
+    aligners synth --pairs my_pairs.jsonl --criterion-name concise --out data/concise
+
+    aligners synth --prompts bank:harmless,benign --harvest-with smollm2-135m-instruct --config configs/synth/harvest-bank.yaml --out data/harvest
     """
     from aligners.backends.base import BackendError
     from aligners.config import ConfigError, load_config, load_criterion, validate
     from aligners.models import ModelNotFoundError
     from synth.config import SynthConfig
 
-    if from_seed and (criterion or teacher or harvest_with):
-        _fail("--from-seed uses the shipped seed set: do not combine it with --criterion/--teacher/--harvest-with")
-    if not from_seed and not (criterion and teacher):
-        _fail("pass --criterion FILE and --teacher MODEL (or --from-seed NAME for the shipped seed set)")
+    handmade = from_seed or pairs
+    if from_seed and pairs:
+        _fail("give one of --from-seed NAME (shipped seed set) and --pairs FILE (your own pairs)")
+    if handmade and (criterion or teacher or harvest_with or prompts):
+        _fail(
+            "--from-seed/--pairs use hand-written pairs: do not combine them with "
+            "--criterion/--teacher/--harvest-with/--prompts"
+        )
+    if pairs and not criterion_name:
+        _fail("--pairs needs --criterion-name NAME (the criterion the pairs teach, e.g. concise)")
+    harvest_only = bool(prompts and harvest_with and not teacher)
+    if not handmade and not harvest_only and not (criterion and teacher):
+        _fail(
+            "pass --criterion FILE and --teacher MODEL, or --prompts FILE --harvest-with MODEL "
+            "(real answers only), or --from-seed NAME / --pairs FILE (hand-written pairs)"
+        )
+    if only_split not in (None, "dev", "train"):
+        _fail(f"--only-split must be dev or train, got {only_split!r}")
+    if only_split and not prompts:
+        _fail("--only-split filters a prompt file: use it with --prompts")
     if out.exists() and not out.is_dir():
         _fail(f"--out {out} is a file; give a folder")
     if out.is_dir() and any(out.iterdir()) and not resume:
@@ -133,10 +182,26 @@ run continues with --resume.
             from synth.pipeline import run_from_seed
 
             stats = run_from_seed(from_seed, out, cfg)
+        elif pairs:
+            from synth.dataset import load_user_pairs
+            from synth.pipeline import run_from_pairs
+
+            user_pairs = load_user_pairs(pairs, criterion_name)
+            stats = run_from_pairs(user_pairs, criterion_name, "user-pairs", out, cfg)
+        elif harvest_only:
+            stats = _harvest(prompts, only_split, harvest_with, harvest_model, cfg, out, progress)
+            return _harvest_summary(out, stats)
         else:
             from synth.pipeline import SynthAborted, SynthError, SynthRun
 
             crit = load_criterion(criterion)
+            questions = None
+            if prompts:
+                from synth.bank import load_prompts
+                from synth.pipeline import Question
+
+                records = _select(load_prompts(prompts, crit.name), only_split)
+                questions = [Question(r.topic, r.prompt) for r in records]
             conc = concurrency or cfg.batch_size
             teacher_m = _build_model(teacher, teacher_model, ("--teacher", "--teacher-model"), conc)
             harvest_m = None
@@ -147,18 +212,56 @@ run continues with --resume.
                     harvest_m = _build_model(
                         harvest_with, harvest_model, ("--harvest-with", "--harvest-model"), conc
                     )
-            echo = lambda msg: typer.echo(msg, err=True)  # noqa: E731
+            echo = lambda msg: typer.echo(msg, err=True)
             try:
-                stats = SynthRun(crit, cfg, teacher_m, out, harvest_m, progress, echo).run()
+                stats = SynthRun(
+                    crit, cfg, teacher_m, out, harvest_m, progress, echo, questions
+                ).run()
             except SynthAborted as exc:
                 _fail(f"{exc}\n{_RESUME_HINT.format(out=out)}", 1)
             except KeyboardInterrupt:
                 _fail(f"interrupted\n{_RESUME_HINT.format(out=out)}", 130)
             except SynthError as exc:
                 _fail(str(exc), 1)
-    except (ConfigError, ModelNotFoundError, FileNotFoundError, BackendError) as exc:
+    except (ConfigError, ModelNotFoundError, FileNotFoundError, BackendError, ValueError) as exc:
         _fail(str(exc))
     _summary(out, stats)
+
+
+def _select(records: list, only_split: str | None) -> list:
+    if only_split:
+        records = [r for r in records if r.split == only_split]
+        if not records:
+            _fail(f"no prompt of the file is in split {only_split!r}")
+    return records
+
+
+def _harvest(prompts, only_split, harvest_with, harvest_model, cfg, out, progress) -> dict:
+    """Prompt file → real answers of the --harvest-with model (no teacher), labelled by rule."""
+    from synth.bank import load_prompts
+    from synth.harvest import HarvestRun
+    from synth.pipeline import SynthAborted
+
+    records = _select(load_prompts(prompts), only_split)
+    model = _build_model(
+        harvest_with, harvest_model, ("--harvest-with", "--harvest-model"), cfg.batch_size,
+        cfg.batch_size,
+    )
+    try:
+        return HarvestRun(records, cfg, model, out, progress).run()
+    except SynthAborted as exc:
+        _fail(f"{exc}\n{_RESUME_HINT.format(out=out)}", 1)
+    except KeyboardInterrupt:
+        _fail(f"interrupted\n{_RESUME_HINT.format(out=out)}", 130)
+
+
+def _harvest_summary(out: Path, stats: dict) -> None:
+    typer.echo(
+        f"{stats['answers']} answers to {stats['prompts']} prompts ({stats['truncated']} cut at "
+        f"max_tokens) → {out / 'answers.jsonl'}"
+    )
+    typer.echo("labels (criterion/intent/label): " + json.dumps(stats["by_label"]))
+    typer.echo(f"wall time {stats['wall_time_s']} s; details in {out / 'stats.json'}")
 
 
 def _summary(out: Path, stats: dict) -> None:

@@ -66,6 +66,16 @@ class FilterConfig(StrictModel):
         return self
 
 
+class HarvestVariant(StrictModel):
+    """One way of asking the base model, so one prompt yields several answer styles."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]*$", description="Short slug, e.g. 'greedy'.")
+    temperature: float = Field(ge=0.0, le=2.0, description="0 = greedy.")
+    system: str | None = Field(
+        default=None, description="System prompt (e.g. one that pushes toward compliance)."
+    )
+
+
 class SynthConfig(StrictModel):
     """A synth recipe: sizes, sampling per stage, filters, splits."""
 
@@ -97,10 +107,28 @@ class SynthConfig(StrictModel):
         default_factory=lambda: StageConfig(temperature=0.3, max_tokens=768),
         description="Harvest mode: the teacher's verdict, critique and y'.",
     )
+    harvest_variants: list[HarvestVariant] = Field(
+        default_factory=lambda: [HarvestVariant(name="t0.7", temperature=0.7)],
+        min_length=1,
+        description="Prompt-file harvest (`--prompts` without a teacher): the sampling variants. "
+        "Every prompt gets the first; the others rotate over prompts (see variants_per_prompt). "
+        "The length cap is `harvest.max_tokens`.",
+    )
+    variants_per_prompt: int = Field(
+        default=1, ge=1, description="Variants each prompt is answered under (at most all)."
+    )
     filters: FilterConfig = Field(default_factory=FilterConfig)
     split_fractions: tuple[float, float, float] = Field(
         default=(0.8, 0.1, 0.1), description="train / validation / test shares, by topic."
     )
+
+    @field_validator("harvest_variants")
+    @classmethod
+    def _unique_variants(cls, v: list[HarvestVariant]) -> list[HarvestVariant]:
+        names = [x.name for x in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"harvest_variants names must be unique, got {names}")
+        return v
 
     @field_validator("split_fractions")
     @classmethod

@@ -66,6 +66,56 @@ def load_seed(criterion: str, with_shared_benign: bool = True) -> list[Pair]:
     return pairs
 
 
+def pair_id(criterion: str, prompt: str) -> str:
+    return f"{criterion}-{hashlib.sha256(prompt.encode()).hexdigest()[:12]}"
+
+
+def load_user_pairs(path: Path | str, criterion: str) -> list[Pair]:
+    """A user's own hand-written pairs: JSONL objects with `prompt`, `misaligned` and `aligned`
+    (optional `critique`, `topic`, `id`). `misaligned == aligned` marks a good answer to keep.
+    Every bad line is reported with its number before anything runs."""
+    from aligners.schema import Provenance, RecordError, iter_json_objects
+
+    allowed = {"id", "prompt", "misaligned", "aligned", "critique", "topic"}
+    pairs, problems = [], []
+    for lineno, obj, reason in iter_json_objects(path):
+        if reason is None:
+            missing = {"prompt", "misaligned", "aligned"} - set(obj)
+            extra = set(obj) - allowed
+            if missing or extra:
+                reason = "; ".join(
+                    [f"missing {sorted(missing)}"] * bool(missing)
+                    + [f"unknown keys {sorted(extra)} (allowed: {sorted(allowed)})"] * bool(extra)
+                )
+        if reason is None:
+            try:
+                pairs.append(
+                    Pair(
+                        id=obj.get("id") or pair_id(criterion, obj["prompt"]),
+                        criterion=criterion,
+                        topic=obj.get("topic") or "user",
+                        prompt=obj["prompt"],
+                        misaligned=obj["misaligned"],
+                        critique=obj.get("critique", ""),
+                        aligned=obj["aligned"],
+                        needs_correction=obj["misaligned"] != obj["aligned"],
+                        source=Provenance(teacher="human", template_version="user-pairs"),
+                    )
+                )
+            except ValueError as exc:
+                reason = str(exc).splitlines()[0]
+        if reason is not None:
+            problems.append(RecordError(path, lineno, reason))
+    if problems:
+        raise RecordError(
+            path, problems[0].line, "; ".join(f"line {e.line}: {e.reason}" for e in problems[:5])
+            + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else "")
+        )
+    if not pairs:
+        raise RecordError(path, 0, "no pairs in the file")
+    return pairs
+
+
 def data_hash(pairs: Sequence[Pair]) -> str:
     """Content hash of a pair list, recorded in artifact manifests."""
     h = hashlib.sha256()

@@ -88,6 +88,15 @@ def shingles(text: str, k: int) -> set[str]:
     return {t[i : i + k] for i in range(len(t) - k + 1)}
 
 
+def minhash(text: str, shingle_chars: int = 5, num_perm: int = 128, seed: int = 1):
+    """datasketch MinHash of the text's character shingles (after `normalize`)."""
+    from datasketch import MinHash
+
+    m = MinHash(num_perm=num_perm, seed=seed)
+    m.update_batch([s.encode("utf-8") for s in sorted(shingles(text, shingle_chars))])
+    return m
+
+
 def dedup_near(
     items: Sequence[T],
     text: Callable[[T], str],
@@ -99,15 +108,14 @@ def dedup_near(
     """Drop items whose estimated Jaccard similarity to an earlier kept item is ≥ threshold."""
     if threshold >= 1.0 or len(items) < 2:
         return list(items), []
-    from datasketch import MinHash, MinHashLSH
+    from datasketch import MinHashLSH
 
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-    sketches: dict[str, MinHash] = {}
+    sketches: dict = {}
     kept: list[T] = []
     dropped: list[Dropped[T]] = []
     for item in items:
-        m = MinHash(num_perm=num_perm, seed=seed)
-        m.update_batch([s.encode("utf-8") for s in sorted(shingles(text(item), shingle_chars))])
+        m = minhash(text(item), shingle_chars, num_perm, seed)
         best, best_sim = None, 0.0
         for cand in lsh.query(m):  # LSH candidates are approximate: confirm with the estimate
             sim = m.jaccard(sketches[cand])

@@ -25,11 +25,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aligners.backends.base import Backend, BackendError, Generation, GenerationRequest, SamplingParams
+from aligners.backends.base import (
+    Backend,
+    BackendError,
+    Generation,
+    GenerationRequest,
+    SamplingParams,
+)
 from aligners.schema import Criterion, Pair, Provenance
 from synth import prompts
 from synth.cache import GenerationCache, request_key
 from synth.config import FilterConfig, StageConfig, SynthConfig
+from synth.dataset import load_seed, pair_id, save_splits, split_by_topic
 from synth.filters import (
     DropReport,
     dedup_exact,
@@ -39,7 +46,14 @@ from synth.filters import (
     pair_similarity,
     within,
 )
-from synth.parse import ParseError, clean_question, clean_topic, parse_list, parse_pair, parse_review
+from synth.parse import (
+    ParseError,
+    clean_question,
+    clean_topic,
+    parse_list,
+    parse_pair,
+    parse_review,
+)
 
 CACHE_FILE = Path("cache") / "generations.jsonl"
 MAX_CONSECUTIVE_FAILURES = 3  # requests failing one after another → the model is down: stop
@@ -203,10 +217,6 @@ def chat(text: str, stage: StageConfig, seed: int) -> GenerationRequest:
     return GenerationRequest.chat(text, params=params)
 
 
-def pair_id(criterion: str, prompt: str) -> str:
-    return f"{criterion}-{hashlib.sha256(prompt.encode()).hexdigest()[:12]}"
-
-
 # --- filters shared by synth and seed runs ------------------------------------------------------
 
 
@@ -276,8 +286,10 @@ class SynthRun:
         harvest: Model | None = None,
         progress: bool = True,
         echo: Callable[[str], None] | None = None,
+        questions: list[Question] | None = None,
     ):
         self.criterion, self.cfg, self.teacher, self.harvest = criterion, cfg, teacher, harvest
+        self.given_questions = questions  # from a prompt file: no topic or question stage
         self.out = Path(out_dir)
         self.echo = echo or (lambda msg: print(msg, file=sys.stderr))
         self.log = RunLog()
@@ -449,7 +461,10 @@ class SynthRun:
         )
 
     def chain(self, last: str) -> str:
-        """The template versions a record went through, e.g. 'topics-v1+questions-v1+pair-v1'."""
+        """The template versions a record went through, e.g. 'topics-v1+questions-v1+pair-v1'
+        ('prompt-file+pair-v1' when the questions came from a prompt file)."""
+        if self.given_questions is not None:
+            return f"prompt-file+{self.versions[last]}"
         return "+".join(self.versions[n] for n in ("topics", "questions", last))
 
     # --- whole run ------------------------------------------------------------------------
@@ -461,8 +476,11 @@ class SynthRun:
         if len(self.cache):
             self.echo(f"cache: {len(self.cache)} generation(s) from earlier runs will be reused")
         try:
-            topics = self.make_topics()
-            questions = self.make_questions(topics)
+            if self.given_questions is None:
+                questions = self.make_questions(self.make_topics())
+            else:
+                questions = self.given_questions
+                self.counts["questions_from_file"] = len(questions)
             questions = filter_prompts(questions, lambda q: q.text, self.cfg.filters, self.log)
             self.counts["questions_kept"] = len(questions)
             if self.harvest is not None:
@@ -511,8 +529,6 @@ def pair_counts(pairs: list[Pair]) -> dict[str, int]:
 def write_outputs(out: Path, pairs: list[Pair], cfg: SynthConfig, stats: dict, log: RunLog) -> None:
     """Splits by topic + the standard folder layout (synth.dataset.save_splits), with the drop
     report and length stats in stats.json, errors.jsonl and dropped.jsonl beside it."""
-    from synth.dataset import save_splits, split_by_topic
-
     splits = split_by_topic(pairs, cfg.split_fractions, cfg.seed)
     stats = {
         **stats,
@@ -529,25 +545,28 @@ def write_outputs(out: Path, pairs: list[Pair], cfg: SynthConfig, stats: dict, l
         },
     }
     save_splits(out, splits, stats)
-    _write_json_lines(out / "errors.jsonl", log.errors)
-    _write_json_lines(out / "dropped.jsonl", log.drops.records)
+    write_json_lines(out / "errors.jsonl", log.errors)
+    write_json_lines(out / "dropped.jsonl", log.drops.records)
 
 
-def _write_json_lines(path: Path, rows: list[dict]) -> None:
+def write_json_lines(path: Path, rows: list[dict]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        fh.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     tmp.replace(path)
 
 
 def run_from_seed(name: str, out_dir: Path | str, cfg: SynthConfig) -> dict:
     """The shipped hand-written seed set through the same filters, splits and folder layout."""
-    from synth.dataset import load_seed
+    return run_from_pairs(load_seed(name), name, "seed", out_dir, cfg)
 
+
+def run_from_pairs(
+    pairs: list[Pair], criterion: str, mode: str, out_dir: Path | str, cfg: SynthConfig
+) -> dict:
+    """Hand-written pairs (the seed sets, or a user's own file) through the filters and splits."""
     t0 = time.monotonic()
     log = RunLog()
-    pairs = load_seed(name)
     loaded = len(pairs)
     # Prompts are deduplicated within each kind only: a seed set may hold the same question
     # with a bad answer to correct and, in the shared benign pool, with a good answer to keep —
@@ -561,8 +580,8 @@ def run_from_seed(name: str, out_dir: Path | str, cfg: SynthConfig) -> dict:
     ]
     pairs = filter_pairs(pairs, cfg.filters, log)
     stats = {
-        "mode": "seed",
-        "criterion": name,
+        "mode": mode,
+        "criterion": criterion,
         "teacher": "human",
         "seed": cfg.seed,
         "config": cfg.model_dump(mode="json"),
