@@ -25,6 +25,8 @@ _EXPORTS = {
     "read_manifest": "inspectors.base",
     "EmbedLogRegInspector": "inspectors.embed_logreg",
     "FinetunedInspector": "inspectors.finetuned",
+    "HiddenProbeInspector": "inspectors.hidden_probe",
+    "HiddenProbeConfig": "inspectors.config",
     "INSPECTOR_CONFIG": "inspectors.config",
     "EmbedLogRegConfig": "inspectors.config",
     "FinetunedConfig": "inspectors.config",
@@ -47,10 +49,16 @@ if TYPE_CHECKING:
         load_inspector,
         read_manifest,
     )
-    from inspectors.config import INSPECTOR_CONFIG, EmbedLogRegConfig, FinetunedConfig  # noqa: F401
+    from inspectors.config import (  # noqa: F401
+        INSPECTOR_CONFIG,
+        EmbedLogRegConfig,
+        FinetunedConfig,
+        HiddenProbeConfig,
+    )
     from inspectors.data import load_training_data, pairs_to_examples  # noqa: F401
     from inspectors.embed_logreg import EmbedLogRegInspector  # noqa: F401
     from inspectors.finetuned import FinetunedInspector  # noqa: F401
+    from inspectors.hidden_probe import HiddenProbeInspector  # noqa: F401
     from inspectors.metrics import evaluate  # noqa: F401
     from inspectors.scoring import score_jsonl  # noqa: F401
 

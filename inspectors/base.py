@@ -49,6 +49,7 @@ WEIGHTS = "inspector.safetensors"
 INSPECTOR_TYPES: dict[str, str] = {
     "embed-logreg": "inspectors.embed_logreg:EmbedLogRegInspector",
     "finetuned": "inspectors.finetuned:FinetunedInspector",
+    "hidden-probe": "inspectors.hidden_probe:HiddenProbeInspector",
 }
 
 

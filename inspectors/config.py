@@ -132,6 +132,34 @@ class FinetunedConfig(_InspectorConfigBase):
     )
 
 
+class HiddenProbeConfig(_InspectorConfigBase):
+    """A logistic probe on a causal LM's own hidden states, pooled over the answer's tokens."""
+
+    type: Literal["hidden-probe"] = "hidden-probe"
+    encoder: str = Field(
+        default="smollm2-135m-instruct",
+        description="Causal LM whose hidden states are probed (registry name, folder or HF id).",
+    )
+    layers: list[int] = Field(
+        default_factory=lambda: [15],
+        min_length=1,
+        description="Hidden-state indices to pool (1 = the first decoder layer's output); the "
+        "model runs only up to the deepest one.",
+    )
+    pooling: list[Literal["answer_mean", "answer_max", "last"]] = Field(
+        default_factory=lambda: ["answer_mean", "answer_max"],
+        min_length=1,
+        description="Per layer: mean / element-wise max over the answer's tokens, or the last token.",
+    )
+    max_prompt_tokens: int = Field(default=256, ge=8, description="Request tokens kept (its end).")
+    max_answer_tokens: int = Field(default=256, ge=8, description="Answer tokens kept (its start).")
+    batch_tokens: int = Field(default=8192, ge=256, description="Padded tokens per forward pass.")
+    C: float = Field(default=0.05, gt=0, description="Inverse L2 strength (standardized features).")
+    max_iter: int = Field(default=3000, ge=10, description="lbfgs iterations.")
+    cv_folds: int = Field(default=5, ge=2, description="Folds for out-of-fold calibration.")
+    dtype: Literal["float32", "bfloat16"] = Field(default="float32", description="Backbone dtype.")
+
+
 def _type_of(value: Any) -> str | None:
     """Discriminator that defaults a missing `type:` to embed-logreg (the default inspector)."""
     if isinstance(value, dict):
@@ -141,7 +169,10 @@ def _type_of(value: Any) -> str | None:
 
 InspectorConfig = Annotated[
     Annotated[EmbedLogRegConfig, Tag("embed-logreg")]
-    | Annotated[FinetunedConfig, Tag("finetuned")],
+    | Annotated[FinetunedConfig, Tag("finetuned")]
+    | Annotated[HiddenProbeConfig, Tag("hidden-probe")],
     Discriminator(_type_of),
 ]
-INSPECTOR_CONFIG: TypeAdapter[EmbedLogRegConfig | FinetunedConfig] = TypeAdapter(InspectorConfig)
+INSPECTOR_CONFIG: TypeAdapter[EmbedLogRegConfig | FinetunedConfig | HiddenProbeConfig] = (
+    TypeAdapter(InspectorConfig)
+)

@@ -20,6 +20,8 @@ from inspectors import (
     EmbedLogRegInspector,
     FinetunedConfig,
     FinetunedInspector,
+    HiddenProbeConfig,
+    HiddenProbeInspector,
     InspectorLoadError,
     build_inspector,
     load_inspector,
@@ -207,6 +209,14 @@ def fitted_ft() -> FinetunedInspector:
     return tiny_finetuned(criterion="polite").fit(*examples((0, 12)), validation=examples(VAL))
 
 
+@pytest.fixture(scope="module")
+def fitted_probe() -> HiddenProbeInspector:
+    """A probe on the tiny random Llama's two layers (the real SmolLM2 path, smaller)."""
+    return HiddenProbeInspector(encoder="tiny-random-llama", layers=[1, 2], criterion="polite").fit(
+        *examples(TRAIN), validation=examples(VAL)
+    )
+
+
 # --- configs and data --------------------------------------------------------------------------
 
 
@@ -214,6 +224,9 @@ def test_config_type_defaults_to_embed_logreg_and_unknown_types_are_listed():
     assert isinstance(INSPECTOR_CONFIG.validate_python({}), EmbedLogRegConfig)
     assert isinstance(
         INSPECTOR_CONFIG.validate_python({"type": "finetuned", "epochs": 1}), FinetunedConfig
+    )
+    assert isinstance(
+        INSPECTOR_CONFIG.validate_python({"type": "hidden-probe", "layers": [3]}), HiddenProbeConfig
     )
     with pytest.raises(Exception, match="embed-logreg.*finetuned"):
         INSPECTOR_CONFIG.validate_python({"type": "svm"})
@@ -224,7 +237,7 @@ def test_config_type_defaults_to_embed_logreg_and_unknown_types_are_listed():
 
 
 def test_config_fields_are_the_estimator_params():
-    for cfg in (EmbedLogRegConfig(C=0.3), FinetunedConfig(epochs=2)):
+    for cfg in (EmbedLogRegConfig(C=0.3), FinetunedConfig(epochs=2), HiddenProbeConfig(layers=[4])):
         est = build_inspector(cfg, criterion="polite")
         params = est.get_params()
         assert params.pop("criterion") == "polite"
@@ -271,9 +284,10 @@ def test_embeddings_do_not_depend_on_batching(encoder):
 # --- the scikit-learn contract, for every type -------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["embed-logreg", "finetuned"])
+@pytest.mark.parametrize("kind", ["embed-logreg", "finetuned", "hidden-probe"])
 def test_sklearn_contract(kind, request):
-    est = request.getfixturevalue("fitted" if kind == "embed-logreg" else "fitted_ft")
+    fixture = {"embed-logreg": "fitted", "finetuned": "fitted_ft", "hidden-probe": "fitted_probe"}
+    est = request.getfixturevalue(fixture[kind])
     fresh = clone(est)
     assert type(fresh) is type(est) and fresh.get_params() == est.get_params()
     # __init__ stores params only: no learned (trailing underscore) attributes before fit
@@ -317,6 +331,40 @@ def test_embed_logreg_separates_rude_from_polite(fitted):
     m = fitted.evaluate(*examples(TEST))
     assert m["auroc"] >= 0.95 and m["auprc"] >= 0.95
     assert fitted.coef_.shape == (6 * 384,) and fitted.intercept_.shape == (1,)
+
+
+def test_hidden_probe_reads_the_answer_in_context(fitted_probe, tmp_path):
+    m = fitted_probe.evaluate(*examples(TEST))
+    assert m["auroc"] >= 0.9, m
+    assert fitted_probe.coef_.shape == (64 * 2 * 2,)  # hidden 64 x 2 layers x 2 poolings
+    fitted_probe.save(tmp_path / "probe")
+    loaded = load_inspector(tmp_path / "probe")
+    P, A, _ = examples(TEST)
+    assert type(loaded) is HiddenProbeInspector
+    assert np.array_equal(loaded.predict_proba(P, A), fitted_probe.predict_proba(P, A))
+    # the pooled features of one answer do not depend on what it is batched with
+    alone = fitted_probe.featurize(P[:1], A[:1])
+    assert np.allclose(alone, fitted_probe.featurize(P, A)[:1], atol=1e-4)
+    with pytest.raises(ValueError, match="pooling must be"):
+        clone(fitted_probe).set_params(pooling=["median"]).featurize(P[:1], A[:1])
+
+
+def test_probe_layers_match_the_full_model():
+    """Truncating the backbone (and dropping its final norm) leaves the probed states unchanged."""
+    import torch
+
+    from aligners.models import load_causal_lm
+    from inspectors.hidden_probe import encode_pairs, get_backbone
+
+    model, tok = load_causal_lm("tiny-random-llama")
+    ids, starts = encode_pairs(tok, ["how do i boil an egg"], ["Boil it for 9 minutes."], 256, 256)
+    x = torch.tensor(ids)
+    with torch.no_grad():
+        full = model.model(input_ids=x, output_hidden_states=True).hidden_states
+        body, _ = get_backbone("tiny-random-llama", 1)
+        short = body(input_ids=x, output_hidden_states=True).hidden_states
+    assert len(short) == 2 and torch.allclose(short[1], full[1], atol=1e-5)
+    assert tok.decode(ids[0][starts[0]:]) == "Boil it for 9 minutes."
 
 
 def test_finetuned_trains_on_cpu(fitted_ft):
