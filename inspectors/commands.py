@@ -61,6 +61,22 @@ def train_inspector(
             help="Train only this criterion's pairs (default: the one criterion in the data)."
         ),
     ] = None,
+    answers: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--answers",
+            help="Labelled real answers to add (AnswerRecord JSONL, e.g. a harvest's answers.jsonl; "
+            "repeatable). Split by topic like the pairs; dev-split answers are never used.",
+        ),
+    ] = None,
+    dev: Annotated[
+        Path | None,
+        typer.Option(
+            "--dev",
+            help="Hand-labelled dev set (AnswerRecord JSONL, e.g. evals/dev/answers.jsonl): "
+            "reported beside the test split, never trained on.",
+        ),
+    ] = None,
     split_seed: Annotated[int, typer.Option(help="Seed of the topic split (with --seed).")] = 0,
     plots: Annotated[
         bool, typer.Option(help="Write reliability.png and scores.png for the test split.")
@@ -77,15 +93,17 @@ def train_inspector(
 
     try:
         from inspectors.config import INSPECTOR_CONFIG
-        from inspectors.data import criterion_of, load_training_data
+        from inspectors.data import criterion_of, dev_set_examples, load_training_data
 
         raw = read_yaml(config) if config else {}
         raw.update(_parse_sets(set_ or []))
         cfg = validate(INSPECTOR_CONFIG, raw, str(config) if config else "<defaults + --set>")
         td = load_training_data(
-            data_dir=data, seed=seed, split_seed=split_seed, criterion=criterion
+            data_dir=data, seed=seed, split_seed=split_seed, criterion=criterion,
+            answer_files=answers or (),
         )
         criterion = criterion or criterion_of(td.splits["train"] + td.splits["validation"])
+        dev_examples = dev_set_examples(dev, criterion) if dev else None
     except (ConfigError, RecordError, FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from None
 
@@ -108,6 +126,8 @@ def train_inspector(
     metrics = {"validation": est.evaluate(*val.as_tuple())}
     if len(test):
         metrics["test"] = est.evaluate(*test.as_tuple())
+    if dev_examples is not None:
+        metrics["dev"] = est.evaluate(*dev_examples.as_tuple())
     est.save(
         out,
         metrics=metrics,
@@ -116,6 +136,7 @@ def train_inspector(
             "split_hashes": {s: data_hash(td.splits[s]) for s in SPLITS},
             "source": td.source,
             "pairs": {s: len(td.splits[s]) for s in SPLITS},
+            "answers": {s: len(td.answers.get(s, [])) for s in SPLITS},
             "examples": {
                 "train": train.counts(),
                 "validation": val.counts(),

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aligners.schema import Pair
+from aligners.schema import AnswerRecord, Pair, read_jsonl
 
 ALIGNED, MISALIGNED = 1, 0
 
@@ -51,6 +51,50 @@ def pairs_to_examples(pairs: Sequence[Pair]) -> Examples:
     return out
 
 
+def answers_to_examples(records: Sequence[AnswerRecord]) -> Examples:
+    out = Examples()
+    for r in records:
+        out.prompts.append(r.prompt)
+        out.answers.append(r.answer)
+        out.labels.append(ALIGNED if r.label == "aligned" else MISALIGNED)
+    return out
+
+
+def answers_for(criterion: str, records: Sequence[AnswerRecord]) -> list[AnswerRecord]:
+    """The labelled real answers an inspector for `criterion` learns from.
+
+    Answers to the criterion's own prompts keep their labels. no-pii and polite judge the answer
+    alone, so every other answer is labelled again by that criterion's rule (unless a person
+    labelled it). harmless also takes answers to other groups' benign requests, as aligned; other
+    groups' "harmful" requests (a stranger's phone number, a roast) are not harmless's call.
+    Dev-split answers never train anything: they are dropped here.
+    """
+    from synth.labeling import label_answer
+
+    out = []
+    for r in records:
+        if r.split == "dev":
+            continue
+        if r.criterion == criterion:
+            if r.label is not None:
+                out.append(r)
+        elif criterion in ("no-pii", "polite") and r.label_by != "hand":
+            out.append(label_answer(r.model_copy(update={"criterion": criterion, "label_by": None})))
+        elif criterion == "harmless" and r.intent == "benign":
+            out.append(r.model_copy(update={"criterion": criterion, "label": "aligned"}))
+    return out
+
+
+def dev_set_examples(path: Path | str, criterion: str) -> Examples:
+    """The hand-labelled answers of a dev set file for one criterion (evaluation only)."""
+    records = [
+        r for r in read_jsonl(path, AnswerRecord) if r.criterion == criterion and r.label_by == "hand"
+    ]
+    if not records:
+        raise ValueError(f"{path} has no hand-labelled answers for criterion {criterion!r}")
+    return answers_to_examples(records)
+
+
 def criterion_of(pairs: Sequence[Pair]) -> str:
     """The one criterion a pair set trains; mixing criteria in one inspector is an error.
 
@@ -73,13 +117,16 @@ def criterion_of(pairs: Sequence[Pair]) -> str:
 
 @dataclass
 class TrainingData:
-    """The three splits plus a description of where they came from (for the manifest)."""
+    """The three splits (pairs, and labelled real answers) plus where they came from."""
 
     splits: dict[str, list[Pair]]
     source: str
+    answers: dict[str, list[AnswerRecord]] = field(default_factory=dict)
 
     def examples(self, split: str) -> Examples:
-        return pairs_to_examples(self.splits[split])
+        ex = pairs_to_examples(self.splits[split])
+        more = answers_to_examples(self.answers.get(split, []))
+        return Examples(ex.prompts + more.prompts, ex.answers + more.answers, ex.labels + more.labels)
 
 
 def load_training_data(
@@ -87,10 +134,13 @@ def load_training_data(
     seed: str | None = None,
     split_seed: int = 0,
     criterion: str | None = None,
+    answer_files: Sequence[Path | str] = (),
 ) -> TrainingData:
     """Read a synth output folder (train/validation/test.jsonl), or split a shipped seed set by topic.
 
     `criterion` keeps only that criterion's pairs needing correction (plus every keep-as-is pair).
+    `answer_files` (AnswerRecord JSONL: harvested or hand-written real answers) add the labelled
+    answers `answers_for` picks for the criterion, split by topic with the same fractions and seed.
     """
     from synth.dataset import SPLITS, load_seed, load_split, split_by_topic
 
@@ -109,10 +159,17 @@ def load_training_data(
             s: [p for p in ps if not p.needs_correction or p.criterion == criterion]
             for s, ps in splits.items()
         }
+    answers: dict[str, list[AnswerRecord]] = {}
+    if answer_files:
+        name = criterion or criterion_of(splits["train"] + splits["validation"])
+        records = answers_for(name, [r for f in answer_files for r in read_jsonl(f, AnswerRecord)])
+        answers = split_by_topic(records, seed=split_seed)
+        source += " + answers:" + ",".join(str(Path(f)) for f in answer_files)
+    data = TrainingData(splits=splits, source=source, answers=answers)
     for name in ("train", "validation"):
-        ex = pairs_to_examples(splits[name])
+        ex = data.examples(name)
         if min(ex.counts().values()) == 0:
             raise ValueError(
                 f"the {name} split ({source}) needs both aligned and misaligned answers, got {ex.counts()}"
             )
-    return TrainingData(splits=splits, source=source)
+    return data

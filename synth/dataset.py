@@ -25,7 +25,8 @@ SHARED_BENIGN = "benign"  # seeds/benign.jsonl: already-good answers used by eve
 def split_by_topic(
     pairs: Sequence[Pair], fractions: Sequence[float] = (0.8, 0.1, 0.1), seed: int = 0
 ) -> dict[str, list[Pair]]:
-    """Assign whole topics to splits, so a test topic is never seen in training.
+    """Assign whole topics to splits, so a test topic is never seen in training (any records
+    with a `topic`: pairs, or labelled answers).
 
     Topics are shuffled with `seed` and filled greedily into the split furthest below its target
     share of records; validation and test each get at least one topic when there are enough.

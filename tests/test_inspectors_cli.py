@@ -229,3 +229,48 @@ def test_score_jsonl_api_matches_predict_proba(trained, tmp_path):
     assert summary.scored == len(P) and summary.errors == 0 and summary.errors_path is None
     assert [r["score"] for r in rows] == list(insp.predict_proba(P, A)[:, 1])
     assert summary.flagged == sum(r["flagged"] for r in rows)
+
+
+def _answers(span, split="train", label_by="rule:v1"):
+    """Real-answer records for the polite criterion from the same rude/polite facts."""
+    from aligners.schema import AnswerRecord
+
+    P, A, Y = examples(span)
+    return [
+        AnswerRecord(id=f"{split}-{i}", prompt_id=f"p{i}", prompt=p, answer=a, answer_model="m",
+                     variant="greedy", criterion="polite", intent="harmful", topic=f"t{i // 4}",
+                     split=split, label="aligned" if y else "misaligned", label_by=label_by)
+        for i, (p, a, y) in enumerate(zip(P, A, Y, strict=True))
+    ]
+
+
+def test_answers_join_training_and_dev_is_reported_never_trained(synth_dir, tmp_path):
+    from inspectors.data import answers_for, load_training_data
+
+    answers = tmp_path / "answers.jsonl"
+    write_jsonl(answers, _answers((0, 20)) + _answers((28, 36), split="dev"))
+    dev = tmp_path / "dev.jsonl"
+    write_jsonl(dev, _answers((28, 36), split="dev", label_by="hand"))
+
+    td = load_training_data(data_dir=synth_dir, answer_files=[answers])
+    n_answers = sum(len(v) for v in td.answers.values())
+    assert n_answers == 40  # the 16 dev-split answers are dropped
+    assert len(td.examples("train")) > len(load_training_data(data_dir=synth_dir).examples("train"))
+    # harmless takes other groups' benign answers as aligned, never their harmful ones
+    recs = _answers((0, 4))
+    assert answers_for("harmless", recs) == []
+    benign = [r.model_copy(update={"intent": "benign"}) for r in recs]
+    assert {r.label for r in answers_for("harmless", benign)} == {"aligned"}
+
+    out = tmp_path / "insp"
+    result = runner.invoke(app, ["train-inspector", "--data", str(synth_dir), "--answers",
+                                 str(answers), "--dev", str(dev), "--out", str(out), "--no-plots"])
+    assert result.exit_code == 0, result.output
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["metrics"]["dev"]["n"] == 16 and m["metrics"]["dev"]["auroc"] >= 0.9
+    assert sum(m["training_data"]["answers"].values()) == 40
+    assert "answers:" in m["training_data"]["source"]
+
+    result = runner.invoke(app, ["train-inspector", "--data", str(synth_dir), "--dev", str(answers),
+                                 "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "no hand-labelled answers" in result.output
