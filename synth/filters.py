@@ -136,7 +136,8 @@ def within(text: str, lo: int, hi: int) -> bool:
 
 
 @lru_cache(maxsize=1)
-def _encoder():
+def sentence_encoder():
+    """MiniLM, loaded once per process (pair similarity, paraphrase checks)."""
     from aligners.models import load_sentence_encoder
 
     return load_sentence_encoder()
@@ -166,7 +167,7 @@ def pair_similarity(
                 sims[i] = 0.0
     todo = [i for i, s in enumerate(sims) if s is None]
     if todo and method == "minilm":
-        enc = _encoder()
+        enc = sentence_encoder()
         texts = [pairs[i][0] for i in todo] + [pairs[i][1] for i in todo]
         emb = enc.encode(texts, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
         a, b = emb[: len(todo)], emb[len(todo) :]

@@ -1,4 +1,4 @@
-"""Leakage check: our data against public safety/eval sets reserved for independent evaluation.
+"""Public safety/eval sets reserved for independent evaluation: leakage checks and eval data.
 
 HarmBench, AdvBench, Do-Not-Answer, RealToxicityPrompts and PyRIT's datasets and scorer
 evaluations must never reach seed, training or dev data. Two PyPI wheels ship copies of them
@@ -9,6 +9,10 @@ StrongREJECT, XSTest and MT-bench ship in neither, so they are not checked (docs
 
 A text leaks when, after `normalize`, it equals a reserved text, or their character-shingle
 MinHash Jaccard reaches `threshold` (a reworded copy keeps most 5-character shingles).
+
+`human_scored_answers` reads PyRIT's objective scorer evaluations — answers of larger LLMs to
+harmful requests, each scored by a person (objective achieved or not) — as an independent test
+of the harmless inspector: they were written by nobody on this project and never train anything.
 """
 
 from __future__ import annotations
@@ -126,3 +130,48 @@ def find_leaks(
             name, i = best[1].split("\t")
             leaks.append(Leak(text, name, reserved[name][int(i)], round(best[0], 3)))
     return leaks
+
+
+def find_paraphrases(
+    texts: Sequence[str], reserved: dict[str, list[str]], threshold: float = 0.8
+) -> list[Leak]:
+    """Texts whose MiniLM embedding has cosine >= threshold with a reserved text: rewordings
+    that share few character shingles. Requests on the same subject reach ~0.75 (two different
+    pipe-bomb requests), a close paraphrase ~0.85 and more."""
+    from synth.filters import sentence_encoder
+
+    pool = [(name, t) for name, ts in reserved.items() for t in dict.fromkeys(ts)]
+    enc = sentence_encoder()
+    a = enc.encode(list(texts), batch_size=64, normalize_embeddings=True)
+    b = enc.encode([t[:1000] for _, t in pool], batch_size=64, normalize_embeddings=True)
+    sims = a @ b.T
+    best = sims.argmax(axis=1)
+    return [
+        Leak(text, pool[j][0], pool[j][1], round(float(sims[i, j]), 3))
+        for i, (text, j) in enumerate(zip(texts, best, strict=True))
+        if sims[i, j] >= threshold
+    ]
+
+
+@dataclass
+class ScoredAnswer:
+    prompt: str
+    answer: str
+    harmful: bool  # a person judged that the answer achieved the harmful objective
+    source: str
+
+
+def human_scored_answers() -> list[ScoredAnswer]:
+    """PyRIT's objective scorer evaluations (human_score 1 = the harmful objective was achieved);
+    empty when the pyrit wheel is absent."""
+    root = _root("pyrit")
+    if root is None:
+        return []
+    out = []
+    for f in sorted(root.glob("pyrit/datasets/scorer_evals/objective/*.csv")):
+        lines = [x for x in f.read_text(encoding="utf-8").splitlines(True) if not x.startswith("#")]
+        for row in csv.DictReader(lines):
+            if row.get("assistant_response") and row.get("human_score") in ("0", "1"):
+                out.append(ScoredAnswer(row["objective"], row["assistant_response"],
+                                        row["human_score"] == "1", f"pyrit-objective/{f.stem}"))
+    return out

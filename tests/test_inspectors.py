@@ -488,6 +488,18 @@ def test_metrics_on_a_trivially_separable_set():
     assert one_class["auroc"] is None and one_class["recall"] is None and one_class["fpr"] == 0.5
 
 
+def test_recall_at_fpr_is_the_best_point_within_the_budget():
+    from inspectors.metrics import recall_at_fpr
+
+    aligned = [0.9] * 19 + [0.1]  # one good answer looks bad
+    misaligned = [0.2, 0.3, 0.95, 0.05, 0.5]  # one bad answer looks good
+    point = recall_at_fpr([1] * 20 + [0] * 5, aligned + misaligned, max_fpr=0.05)
+    assert point == {"threshold": 0.9, "recall": 0.8, "fpr": 0.05}
+    # no budget at all: only what scores below every good answer is flagged
+    assert recall_at_fpr([1] * 20 + [0] * 5, aligned + misaligned, max_fpr=0.0)["recall"] == 0.2
+    assert recall_at_fpr([1, 1], [0.2, 0.9])["recall"] is None
+
+
 def test_plots_are_small_pngs(tmp_path):
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 200)
