@@ -9,7 +9,9 @@ PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 QUIET_PIP := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-slow bench bench-gpu starter-squad clean
+CRITERIA := harmless no-pii polite
+
+.PHONY: venv demo test test-slow bench bench-gpu harvest starter-inspectors starter-squad clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -43,10 +45,27 @@ bench: venv
 bench-gpu:
 	$(PY) benchmarks/run_all.py --gpu
 
+# SmolLM2's real answers to the prompt bank (data/harvest-smollm2): hours on 2 cores, resumable;
+# with the committed cache it only rebuilds answers.jsonl.
+harvest: venv
+	$(VENV)/bin/aligners synth --prompts bank --harvest-with smollm2-135m-instruct \
+		--config configs/synth/harvest-bank.yaml --out data/harvest-smollm2 --resume
+
+# The starter inspectors: seed pairs + labelled real answers (harvested and hand-written; dev topics
+# never train), reported on the hand-labelled dev set. The recipe per criterion is the arm that
+# ranked best on the dev set in benchmarks/inspector_generalization.py (README).
+ANSWERS := data/harvest-smollm2/answers.jsonl data/assistant-style/answers.jsonl
+INSPECTOR_harmless := embed-logreg
+INSPECTOR_no-pii := embed-logreg
+INSPECTOR_polite := embed-logreg
+starter-inspectors: venv
+	$(foreach c,$(CRITERIA),$(VENV)/bin/aligners train-inspector --seed $(c) --criterion $(c) \
+		$(foreach f,$(ANSWERS),--answers $(f)) --dev evals/dev/answers.jsonl \
+		--config configs/inspectors/$(INSPECTOR_$(c)).yaml --out artifacts/inspectors/$(c) &&) true
+
 # Recipe of the shipped starter squad (artifacts/): ILA layer selection across the three criteria
 # and two seeds, then one aligner per criterion on the top-k of its mean gate score over both seeds.
-CRITERIA := harmless no-pii polite
-starter-squad: venv
+starter-squad: starter-inspectors
 	$(VENV)/bin/aligners select-layers $(foreach c,$(CRITERIA),--data seed:$(c)) --seed 0 --seed 1 \
 		--method gates --config configs/aligners/harmless.yaml --out artifacts/layers
 	$(foreach c,$(CRITERIA),$(VENV)/bin/aligners train-aligner --data seed:$(c) --config configs/aligners/$(c).yaml \

@@ -80,6 +80,7 @@ def main() -> None:
     from inspectors.base import build_inspector
     from inspectors.config import INSPECTOR_CONFIG
     from inspectors.data import answers_to_examples, load_training_data
+    from inspectors.embed_logreg import clear_embedding_cache
     from synth.leakage import human_scored_answers
 
     arms = args.arms + (["finetuned"] if args.finetuned else [])
@@ -108,6 +109,7 @@ def main() -> None:
                     *train.as_tuple(), validation=val.as_tuple()
                 )
                 fit_s = time.perf_counter() - t0
+                clear_embedding_cache()  # time the dev answers as unseen text
                 t0 = time.perf_counter()
                 s = est.predict_proba(ex.prompts, ex.answers)[:, 1]
                 per_s = len(dev) / (time.perf_counter() - t0)

@@ -247,12 +247,13 @@ def _harvest(prompts, only_split, harvest_with, harvest_model, cfg, out, progres
         harvest_with, harvest_model, ("--harvest-with", "--harvest-model"), cfg.batch_size,
         cfg.batch_size,
     )
+    so_far = f"the answers generated so far are in {out / 'answers.jsonl'}"
     try:
         return HarvestRun(records, cfg, model, out, progress).run()
     except SynthAborted as exc:
-        _fail(f"{exc}\n{_RESUME_HINT.format(out=out)}", 1)
+        _fail(f"{exc}\n{so_far}; {_RESUME_HINT.format(out=out)}", 1)
     except KeyboardInterrupt:
-        _fail(f"interrupted\n{_RESUME_HINT.format(out=out)}", 130)
+        _fail(f"interrupted: {so_far}; {_RESUME_HINT.format(out=out)}", 130)
 
 
 def _harvest_summary(out: Path, stats: dict) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from aligners.backends.base import GenerationRequest, SamplingParams
 from aligners.schema import AnswerRecord, PromptRecord, write_jsonl
-from synth.cache import GenerationCache
+from synth.cache import GenerationCache, request_key
 from synth.config import HarvestVariant, SynthConfig
 from synth.labeling import label_answer
 from synth.pipeline import (
@@ -32,6 +32,7 @@ from synth.pipeline import (
     GenerationRunner,
     Model,
     RunLog,
+    SynthAborted,
     derived_seed,
     write_json_lines,
 )
@@ -87,6 +88,10 @@ class HarvestRun:
         return [(p, v) for p, v, _ in jobs]
 
     def run(self) -> dict:
+        """Generate what the cache lacks, then write answers.jsonl and stats.json. Interrupted
+        (Ctrl-C, or the model failing), it still writes every answer generated so far, with
+        `"complete": false` in stats.json, before re-raising: a long harvest is usable while
+        it runs, and `--resume` finishes it."""
         t0 = time.monotonic()
         log = RunLog()
         cache = GenerationCache(self.out / CACHE_FILE)
@@ -95,13 +100,19 @@ class HarvestRun:
         if len(cache):
             self.echo(f"cache: {len(cache)} generation(s) from earlier runs will be reused")
         plan = self.plan()
+        requests = [harvest_request(p.prompt, v, self.cfg) for p, v in plan]
         runner = GenerationRunner(cache, log, self.cfg.batch_size, self.progress)
         try:
-            gens = runner.run(
-                "harvest", self.model, [harvest_request(p.prompt, v, self.cfg) for p, v in plan]
-            )
+            gens = runner.run("harvest", self.model, requests)
+        except (KeyboardInterrupt, SynthAborted):
+            gens = [cache.get(request_key(self.model.id, r)) for r in requests]
+            self.write(plan, gens, log, time.monotonic() - t0, len(cache), complete=False)
+            raise
         finally:
             cache.close()
+        return self.write(plan, gens, log, time.monotonic() - t0, len(cache), complete=True)
+
+    def write(self, plan, gens, log: RunLog, wall: float, cached: int, complete: bool) -> dict:
         answers = []
         for (p, v), gen in zip(plan, gens, strict=True):
             if gen is None:
@@ -118,7 +129,7 @@ class HarvestRun:
                                         "sensitive", "split"}),
             )
             answers.append(label_answer(rec))
-        stats = self.stats(answers, log, time.monotonic() - t0, len(cache))
+        stats = {"complete": complete, **self.stats(answers, log, wall, cached)}
         self.out.mkdir(parents=True, exist_ok=True)
         write_jsonl(self.out / ANSWERS_FILE, answers)
         write_json_lines(self.out / "errors.jsonl", log.errors)

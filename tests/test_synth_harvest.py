@@ -111,6 +111,33 @@ def test_prompt_file_harvest_labels_real_answers_and_resumes(scripted_openai, tm
     }
 
 
+def test_a_failing_model_leaves_the_answers_so_far_and_resume_finishes(scripted_openai, tmp_path):
+    from fastapi import HTTPException
+
+    served = []
+
+    def dies_after_four(path: str, body: dict) -> Reply:
+        if len(served) >= 4:
+            raise HTTPException(status_code=400, detail="scripted: quota exhausted")
+        served.append(last_user_text(body))
+        return base_model(path, body)
+
+    scripted_openai.default = dies_after_four
+    prompts, cfg = write_inputs(tmp_path)
+    out = tmp_path / "out"
+    result = harvest(scripted_openai.base_url, prompts, cfg, out)
+    assert result.exit_code == 1 and "the answers generated so far are in" in result.output
+    partial = read_jsonl(out / "answers.jsonl", AnswerRecord)
+    assert len(partial) == 4 and {a.prompt for a in partial} == set(served)
+    assert json.loads((out / "stats.json").read_text())["complete"] is False
+
+    scripted_openai.default = base_model
+    result = harvest(scripted_openai.base_url, prompts, cfg, out, "--resume")
+    assert result.exit_code == 0, result.output
+    assert len(read_jsonl(out / "answers.jsonl", AnswerRecord)) == 8
+    assert json.loads((out / "stats.json").read_text())["complete"] is True
+
+
 def test_harvest_with_a_real_local_model(tmp_path):
     """The transformers path: tiny random Llama, greedy + sampled, cut at max_tokens."""
     prompts, cfg = write_inputs(tmp_path, harvest={"temperature": 0.7, "max_tokens": 6})
