@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -248,12 +249,24 @@ def _harvest(prompts, only_split, harvest_with, harvest_model, cfg, out, progres
         cfg.batch_size,
     )
     so_far = f"the answers generated so far are in {out / 'answers.jsonl'}"
+    # A stop request (Ctrl-C, `kill`, a scheduler's SIGTERM; SIGINT also when started in the
+    # background, where shells ignore it) ends the run the same way: answers so far are written.
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, _interrupt)
     try:
         return HarvestRun(records, cfg, model, out, progress).run()
     except SynthAborted as exc:
         _fail(f"{exc}\n{so_far}; {_RESUME_HINT.format(out=out)}", 1)
     except KeyboardInterrupt:
         _fail(f"interrupted: {so_far}; {_RESUME_HINT.format(out=out)}", 130)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _harvest_summary(out: Path, stats: dict) -> None:

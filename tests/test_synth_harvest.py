@@ -138,6 +138,44 @@ def test_a_failing_model_leaves_the_answers_so_far_and_resume_finishes(scripted_
     assert json.loads((out / "stats.json").read_text())["complete"] is True
 
 
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_stop_signal_writes_the_answers_so_far(sig, scripted_openai, tmp_path):
+    """A harvest started in the background (where shells ignore SIGINT) stops cleanly on a
+    signal: the finished batches are kept in answers.jsonl."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from openai_scripted import Delay
+
+    def slow_after_two(path: str, body: dict):
+        if last_user_text(body) in (PROMPTS[1]["prompt"], PROMPTS[0]["prompt"]):
+            return base_model(path, body)
+        return Delay(30, base_model(path, body))
+
+    scripted_openai.default = slow_after_two
+    prompts, cfg = write_inputs(tmp_path, variants_per_prompt=1)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aligners.cli", "synth", "--no-progress", "--prompts", prompts,
+         "--harvest-with", scripted_openai.base_url, "--harvest-model", "base", "--config", cfg,
+         "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # like `cmd &`
+    )
+    cache = out / "cache" / "generations.jsonl"
+    deadline = time.monotonic() + 60
+    while not (cache.is_file() and cache.read_text().count("\n") >= 2):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()[0]
+        time.sleep(0.2)
+    proc.send_signal(getattr(signal, sig))
+    output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130, output
+    assert "interrupted: the answers generated so far are in" in output
+    assert len(read_jsonl(out / "answers.jsonl", AnswerRecord)) == 2
+
+
 def test_harvest_with_a_real_local_model(tmp_path):
     """The transformers path: tiny random Llama, greedy + sampled, cut at max_tokens."""
     prompts, cfg = write_inputs(tmp_path, harvest={"temperature": 0.7, "max_tokens": 6})
