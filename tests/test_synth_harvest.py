@@ -157,12 +157,15 @@ def test_a_stop_signal_writes_the_answers_so_far(sig, scripted_openai, tmp_path)
     scripted_openai.default = slow_after_two
     prompts, cfg = write_inputs(tmp_path, variants_per_prompt=1)
     out = tmp_path / "out"
+    like_background_job = (  # shells start `cmd &` with SIGINT ignored
+        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+        "sys.argv = ['aligners', *sys.argv[1:]]; runpy.run_module('aligners.cli', run_name='__main__')"
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "aligners.cli", "synth", "--no-progress", "--prompts", prompts,
+        [sys.executable, "-c", like_background_job, "synth", "--no-progress", "--prompts", prompts,
          "--harvest-with", scripted_openai.base_url, "--harvest-model", "base", "--config", cfg,
          "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # like `cmd &`
     )
     cache = out / "cache" / "generations.jsonl"
     deadline = time.monotonic() + 60
