@@ -12,7 +12,8 @@ sensitive-but-benign requests. For harmless, PyRIT's 395 human-scored answers of
 give a second, fully external AUROC. Arms: embed-logreg (MiniLM), hidden-probe (SmolLM2 hidden
 states), finetuned (`--finetuned`, slow on CPU), and a cascade (embed-logreg first, the probe
 only for answers within `--band` of the threshold). Throughput: answers/s of each arm on the dev
-answers. Prints one JSON object.
+answers. The labelling rule's regex detectors are judged the same way (how often the labels of
+the harvested training answers are wrong). Prints one JSON object.
 
 Usage: .venv/bin/python benchmarks/inspector_generalization.py \\
     --answers data/harvest-smollm2/answers.jsonl data/assistant-style/answers.jsonl \\
@@ -81,6 +82,7 @@ def main() -> None:
     from inspectors.config import INSPECTOR_CONFIG
     from inspectors.data import answers_to_examples, load_training_data
     from inspectors.embed_logreg import clear_embedding_cache
+    from synth.labeling import rule_label
     from synth.leakage import human_scored_answers
 
     arms = args.arms + (["finetuned"] if args.finetuned else [])
@@ -95,7 +97,11 @@ def main() -> None:
             continue
         ex = answers_to_examples(dev)
         labels = np.asarray(ex.labels)
-        row: dict = {}
+        # the labelling rule's detectors as a classifier: how often the rule that labels the
+        # harvested training answers disagrees with the hand labels
+        rule = np.array([rule_label(criterion, r.intent, r.answer)[0] == "aligned" for r in dev])
+        row: dict = {"rule:v1 (regex detectors)": judge(rule.astype(float), 0.5, dev, labels)
+                     | {"agreement": round(float((rule == (labels == 1)).mean()), 4)}}
         scored: dict[str, tuple] = {}
         for data_name, files in (("seed", ()), ("real", args.answers)):
             if data_name == "real" and not files:

@@ -99,9 +99,10 @@ def get_encoder(name: str, device: str = "cpu", dtype: str = "float32") -> Sente
     return _ENCODERS[key]
 
 
-# Recently embedded texts, per (encoder, device, dtype, max_seq_length): refitting on the same data
-# (another C, calibration or threshold target; the validation split scored twice) skips the encoder.
-# Bounded LRU (~1.5 KB per 384-d text); scoring a stream of new answers just cycles through it.
+# Recently computed feature rows — MiniLM embeddings per (encoder, device, dtype, max_seq_length),
+# hidden-probe features per (prompt, answer) — so refitting on the same data (another C,
+# calibration or threshold target; the validation split scored twice) skips the model. Bounded LRU
+# (~1.5 KB per 384-d text); scoring a stream of new answers just cycles through it.
 EMBEDDING_CACHE_SIZE = 20_000
 _CACHE: OrderedDict[tuple, np.ndarray] = OrderedDict()
 
@@ -140,6 +141,27 @@ def token_batches(
     return batches
 
 
+def cached_rows(cache_key: tuple, items: Sequence, compute) -> list[np.ndarray]:
+    """A feature row per item (a text, a (prompt, answer) pair...), computing with
+    `compute(missing_items) -> rows` only the unique items not in the shared LRU under
+    `cache_key` (an empty key disables the cache)."""
+    unique = list(dict.fromkeys(items))
+    found = {x: _CACHE[(cache_key, x)] for x in unique if cache_key and (cache_key, x) in _CACHE}
+    todo = [x for x in unique if x not in found]
+    if todo:
+        for x, row in zip(todo, compute(todo), strict=True):
+            found[x] = row
+            if cache_key and EMBEDDING_CACHE_SIZE:
+                _CACHE[(cache_key, x)] = row
+        while len(_CACHE) > EMBEDDING_CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    if cache_key:
+        for x in unique:
+            if (cache_key, x) in _CACHE:
+                _CACHE.move_to_end((cache_key, x))
+    return [found[x] for x in items]
+
+
 def embed(
     encoder: SentenceTransformer,
     texts: Sequence[str],
@@ -148,33 +170,24 @@ def embed(
     cache_key: tuple = (),
 ) -> np.ndarray:
     """Unit-norm float32 embeddings; duplicate and recently seen texts are embedded once."""
-    unique = list(dict.fromkeys(texts))
-    found = (
-        {t: _CACHE[(cache_key, t)] for t in unique if (cache_key, t) in _CACHE} if cache_key else {}
-    )
-    todo = [t for t in unique if t not in found]
-    if todo:
+
+    def compute(todo: list[str]) -> np.ndarray:
         encoder.max_seq_length = max_seq_length
         ids = encoder.tokenizer(todo, truncation=True, max_length=max_seq_length)["input_ids"]
+        out = np.zeros((len(todo), encoder.get_sentence_embedding_dimension()), dtype=np.float32)
         for batch in token_batches([len(x) for x in ids], tokens_per_batch):
-            vecs = encoder.encode(
+            out[batch] = encoder.encode(
                 [todo[i] for i in batch],
                 batch_size=len(batch),
                 convert_to_numpy=True,
                 normalize_embeddings=True,
                 show_progress_bar=False,
             )
-            for i, v in zip(batch, np.asarray(vecs, dtype=np.float32), strict=True):
-                found[todo[i]] = v
-                if cache_key and EMBEDDING_CACHE_SIZE:
-                    _CACHE[(cache_key, todo[i])] = v
-        while len(_CACHE) > EMBEDDING_CACHE_SIZE:
-            _CACHE.popitem(last=False)
-    if cache_key:
-        for t in unique:
-            if (cache_key, t) in _CACHE:
-                _CACHE.move_to_end((cache_key, t))
-    return np.stack([found[t] for t in texts]) if texts else np.zeros((0, 0), dtype=np.float32)
+        return out
+
+    if not texts:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.stack(cached_rows(cache_key, texts, compute))
 
 
 class EmbedLogRegInspector(LinearInspector):

@@ -25,7 +25,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from inspectors.embed_logreg import token_batches
+from inspectors.embed_logreg import cached_rows, token_batches
 from inspectors.linear import LinearInspector
 
 POOLINGS = ("answer_mean", "answer_max", "last")
@@ -119,17 +119,26 @@ class HiddenProbeInspector(LinearInspector):
 
     def featurize(self, prompts: Sequence[str], answers: Sequence[str]) -> np.ndarray:
         """(n, hidden * len(layers) * len(pooling)) pooled hidden states."""
-        import torch
-
         bad = [p for p in self.pooling if p not in POOLINGS]
         if bad or not self.pooling or not self.layers or min(self.layers) < 1:
             raise ValueError(
                 f"pooling must be a non-empty subset of {list(POOLINGS)} and layers positive "
                 f"integers (1 = the first decoder layer's output), got {self.pooling}, {self.layers}"
             )
+        key = ("hidden-probe", self.encoder, tuple(self.layers), tuple(self.pooling),
+               self.max_prompt_tokens, self.max_answer_tokens, self.dtype, self.device)
+        pairs = list(zip(prompts, answers, strict=True))
+        if not pairs:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.stack(cached_rows(key, pairs, self._pooled_states))
+
+    def _pooled_states(self, pairs: list[tuple[str, str]]) -> np.ndarray:
+        import torch
+
         body, tok = get_backbone(self.encoder, max(self.layers), self.device, self.dtype)
         ids, starts = encode_pairs(
-            tok, prompts, answers, self.max_prompt_tokens, self.max_answer_tokens
+            tok, [p for p, _ in pairs], [a for _, a in pairs], self.max_prompt_tokens,
+            self.max_answer_tokens,
         )
         width = body.config.hidden_size * len(self.layers) * len(self.pooling)
         out = np.zeros((len(ids), width), dtype=np.float32)

@@ -343,7 +343,11 @@ def test_hidden_probe_reads_the_answer_in_context(fitted_probe, tmp_path):
     assert type(loaded) is HiddenProbeInspector
     assert np.array_equal(loaded.predict_proba(P, A), fitted_probe.predict_proba(P, A))
     # the pooled features of one answer do not depend on what it is batched with
+    from inspectors.embed_logreg import clear_embedding_cache
+
+    clear_embedding_cache()
     alone = fitted_probe.featurize(P[:1], A[:1])
+    clear_embedding_cache()
     assert np.allclose(alone, fitted_probe.featurize(P, A)[:1], atol=1e-4)
     with pytest.raises(ValueError, match="pooling must be"):
         clone(fitted_probe).set_params(pooling=["median"]).featurize(P[:1], A[:1])
