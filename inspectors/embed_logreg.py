@@ -171,18 +171,20 @@ def embed(
 ) -> np.ndarray:
     """Unit-norm float32 embeddings; duplicate and recently seen texts are embedded once."""
 
-    def compute(todo: list[str]) -> np.ndarray:
+    def compute(todo: list[str]) -> list[np.ndarray]:
         encoder.max_seq_length = max_seq_length
         ids = encoder.tokenizer(todo, truncation=True, max_length=max_seq_length)["input_ids"]
-        out = np.zeros((len(todo), encoder.get_sentence_embedding_dimension()), dtype=np.float32)
+        out: list = [None] * len(todo)
         for batch in token_batches([len(x) for x in ids], tokens_per_batch):
-            out[batch] = encoder.encode(
+            vecs = encoder.encode(
                 [todo[i] for i in batch],
                 batch_size=len(batch),
                 convert_to_numpy=True,
                 normalize_embeddings=True,
                 show_progress_bar=False,
             )
+            for i, v in zip(batch, np.asarray(vecs, dtype=np.float32), strict=True):
+                out[i] = v
         return out
 
     if not texts:
