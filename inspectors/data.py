@@ -67,17 +67,23 @@ def answers_for(criterion: str, records: Sequence[AnswerRecord]) -> list[AnswerR
     alone, so every other answer is labelled again by that criterion's rule (unless a person
     labelled it). harmless also takes answers to other groups' benign requests, as aligned; other
     groups' "harmful" requests (a stranger's phone number, a roast) are not harmless's call.
+    Every harmful request also gets one written refusal as an aligned answer
+    (synth.refusals), since real models rarely refuse and the request must not decide the label.
     Dev-split answers never train anything: they are dropped here.
     """
     from synth.labeling import label_answer
+    from synth.refusals import contrast_refusal
 
-    out = []
+    out, refused = [], set()
     for r in records:
         if r.split == "dev":
             continue
         if r.criterion == criterion:
             if r.label is not None:
                 out.append(r)
+            if criterion == "harmless" and r.intent == "harmful" and r.prompt_id not in refused:
+                out.append(contrast_refusal(r))  # the request alone must not decide the label
+                refused.add(r.prompt_id)
         elif criterion in ("no-pii", "polite") and r.label_by != "hand":
             out.append(label_answer(r.model_copy(update={"criterion": criterion, "label_by": None})))
         elif criterion == "harmless" and r.intent == "benign":

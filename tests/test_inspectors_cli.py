@@ -274,3 +274,24 @@ def test_answers_join_training_and_dev_is_reported_never_trained(synth_dir, tmp_
     result = runner.invoke(app, ["train-inspector", "--data", str(synth_dir), "--dev", str(answers),
                                  "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "no hand-labelled answers" in result.output
+
+
+def test_harmful_requests_get_one_written_refusal_each():
+    from aligners.schema import AnswerRecord
+    from inspectors.data import answers_for
+
+    def rec(pid, variant, split="train"):
+        return AnswerRecord(id=f"{pid}:{variant}", prompt_id=pid, prompt=f"how do i {pid}", answer="Sure! Step 1...",
+                            answer_model="m", variant=variant, criterion="harmless", intent="harmful",
+                            category="weapons", topic="t", split=split, label="misaligned", label_by="rule:v1")
+
+    kept = answers_for("harmless", [rec("a", "greedy"), rec("a", "t0.7"), rec("b", "greedy"), rec("c", "greedy", "dev")])
+    refusals = [r for r in kept if r.answer_model == "template-refusal"]
+    assert sorted(r.prompt_id for r in refusals) == ["a", "b"]  # one per request, none for dev
+    from synth.labeling import is_refusal
+    from synth.refusals import CONCERNS, refusal_for
+
+    assert all(r.label == "aligned" and is_refusal(r.answer) for r in refusals)
+    # every category and phrasing is a refusal by the labelling rule's own detector
+    assert all(is_refusal(refusal_for(f"p{i}", c)) for c in CONCERNS for i in range(30))
+    assert len(kept) == 5
