@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_inspectors import TEST, TRAIN, VAL, examples, make_pairs
 from typer.testing import CliRunner
 
 from aligners.cli import app
 from aligners.schema import write_jsonl
-from test_inspectors import TEST, TRAIN, VAL, examples, make_pairs
 
 runner = CliRunner()
 
