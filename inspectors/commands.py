@@ -77,6 +77,13 @@ def train_inspector(
             "reported beside the test split, never trained on.",
         ),
     ] = None,
+    threshold_on: Annotated[
+        str,
+        typer.Option(
+            help="Where the recipe's threshold target is met: validation (default) or dev (the "
+            "hand-labelled --dev set: thresholds may be chosen on it, models never trained on it)."
+        ),
+    ] = "validation",
     split_seed: Annotated[int, typer.Option(help="Seed of the topic split (with --seed).")] = 0,
     plots: Annotated[
         bool, typer.Option(help="Write reliability.png and scores.png for the test split.")
@@ -104,6 +111,10 @@ def train_inspector(
         )
         criterion = criterion or criterion_of(td.splits["train"] + td.splits["validation"])
         dev_examples = dev_set_examples(dev, criterion) if dev else None
+        if threshold_on not in ("validation", "dev"):
+            raise ValueError(f"--threshold-on must be validation or dev, got {threshold_on!r}")
+        if threshold_on == "dev" and dev_examples is None:
+            raise ValueError("--threshold-on dev needs --dev FILE")
     except (ConfigError, RecordError, FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from None
 
@@ -123,6 +134,14 @@ def train_inspector(
     est = build_inspector(cfg, criterion=criterion)
     with console.status("training"):
         est.fit(*train.as_tuple(), validation=val.as_tuple())
+    if threshold_on == "dev":
+        from inspectors.base import choose_threshold
+
+        dev_scores = est.predict_proba(dev_examples.prompts, dev_examples.answers)[:, 1]
+        t, info = choose_threshold(
+            dev_scores, dev_examples.labels, est.threshold_target, est.threshold_value
+        )
+        est.threshold_, est.threshold_info_ = t, {**info, "split": "dev set (hand labels)"}
     metrics = {"validation": est.evaluate(*val.as_tuple())}
     if len(test):
         metrics["test"] = est.evaluate(*test.as_tuple())

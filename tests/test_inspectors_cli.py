@@ -275,6 +275,19 @@ def test_answers_join_training_and_dev_is_reported_never_trained(synth_dir, tmp_
                                  "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "no hand-labelled answers" in result.output
 
+    # the threshold target met on the dev set's hand labels instead of validation
+    out2 = tmp_path / "insp-dev"
+    result = runner.invoke(app, ["train-inspector", "--data", str(synth_dir), "--dev", str(dev),
+                                 "--threshold-on", "dev", "--set", "threshold_target=fpr",
+                                 "--set", "threshold_value=0.0", "--out", str(out2), "--no-plots"])
+    assert result.exit_code == 0, result.output
+    m2 = json.loads((out2 / "manifest.json").read_text())
+    assert m2["threshold_info"]["split"] == "dev set (hand labels)"
+    assert m2["metrics"]["dev"]["fpr"] == 0.0 and m2["threshold"] == m2["metrics"]["dev"]["threshold"]
+    result = runner.invoke(app, ["train-inspector", "--data", str(synth_dir), "--threshold-on", "dev",
+                                 "--out", str(tmp_path / "y")])
+    assert result.exit_code == 2 and "--threshold-on dev needs --dev" in result.output
+
 
 def test_harmful_requests_get_one_written_refusal_each():
     from aligners.schema import AnswerRecord
