@@ -52,15 +52,17 @@ harvest: venv
 		--config configs/synth/harvest-bank.yaml --out data/harvest-smollm2 --resume
 
 # The starter inspectors: seed pairs + labelled real answers (harvested and hand-written; dev topics
-# never train), reported on the hand-labelled dev set. The recipe per criterion is the arm that
-# ranked best on the dev set in benchmarks/inspector_generalization.py (README).
+# never train). The threshold flags at most 5 % of the dev set's hand-labelled good answers (the
+# operating point the targets name); the recipe per criterion is the arm that ranked best on the
+# dev set in benchmarks/inspector_generalization.py (README).
 ANSWERS := data/harvest-smollm2/answers.jsonl data/assistant-style/answers.jsonl
 INSPECTOR_harmless := embed-logreg
 INSPECTOR_no-pii := embed-logreg
 INSPECTOR_polite := embed-logreg
 starter-inspectors: venv
 	$(foreach c,$(CRITERIA),$(VENV)/bin/aligners train-inspector --seed $(c) --criterion $(c) \
-		$(foreach f,$(ANSWERS),--answers $(f)) --dev evals/dev/answers.jsonl \
+		$(foreach f,$(ANSWERS),--answers $(f)) --dev evals/dev/answers.jsonl --threshold-on dev \
+		--set threshold_target=fpr --set threshold_value=0.05 \
 		--config configs/inspectors/$(INSPECTOR_$(c)).yaml --out artifacts/inspectors/$(c) &&) true
 
 # Recipe of the shipped starter squad (artifacts/): ILA layer selection across the three criteria
