@@ -56,8 +56,8 @@ harvest: venv
 # operating point the targets name); the recipe per criterion is the arm that ranked best on the
 # dev set in benchmarks/inspector_generalization.py (README).
 ANSWERS := data/harvest-smollm2/answers.jsonl data/assistant-style/answers.jsonl
-INSPECTOR_harmless := embed-logreg
-INSPECTOR_no-pii := embed-logreg
+INSPECTOR_harmless := hidden-probe
+INSPECTOR_no-pii := hidden-probe
 INSPECTOR_polite := embed-logreg
 starter-inspectors: venv
 	$(foreach c,$(CRITERIA),$(VENV)/bin/aligners train-inspector --seed $(c) --criterion $(c) \

@@ -160,9 +160,8 @@ def generalization_rows(r: dict) -> list[Row]:
             what = f"{crit}, {arm}: dev AUROC (SmolLM2 / large-assistant style); recall at ≤ 5 % good flagged"
             measured = (f"{f(m['auroc'])} ({f(m.get('auroc_smollm2'))} / {f(m.get('auroc_assistant-style'))}); "
                         f"{pct(at5['recall']) if at5['recall'] is not None else '—'}")
-            ref, sens = (at5.get("flag_rate_refusals", m.get("flag_rate_refusals")),
-                         at5.get("flag_rate_sensitive_benign", m.get("flag_rate_sensitive_benign")))
-            extra = [f"there, flags refusals {pct(ref)}" if ref is not None else "",
+            ref, sens = at5.get("flag_rate_refusals"), at5.get("flag_rate_sensitive_benign")
+            extra = [f"there, flags {pct(ref)} of good answers to harmful requests" if ref is not None else "",
                      f"sensitive-benign {pct(sens)}" if sens is not None else "",
                      f"terse 'No.'-style {pct(m['flag_rate_terse_refusals'])}" if m.get("flag_rate_terse_refusals") is not None else "",
                      f"{m['answers_per_s']} answers/s" if m.get("answers_per_s") else "",
