@@ -86,6 +86,7 @@ def main() -> None:
     from inspectors.base import build_inspector
     from inspectors.config import INSPECTOR_CONFIG
     from inspectors.data import answers_to_examples, load_training_data
+    from inspectors.metrics import evaluate
     from synth.labeling import rule_label
     from synth.leakage import human_scored_answers
 
@@ -138,11 +139,12 @@ def main() -> None:
                 res["threshold"] = est.threshold_
                 if criterion == "harmless" and pyrit:
                     ps = est.predict_proba([a.prompt for a in pyrit], [a.answer for a in pyrit])[:, 1]
-                    res["pyrit_objective_auroc"] = judge_auroc(ps, pyrit)
+                    not_achieved = [int(not a.harmful) for a in pyrit]  # 1 = aligned, as in evaluate
+                    res["pyrit_objective_auroc"] = round(evaluate(not_achieved, ps, 0.5)["auroc"], 4)
                 row[f"{arm} / {data_name}"] = res
-                scored[f"{arm} / {data_name}"] = (s, est.threshold_, per_s)
+                scored[f"{arm} / {data_name}"] = (s, est.threshold_)
         if "embed-logreg / real" in scored and "hidden-probe / real" in scored:
-            (s1, t1, _), (s2, t2, _) = scored["embed-logreg / real"], scored["hidden-probe / real"]
+            (s1, t1), (s2, t2) = scored["embed-logreg / real"], scored["hidden-probe / real"]
             v1, v2 = speed["embed-logreg"], speed["hidden-probe"]
             unsure = np.abs(s1 - t1) < args.band
             # probe scores are mapped onto the screen's threshold by shifting: flagged iff the
@@ -155,12 +157,6 @@ def main() -> None:
         report["criteria"][criterion] = row
     report["seconds"] = round(time.perf_counter() - t_start, 1)
     print(json.dumps(report))
-
-
-def judge_auroc(scores, answers) -> float:
-    from sklearn.metrics import roc_auc_score
-
-    return round(float(roc_auc_score([a.harmful for a in answers], 1 - np.asarray(scores))), 4)
 
 
 if __name__ == "__main__":

@@ -370,11 +370,28 @@ class Inspector(ClassifierMixin, BaseEstimator):
                 f"unknown calibration {self.calibration!r}; expected sigmoid, isotonic or none"
             )
         self.calibrator_ = cal
+        self._choose_threshold(self._apply_calibration(raw), labels, source)
+
+    def _choose_threshold(self, scores: np.ndarray, labels: np.ndarray, source: str) -> None:
         threshold, info = choose_threshold(
-            self._apply_calibration(raw), labels, self.threshold_target, self.threshold_value
+            scores, labels, self.threshold_target, self.threshold_value
         )
         info["split"] = source
         self.threshold_, self.threshold_info_ = threshold, info
+
+    def rethreshold(
+        self,
+        prompts: Sequence[str],
+        answers: Sequence[str],
+        labels: Sequence[int],
+        source: str = "rethreshold set",
+    ) -> Inspector:
+        """Meet the threshold target on other labelled data (e.g. a hand-labelled dev set),
+        keeping the trained model and its calibration."""
+        check_is_fitted(self)
+        p, a, y = check_inputs(prompts, answers, labels)
+        self._choose_threshold(self.predict_proba(p, a)[:, 1], y, source)
+        return self
 
     def _apply_calibration(self, raw: np.ndarray) -> np.ndarray:
         cal = self.calibrator_

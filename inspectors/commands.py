@@ -135,13 +135,7 @@ def train_inspector(
     with console.status("training"):
         est.fit(*train.as_tuple(), validation=val.as_tuple())
     if threshold_on == "dev":
-        from inspectors.base import choose_threshold
-
-        dev_scores = est.predict_proba(dev_examples.prompts, dev_examples.answers)[:, 1]
-        t, info = choose_threshold(
-            dev_scores, dev_examples.labels, est.threshold_target, est.threshold_value
-        )
-        est.threshold_, est.threshold_info_ = t, {**info, "split": "dev set (hand labels)"}
+        est.rethreshold(*dev_examples.as_tuple(), source="dev set (hand labels)")
     metrics = {"validation": est.evaluate(*val.as_tuple())}
     if len(test):
         metrics["test"] = est.evaluate(*test.as_tuple())

@@ -15,7 +15,8 @@ Prompt and answer are truncated to `max_prompt_tokens` (keeping the request's en
 `max_answer_tokens` (keeping the answer's start, where compliance or refusal shows).
 
 Cost: the model runs `max(layers)` of its layers over prompt + answer, ~6× MiniLM's compute per
-answer for SmolLM2 at layer 15; `benchmarks/inspector_quality.py` reports answers/s next to it.
+answer for SmolLM2 at layer 15; `benchmarks/inspector_generalization.py` reports answers/s
+next to MiniLM's.
 """
 
 from __future__ import annotations

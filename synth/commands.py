@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import signal
 from pathlib import Path
@@ -213,7 +214,7 @@ run continues with --resume.
                     harvest_m = _build_model(
                         harvest_with, harvest_model, ("--harvest-with", "--harvest-model"), conc
                     )
-            echo = lambda msg: typer.echo(msg, err=True)
+            echo = functools.partial(typer.echo, err=True)
             try:
                 stats = SynthRun(
                     crit, cfg, teacher_m, out, harvest_m, progress, echo, questions

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import yaml
 
+from aligners.schema import iter_json_objects
 from synth.filters import minhash, normalize
 
 MIN_CHARS = 20  # shorter reserved texts ("Fuck you") would match any text that quotes them
@@ -36,9 +37,9 @@ def _lines(path: Path) -> Iterator[str]:
 
 
 def _jsonl_field(path: Path, key: str) -> Iterator[str]:
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            yield json.loads(line)[key]
+    for _, obj, _ in iter_json_objects(path):
+        if obj and isinstance(obj.get(key), str):
+            yield obj[key]
 
 
 def _json_list(path: Path, key: str) -> Iterator[str]:
@@ -52,10 +53,15 @@ def _pyrit_prompt(path: Path) -> Iterator[str]:
             yield seed["value"]
 
 
-def _csv_column(path: Path, *columns: str) -> Iterator[str]:
+def _csv_rows(path: Path) -> Iterator[dict]:
+    """PyRIT's CSVs, whose first lines are `# ...` comments."""
     lines = [line for line in path.read_text(encoding="utf-8").splitlines(True)
              if not line.startswith("#")]
-    for row in csv.DictReader(lines):
+    yield from csv.DictReader(lines)
+
+
+def _csv_column(path: Path, *columns: str) -> Iterator[str]:
+    for row in _csv_rows(path):
         for col in columns:
             if row.get(col):
                 yield row[col]
@@ -169,8 +175,7 @@ def human_scored_answers() -> list[ScoredAnswer]:
         return []
     out = []
     for f in sorted(root.glob("pyrit/datasets/scorer_evals/objective/*.csv")):
-        lines = [x for x in f.read_text(encoding="utf-8").splitlines(True) if not x.startswith("#")]
-        for row in csv.DictReader(lines):
+        for row in _csv_rows(f):
             if row.get("assistant_response") and row.get("human_score") in ("0", "1"):
                 out.append(ScoredAnswer(row["objective"], row["assistant_response"],
                                         row["human_score"] == "1", f"pyrit-objective/{f.stem}"))
