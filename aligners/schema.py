@@ -128,6 +128,16 @@ class AnswerRecord(Record):
     note: str = ""
 
 
+class HandLabel(Record):
+    """A person's label for one harvested answer, kept beside the harvest (hand-labels.jsonl) so
+    rebuilding answers.jsonl from the generation cache keeps it and the rule's label is only a
+    fallback."""
+
+    id: str = Field(min_length=1, description="The AnswerRecord id: '<prompt id>:<variant>'.")
+    label: Literal["aligned", "misaligned"]
+    note: str = Field(min_length=1, description="Why, about this very answer.")
+
+
 class Verdict(Record):
     """One inspector's opinion of one answer: score = P(aligned)."""
 

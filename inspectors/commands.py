@@ -69,6 +69,13 @@ def train_inspector(
             "repeatable). Split by topic like the pairs; dev-split answers are never used.",
         ),
     ] = None,
+    answer_labels: Annotated[
+        str,
+        typer.Option(
+            help="Which labels of the --answers to harmful requests of the criterion to learn "
+            "from: any (the rule's too) or hand (only answers a person labelled).",
+        ),
+    ] = "any",
     dev: Annotated[
         Path | None,
         typer.Option(
@@ -107,7 +114,7 @@ def train_inspector(
         cfg = validate(INSPECTOR_CONFIG, raw, str(config) if config else "<defaults + --set>")
         td = load_training_data(
             data_dir=data, seed=seed, split_seed=split_seed, criterion=criterion,
-            answer_files=answers or (),
+            answer_files=answers or (), answer_labels=answer_labels,
         )
         criterion = criterion or criterion_of(td.splits["train"] + td.splits["validation"])
         dev_examples = dev_set_examples(dev, criterion) if dev else None

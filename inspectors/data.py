@@ -60,7 +60,12 @@ def answers_to_examples(records: Sequence[AnswerRecord]) -> Examples:
     return out
 
 
-def answers_for(criterion: str, records: Sequence[AnswerRecord]) -> list[AnswerRecord]:
+ANSWER_LABELS = ("any", "hand")
+
+
+def answers_for(
+    criterion: str, records: Sequence[AnswerRecord], labels: str = "any"
+) -> list[AnswerRecord]:
     """The labelled real answers an inspector for `criterion` learns from.
 
     Answers to the criterion's own prompts keep their labels. no-pii and polite judge the answer
@@ -70,7 +75,13 @@ def answers_for(criterion: str, records: Sequence[AnswerRecord]) -> list[AnswerR
     Every harmful request also gets one written refusal as an aligned answer
     (synth.refusals), since real models rarely refuse and the request must not decide the label.
     Dev-split answers never train anything: they are dropped here.
+
+    `labels="hand"` keeps only the person-labelled answers among those to the criterion's own
+    harmful requests (the rule's labels stay for the rest): the rule mistakes a small model's
+    drift and word salad for compliance, and an inspector trained on that learns the request.
     """
+    if labels not in ANSWER_LABELS:
+        raise ValueError(f"answer labels must be one of {', '.join(ANSWER_LABELS)}, got {labels!r}")
     from synth.labeling import label_answer
     from synth.refusals import contrast_refusal
 
@@ -79,8 +90,10 @@ def answers_for(criterion: str, records: Sequence[AnswerRecord]) -> list[AnswerR
         if r.split == "dev":
             continue
         if r.criterion == criterion:
-            if r.label is not None:
-                out.append(r)
+            trusted = labels == "any" or r.intent != "harmful" or r.label_by == "hand"
+            if r.label is None or not trusted:
+                continue
+            out.append(r)
             if criterion == "harmless" and r.intent == "harmful" and r.prompt_id not in refused:
                 out.append(contrast_refusal(r))  # the request alone must not decide the label
                 refused.add(r.prompt_id)
@@ -141,12 +154,14 @@ def load_training_data(
     split_seed: int = 0,
     criterion: str | None = None,
     answer_files: Sequence[Path | str] = (),
+    answer_labels: str = "any",
 ) -> TrainingData:
     """Read a synth output folder (train/validation/test.jsonl), or split a shipped seed set by topic.
 
     `criterion` keeps only that criterion's pairs needing correction (plus every keep-as-is pair).
     `answer_files` (AnswerRecord JSONL: harvested or hand-written real answers) add the labelled
-    answers `answers_for` picks for the criterion, split by topic with the same fractions and seed.
+    answers `answers_for` picks for the criterion (with `answer_labels`), split by topic with the
+    same fractions and seed.
     """
     from synth.dataset import SPLITS, load_seed, load_split, split_by_topic
 
@@ -168,9 +183,12 @@ def load_training_data(
     answers: dict[str, list[AnswerRecord]] = {}
     if answer_files:
         name = criterion or criterion_of(splits["train"] + splits["validation"])
-        records = answers_for(name, [r for f in answer_files for r in read_jsonl(f, AnswerRecord)])
+        records = answers_for(
+            name, [r for f in answer_files for r in read_jsonl(f, AnswerRecord)], answer_labels
+        )
         answers = split_by_topic(records, seed=split_seed)
         source += " + answers:" + ",".join(str(Path(f)) for f in answer_files)
+        source += f" (labels: {answer_labels})"
     data = TrainingData(splits=splits, source=source, answers=answers)
     for name in ("train", "validation"):
         ex = data.examples(name)

@@ -9,7 +9,10 @@ hand-labelled dev set needs them), then one variant round at a time, so a harves
 still covers every prompt once.
 
 Output (`answers.jsonl`) holds AnswerRecord lines labelled by the documented rule
-(synth/labeling.py), `label_by` naming the rule's version; hand labels live in evals/.
+(synth/labeling.py), `label_by` naming the rule's version, except where `hand-labels.jsonl` in
+the same folder holds a person's label for that answer id (`label_by: "hand"`): rebuilding the
+answers from the cache keeps every hand label, and stats.json reports how often the rule
+disagrees with them. (The dev set's hand labels live in evals/dev.)
 """
 
 from __future__ import annotations
@@ -23,10 +26,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from aligners.backends.base import GenerationRequest, SamplingParams
-from aligners.schema import AnswerRecord, PromptRecord, write_jsonl
+from aligners.schema import AnswerRecord, HandLabel, PromptRecord, write_jsonl
 from synth.cache import GenerationCache, request_key
 from synth.config import HarvestVariant, SynthConfig
-from synth.labeling import label_answer
+from synth.labeling import label_answer, read_hand_labels, rule_vs_hand, with_hand_labels
 from synth.pipeline import (
     CACHE_FILE,
     GenerationRunner,
@@ -38,6 +41,7 @@ from synth.pipeline import (
 )
 
 ANSWERS_FILE = "answers.jsonl"
+HAND_LABELS_FILE = "hand-labels.jsonl"
 
 
 def variants_for(prompt_id: str, variants: Sequence[HarvestVariant], k: int) -> list[HarvestVariant]:
@@ -93,6 +97,7 @@ class HarvestRun:
         `"complete": false` in stats.json, before re-raising: a long harvest is usable while
         it runs, and `--resume` finishes it."""
         t0 = time.monotonic()
+        hand = read_hand_labels(self.out / HAND_LABELS_FILE)  # a bad file fails before hours of work
         log = RunLog()
         cache = GenerationCache(self.out / CACHE_FILE)
         if cache.torn:
@@ -106,13 +111,14 @@ class HarvestRun:
             gens = runner.run("harvest", self.model, requests)
         except (KeyboardInterrupt, SynthAborted):
             gens = [cache.get(request_key(self.model.id, r)) for r in requests]
-            self.write(plan, gens, log, time.monotonic() - t0, len(cache), complete=False)
+            self.write(plan, gens, hand, log, time.monotonic() - t0, len(cache), complete=False)
             raise
         finally:
             cache.close()
-        return self.write(plan, gens, log, time.monotonic() - t0, len(cache), complete=True)
+        return self.write(plan, gens, hand, log, time.monotonic() - t0, len(cache), complete=True)
 
-    def write(self, plan, gens, log: RunLog, wall: float, cached: int, complete: bool) -> dict:
+    def write(self, plan, gens, hand: dict[str, HandLabel], log: RunLog, wall: float, cached: int,
+              complete: bool) -> dict:
         answers = []
         for (p, v), gen in zip(plan, gens, strict=True):
             if gen is None:
@@ -129,6 +135,7 @@ class HarvestRun:
                                         "sensitive", "split"}),
             )
             answers.append(label_answer(rec))
+        answers = with_hand_labels(answers, hand)
         stats = {"complete": complete, **self.stats(answers, log, wall, cached)}
         self.out.mkdir(parents=True, exist_ok=True)
         write_jsonl(self.out / ANSWERS_FILE, answers)
@@ -150,6 +157,7 @@ class HarvestRun:
             "by_split": count(lambda a: a.split),
             "by_label": count(lambda a: f"{a.criterion}/{a.intent}/{a.label}"),
             "truncated": sum(a.finish_reason == "length" for a in answers),
+            "rule_vs_hand": rule_vs_hand(answers),
             "config": self.cfg.model_dump(
                 mode="json", include={"seed", "batch_size", "harvest", "harvest_variants",
                                       "variants_per_prompt"}

@@ -274,6 +274,9 @@ def test_answers_join_training_and_dev_is_reported_never_trained(synth_dir, tmp_
     result = runner.invoke(app, ["train-inspector", "--data", str(synth_dir), "--dev", str(answers),
                                  "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "no hand-labelled answers" in result.output
+    result = runner.invoke(app, ["train-inspector", "--data", str(synth_dir), "--answers", str(answers),
+                                 "--answer-labels", "rule", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "must be one of any, hand" in result.output
 
     # the threshold target met on the dev set's hand labels instead of validation
     out2 = tmp_path / "insp-dev"
@@ -308,3 +311,15 @@ def test_harmful_requests_get_one_written_refusal_each():
     # every category and phrasing is a refusal by the labelling rule's own detector
     assert all(is_refusal(refusal_for(f"p{i}", c)) for c in CONCERNS for i in range(30))
     assert len(kept) == 5
+
+    # labels="hand": of the answers to harmful requests only those a person read; no contrast
+    # refusal for a request none of whose answers is kept
+    drift = rec("b", "greedy").model_copy(update={"label": "aligned", "label_by": "hand",
+                                                  "answer": "Cats sleep a lot."})
+    benign = rec("d", "greedy").model_copy(update={"intent": "benign", "label": "aligned"})
+    kept = answers_for("harmless", [rec("a", "greedy"), drift, benign], labels="hand")
+    assert [(r.prompt_id, r.answer_model) for r in kept] == [
+        ("b", "m"), ("b", "template-refusal"), ("d", "m")]
+    assert kept[0].label == "aligned"
+    with pytest.raises(ValueError, match="any, hand"):
+        answers_for("harmless", [], labels="rule")

@@ -12,7 +12,7 @@ from openai_scripted import Reply, last_user_text
 from typer.testing import CliRunner
 
 from aligners.cli import app
-from aligners.schema import AnswerRecord, Pair, PromptRecord, read_jsonl
+from aligners.schema import AnswerRecord, HandLabel, Pair, PromptRecord, read_jsonl, write_jsonl
 from synth.bank import load_prompts
 from synth.config import HarvestVariant
 from synth.harvest import variants_for
@@ -102,6 +102,25 @@ def test_prompt_file_harvest_labels_real_answers_and_resumes(scripted_openai, tm
     assert result.exit_code == 0, result.output
     assert len(scripted_openai.requests) == sent
     assert read_jsonl(out / "answers.jsonl", AnswerRecord) == answers
+
+    # a person's label beside the harvest overrides the rule's, and the rule's error is counted
+    hotwire = next(a for a in answers if a.prompt == PROMPTS[0]["prompt"] and a.variant == "greedy")
+    hand = HandLabel(id=hotwire.id, label="aligned", note="read by a person: no real steps given")
+    write_jsonl(out / "hand-labels.jsonl", [hand])
+    result = harvest(scripted_openai.base_url, prompts, cfg, out, "--resume")
+    assert result.exit_code == 0, result.output
+    relabelled = {a.id: a for a in read_jsonl(out / "answers.jsonl", AnswerRecord)}
+    assert relabelled[hotwire.id].label == "aligned" and relabelled[hotwire.id].label_by == "hand"
+    assert relabelled[hotwire.id].note == hand.note
+    assert sum(a.label_by == "hand" for a in relabelled.values()) == 1
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["rule_vs_hand"] == {"harmless": {"hand_labelled": 1, "agree": 0,
+                                                  "rule_flags_good": 1, "rule_misses_bad": 0}}
+    # two readings of one answer must be settled first: refused before anything runs
+    write_jsonl(out / "hand-labels.jsonl", [hand, hand])
+    result = harvest(scripted_openai.base_url, prompts, cfg, out, "--resume")
+    assert result.exit_code != 0 and "labelled twice" in result.output
+    assert len(scripted_openai.requests) == sent
 
     # --only-split keeps the dev prompt alone
     result = harvest(scripted_openai.base_url, prompts, cfg, tmp_path / "dev", "--only-split", "dev")
