@@ -43,9 +43,15 @@ class Criterion(Record):
 class Provenance(Record):
     """Where a pair came from, so any record can be traced to the teacher and template."""
 
-    teacher: str = Field(description="Teacher model id, or 'human' for hand-written seed data.")
+    teacher: str = Field(
+        description="Teacher model id, 'human' for hand-written seed data, or 'template' for "
+        "corrections written by synth.corrections."
+    )
     template_version: str = Field(default="seed-v1")
     seed: int | None = None
+    answer_id: str | None = Field(default=None, description="The real answer a pair corrects.")
+    answer_model: str | None = Field(default=None, description="Who wrote that answer.")
+    label_by: str | None = Field(default=None, description="Who labelled it: 'hand' or a rule.")
 
 
 class Pair(Record):

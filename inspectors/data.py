@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aligners.schema import AnswerRecord, Pair, read_jsonl
+from synth.labeling import answers_for
 
 ALIGNED, MISALIGNED = 1, 0
 
@@ -57,50 +58,6 @@ def answers_to_examples(records: Sequence[AnswerRecord]) -> Examples:
         out.prompts.append(r.prompt)
         out.answers.append(r.answer)
         out.labels.append(ALIGNED if r.label == "aligned" else MISALIGNED)
-    return out
-
-
-ANSWER_LABELS = ("any", "hand")
-
-
-def answers_for(
-    criterion: str, records: Sequence[AnswerRecord], labels: str = "any"
-) -> list[AnswerRecord]:
-    """The labelled real answers an inspector for `criterion` learns from.
-
-    Answers to the criterion's own prompts keep their labels. no-pii and polite judge the answer
-    alone, so every other answer is labelled again by that criterion's rule (unless a person
-    labelled it). harmless also takes answers to other groups' benign requests, as aligned; other
-    groups' "harmful" requests (a stranger's phone number, a roast) are not harmless's call.
-    Every harmful request also gets one written refusal as an aligned answer
-    (synth.refusals), since real models rarely refuse and the request must not decide the label.
-    Dev-split answers never train anything: they are dropped here.
-
-    `labels="hand"` keeps only the person-labelled answers among those to the criterion's own
-    harmful requests (the rule's labels stay for the rest): the rule mistakes a small model's
-    drift and word salad for compliance, and an inspector trained on that learns the request.
-    """
-    if labels not in ANSWER_LABELS:
-        raise ValueError(f"answer labels must be one of {', '.join(ANSWER_LABELS)}, got {labels!r}")
-    from synth.labeling import label_answer
-    from synth.refusals import contrast_refusal
-
-    out, refused = [], set()
-    for r in records:
-        if r.split == "dev":
-            continue
-        if r.criterion == criterion:
-            trusted = labels == "any" or r.intent != "harmful" or r.label_by == "hand"
-            if r.label is None or not trusted:
-                continue
-            out.append(r)
-            if criterion == "harmless" and r.intent == "harmful" and r.prompt_id not in refused:
-                out.append(contrast_refusal(r))  # the request alone must not decide the label
-                refused.add(r.prompt_id)
-        elif criterion in ("no-pii", "polite") and r.label_by != "hand":
-            out.append(label_answer(r.model_copy(update={"criterion": criterion, "label_by": None})))
-        elif criterion == "harmless" and r.intent == "benign":
-            out.append(r.model_copy(update={"criterion": criterion, "label": "aligned"}))
     return out
 
 

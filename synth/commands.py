@@ -86,8 +86,25 @@ def synth(
             "teacher; name the criterion with --criterion-name."
         ),
     ] = None,
+    answers: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--answers",
+            help="Labelled real answers (AnswerRecord JSONL, e.g. a harvest's answers.jsonl; "
+            "repeatable) made into aligner pairs: a good answer is kept as is, a misaligned one "
+            "gets a written correction (synth/corrections.py). Alone, or added to --from-seed / "
+            "--pairs; dev-split answers are never used.",
+        ),
+    ] = None,
+    answer_labels: Annotated[
+        str,
+        typer.Option(help="With --answers: any (rule labels too) or hand (answers to harmful "
+                     "requests only where a person labelled them)."),
+    ] = "any",
     criterion_name: Annotated[
-        str | None, typer.Option(help="Criterion name for --pairs, e.g. concise.")
+        str | None,
+        typer.Option(help="Criterion name for --pairs or --answers, e.g. concise (with "
+                     "--from-seed: the seed set's name)."),
     ] = None,
     prompts: Annotated[
         str | None,
@@ -142,16 +159,17 @@ run continues with --resume.
     from aligners.models import ModelNotFoundError
     from synth.config import SynthConfig
 
-    handmade = from_seed or pairs
+    handmade = from_seed or pairs or answers
     if from_seed and pairs:
         _fail("give one of --from-seed NAME (shipped seed set) and --pairs FILE (your own pairs)")
     if handmade and (criterion or teacher or harvest_with or prompts):
         _fail(
-            "--from-seed/--pairs use hand-written pairs: do not combine them with "
-            "--criterion/--teacher/--harvest-with/--prompts"
+            "--from-seed/--pairs/--answers use written pairs and labelled answers: do not combine "
+            "them with --criterion/--teacher/--harvest-with/--prompts"
         )
-    if pairs and not criterion_name:
-        _fail("--pairs needs --criterion-name NAME (the criterion the pairs teach, e.g. concise)")
+    criterion_name = criterion_name or from_seed
+    if (pairs or answers) and not criterion_name:
+        _fail("--pairs/--answers need --criterion-name NAME (the criterion they teach, e.g. concise)")
     harvest_only = bool(prompts and harvest_with and not teacher)
     if not handmade and not harvest_only and not (criterion and teacher):
         _fail(
@@ -180,16 +198,8 @@ run continues with --resume.
             {**cfg.model_dump(), **{k: v for k, v in flags.items() if v is not None}},
             "command-line flags",
         )
-        if from_seed:
-            from synth.pipeline import run_from_seed
-
-            stats = run_from_seed(from_seed, out, cfg)
-        elif pairs:
-            from synth.dataset import load_user_pairs
-            from synth.pipeline import run_from_pairs
-
-            user_pairs = load_user_pairs(pairs, criterion_name)
-            stats = run_from_pairs(user_pairs, criterion_name, "user-pairs", out, cfg)
+        if handmade:
+            stats = _from_written(from_seed, pairs, answers, answer_labels, criterion_name, out, cfg)
         elif harvest_only:
             stats = _harvest(prompts, only_split, harvest_with, harvest_model, cfg, out, progress)
             return _harvest_summary(out, stats)
@@ -228,6 +238,34 @@ run continues with --resume.
     except (ConfigError, ModelNotFoundError, FileNotFoundError, BackendError, ValueError) as exc:
         _fail(str(exc))
     _summary(out, stats)
+
+
+def _from_written(from_seed, pairs, answers, answer_labels, criterion_name, out, cfg) -> dict:
+    """Seed set and/or the user's own pairs, plus pairs made from labelled answers."""
+    from aligners.schema import AnswerRecord, read_jsonl
+    from synth.corrections import pairs_from_answers
+    from synth.dataset import load_seed, load_user_pairs
+    from synth.pipeline import run_from_pairs
+
+    written = load_seed(from_seed) if from_seed else []
+    written += load_user_pairs(pairs, criterion_name) if pairs else []
+    made, methods = [], {}
+    if answers:
+        records = [r for f in answers for r in read_jsonl(f, AnswerRecord)]
+        made, methods = pairs_from_answers(criterion_name, records, answer_labels)
+        if not made:
+            raise ValueError(
+                f"no answer in {', '.join(map(str, answers))} is usable for criterion "
+                f"{criterion_name!r} (answers to that criterion's prompts, train split)"
+            )
+    mode = "+".join(m for m, on in (("seed", from_seed), ("user-pairs", pairs),
+                                    ("answers", answers)) if on)
+    stats = run_from_pairs(written, criterion_name, mode, out, cfg, answer_pairs=made)
+    if answers:
+        stats["answers"] = {"files": [str(f) for f in answers], "labels": answer_labels,
+                            "pairs_by_method": methods}
+        (Path(out) / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    return stats
 
 
 def _select(records: list, only_split: str | None) -> list:

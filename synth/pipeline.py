@@ -36,7 +36,7 @@ from aligners.schema import Criterion, Pair, Provenance
 from synth import prompts
 from synth.cache import GenerationCache, request_key
 from synth.config import FilterConfig, StageConfig, SynthConfig
-from synth.dataset import load_seed, pair_id, save_splits, split_by_topic
+from synth.dataset import pair_id, save_splits, split_by_topic
 from synth.filters import (
     DropReport,
     dedup_exact,
@@ -556,18 +556,18 @@ def write_json_lines(path: Path, rows: list[dict]) -> None:
     tmp.replace(path)
 
 
-def run_from_seed(name: str, out_dir: Path | str, cfg: SynthConfig) -> dict:
-    """The shipped hand-written seed set through the same filters, splits and folder layout."""
-    return run_from_pairs(load_seed(name), name, "seed", out_dir, cfg)
-
-
 def run_from_pairs(
-    pairs: list[Pair], criterion: str, mode: str, out_dir: Path | str, cfg: SynthConfig
+    pairs: list[Pair], criterion: str, mode: str, out_dir: Path | str, cfg: SynthConfig,
+    answer_pairs: Sequence[Pair] = (),
 ) -> dict:
-    """Hand-written pairs (the seed sets, or a user's own file) through the filters and splits."""
+    """Hand-written pairs (the seed sets, or a user's own file) through the filters and splits.
+
+    `answer_pairs` (made from real answers, synth.corrections) skip the prompt de-duplication:
+    there the answer is the unit, and two real answers to one request are both worth learning.
+    """
     t0 = time.monotonic()
     log = RunLog()
-    loaded = len(pairs)
+    loaded = len(pairs) + len(answer_pairs)
     # Prompts are deduplicated within each kind only: a seed set may hold the same question
     # with a bad answer to correct and, in the shared benign pool, with a good answer to keep —
     # a contrast worth keeping, not a duplicate.
@@ -578,7 +578,7 @@ def run_from_pairs(
             [p for p in pairs if p.needs_correction == needs], lambda p: p.prompt, cfg.filters, log
         )
     ]
-    pairs = filter_pairs(pairs, cfg.filters, log)
+    pairs = filter_pairs([*pairs, *answer_pairs], cfg.filters, log)
     stats = {
         "mode": mode,
         "criterion": criterion,

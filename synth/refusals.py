@@ -4,7 +4,7 @@ alternative, varied by category and phrasing.
 SmolLM2 almost never refuses, so its harvested answers to harmful requests are nearly all
 misaligned: an inspector trained on them alone learns "harmful request → flag", whatever the
 answer says, and flags refusals too. Each harvested harmful request therefore also gets one of
-these refusals as an aligned answer (inspectors.data.contrast_refusals), so the request alone
+these refusals as an aligned answer (synth.labeling.answers_for), so the request alone
 decides nothing. The same texts are corrections an aligner can learn to write.
 """
 
@@ -69,6 +69,40 @@ CONCERNS: dict[str, tuple[str, str]] = {
                        "how to protect your own identity and what to do if it was stolen"),
 }
 
+# no-pii categories of the bank → (what the concern is, the proper channel instead)
+PRIVACY_CONCERNS: dict[str, tuple[str, str]] = {
+    "contact-lookup": ("a private person's phone number or e-mail",
+                       "reaching them through a mutual contact, their workplace's public channel or a social network"),
+    "home-address": ("a private person's home address",
+                     "sending a message through a mutual friend, or asking them directly"),
+    "government-ids": ("someone's ID, passport or social-security number",
+                       "the agency that issued it, which verifies identity through official channels"),
+    "financial-details": ("someone's bank, card or salary details",
+                          "asking them directly, or the bank's official process for the account holder"),
+    "medical-info": ("someone's health or medical records",
+                     "asking the person, since only they or their doctor can share it"),
+    "family-details": ("private details about someone's family",
+                       "asking them, or public records where the law makes them public"),
+    "location-tracking": ("a private person's whereabouts",
+                          "agreeing on location sharing with them, or the police if someone is in danger"),
+    "workplace-records": ("an employee's or colleague's private records",
+                          "your HR department's official process"),
+    "credentials": ("someone else's passwords or login details",
+                    "the service's account-recovery process for the account holder"),
+    "general-privacy": ("personal data about a private individual",
+                        "public, official sources, or asking the person directly"),
+}
+
+# phrasing style of the request (PromptRecord.style) → a first sentence that answers the framing
+_STYLE_LEADS = {
+    "roleplay": "I'll step out of the role for this one.",
+    "fiction": "Even inside a story, real working details would work the same off the page.",
+    "hypothetical": "Framing it as a hypothetical doesn't change what the answer would enable.",
+    "research": "Even for research, that is not something I should spell out.",
+    "code": "I won't write code for this.",
+    "essay": "I won't write that piece.",
+}
+
 _OPENINGS = [
     "I can't help with {concern}.",
     "I won't help with {concern} — it can seriously hurt people and is illegal in most places.",
@@ -86,15 +120,36 @@ _OFFERS = [
 ]
 
 
-def refusal_for(prompt_id: str, category: str) -> str:
-    """A refusal for a request of `category`, its phrasing picked by the prompt id's hash."""
-    concern, alternative = CONCERNS.get(
-        category, ("something that could hurt people", "a safe version of what you're trying to do")
-    )
+_PRIVACY_OPENINGS = [
+    "I can't share {concern}.",
+    "Sorry, I can't provide {concern}: it's private information about someone who hasn't agreed to share it.",
+    "I'm not able to give out {concern}.",
+    "That's private, so I can't share {concern}.",
+]
+_PRIVACY_OFFERS = [
+    " A better route is {alternative}.",
+    " You could try {alternative} instead.",
+    "",
+]
+
+
+def refusal_for(prompt_id: str, category: str, style: str | None = None) -> str:
+    """A refusal for a request of `category` (a harmful one, or a no-pii one), its phrasing
+    picked by the prompt id's hash; a role-play, fiction, hypothetical, research, code or essay
+    request gets a first sentence that answers its framing."""
+    if category in PRIVACY_CONCERNS:
+        (concern, alternative), openings, offers = (
+            PRIVACY_CONCERNS[category], _PRIVACY_OPENINGS, _PRIVACY_OFFERS
+        )
+    else:
+        (concern, alternative), openings, offers = CONCERNS.get(category, (
+            "something that could hurt people", "a safe version of what you're trying to do"
+        )), _OPENINGS, _OFFERS
     h = int(hashlib.sha256(prompt_id.encode()).hexdigest(), 16)
-    opening = _OPENINGS[h % len(_OPENINGS)].format(concern=concern)
-    offer = _OFFERS[(h // len(_OPENINGS)) % len(_OFFERS)].format(alternative=alternative)
-    return opening + offer
+    opening = openings[h % len(openings)].format(concern=concern)
+    offer = offers[(h // len(openings)) % len(offers)].format(alternative=alternative)
+    lead = _STYLE_LEADS.get(style or "")
+    return (f"{lead} " if lead else "") + opening + offer
 
 
 def contrast_refusal(record: AnswerRecord) -> AnswerRecord:
@@ -102,7 +157,7 @@ def contrast_refusal(record: AnswerRecord) -> AnswerRecord:
     return record.model_copy(
         update={
             "id": f"{record.prompt_id}:refusal",
-            "answer": refusal_for(record.prompt_id, record.category),
+            "answer": refusal_for(record.prompt_id, record.category, record.style),
             "answer_model": "template-refusal",
             "variant": "refusal",
             "finish_reason": "stop",

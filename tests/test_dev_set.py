@@ -6,8 +6,8 @@ from collections import Counter
 from pathlib import Path
 
 from aligners.schema import AnswerRecord, read_jsonl
-from inspectors.data import answers_for
 from synth.bank import load_bank
+from synth.labeling import answers_for
 
 ROOT = Path(__file__).resolve().parent.parent
 DEV = ROOT / "evals" / "dev" / "answers.jsonl"

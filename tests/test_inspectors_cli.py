@@ -245,7 +245,8 @@ def _answers(span, split="train", label_by="rule:v1"):
 
 
 def test_answers_join_training_and_dev_is_reported_never_trained(synth_dir, tmp_path):
-    from inspectors.data import answers_for, load_training_data
+    from inspectors.data import load_training_data
+    from synth.labeling import answers_for
 
     answers = tmp_path / "answers.jsonl"
     write_jsonl(answers, _answers((0, 20)) + _answers((28, 36), split="dev"))
@@ -294,7 +295,7 @@ def test_answers_join_training_and_dev_is_reported_never_trained(synth_dir, tmp_
 
 def test_harmful_requests_get_one_written_refusal_each():
     from aligners.schema import AnswerRecord
-    from inspectors.data import answers_for
+    from synth.labeling import answers_for
 
     def rec(pid, variant, split="train"):
         return AnswerRecord(id=f"{pid}:{variant}", prompt_id=pid, prompt=f"how do i {pid}", answer="Sure! Step 1...",
