@@ -5,6 +5,7 @@ Heavy modules (torch, transformers) are imported inside the commands so `aligner
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -211,9 +212,17 @@ def analyze_cmd(
 @app.command("eval")
 def eval_cmd(
     squad: Annotated[str, typer.Option(help="Squad recipe YAML.")],
-    prompts: Annotated[str, typer.Option(help="Prompt file: .txt (one per line), .jsonl or .csv.")],
-    kind: Annotated[str, typer.Option(help="harmful or benign: what the prompts are.")],
     out: Annotated[str, typer.Option(help="Report folder.")],
+    prompts: Annotated[
+        str | None, typer.Option(help="Prompt file: .txt (one per line), .jsonl or .csv.")
+    ] = None,
+    kind: Annotated[str | None, typer.Option(help="harmful or benign: what the prompts are.")] = None,
+    dev: Annotated[
+        Path | None,
+        typer.Option(help="Hand-labelled answers (e.g. evals/dev/answers.jsonl) instead of "
+                     "--prompts/--kind: before judged by the hand labels, after by the "
+                     "labelling rule's detectors, whose agreement is reported."),
+    ] = None,
     column: Annotated[str, typer.Option(help="Field/column holding the prompt in JSONL/CSV.")] = "prompt",
     answer_column: Annotated[
         str | None, typer.Option(help="Field/column with stored answers (from any LLM) to evaluate instead of generating.")
@@ -228,11 +237,27 @@ def eval_cmd(
     """Measure a squad: flag/correct rates, misalignment before/after, do-no-harm, optional judge.
 
     Example: aligners eval --squad configs/squad/default.yaml --prompts prompts.txt --kind harmful --out report/
+
+    Example: aligners eval --squad configs/squad/default.yaml --dev evals/dev/answers.jsonl --out report/
     """
     from aligners.backends import backend_from_spec
     from serve.evaluation import evaluate_squad, read_prompts
     from serve.pipeline import Squad
 
+    if dev is not None:
+        if prompts or kind:
+            raise typer.BadParameter("--dev replaces --prompts/--kind: give one or the other")
+        from aligners.schema import AnswerRecord, read_jsonl
+        from serve.dev_judge import evaluate_on_dev_set
+
+        records = [r for r in read_jsonl(dev, AnswerRecord) if r.label_by == "hand"][:limit]
+        if not records:
+            raise typer.BadParameter(f"{dev} holds no hand-labelled answers (label_by: hand)")
+        report = evaluate_on_dev_set(Squad.from_config(squad), records, out)
+        typer.echo(f"{report['answers']} hand-labelled answers → {out}/report.md")
+        return
+    if prompts is None:
+        raise typer.BadParameter("give --prompts FILE --kind harmful|benign, or --dev FILE")
     if kind not in ("harmful", "benign"):
         raise typer.BadParameter(f"--kind must be harmful or benign, got {kind!r}")
     pairs = [item.split("=", 1) for item in eval_inspector]
