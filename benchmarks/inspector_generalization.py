@@ -3,7 +3,9 @@
 For each criterion, inspectors are trained (train split, calibrated on validation) from:
 - `seed`: the hand-written seed pairs alone (how the old starters were made), and
 - `real`: the seed pairs + labelled real answers (`--answers`: SmolLM2's harvested answers with
-  rule labels, the hand-written large-assistant-style answers), dev topics always excluded,
+  rule or hand labels, the hand-written large-assistant-style answers), dev topics always excluded,
+- `real-hand` (`--answer-labels hand`): the same, but answers to harmful requests only where a
+  person labelled them (the rule mistakes drift and word salad for compliance),
 and evaluated on the hand-labelled dev set (`--dev`, evals/dev/answers.jsonl): AUROC, AUPRC,
 recall at <= 5 % of good answers flagged (a ROC point), and per part (SmolLM2's answers, the
 large-assistant style). At each inspector's own threshold it reports the flag rate on refusals
@@ -78,6 +80,9 @@ def main() -> None:
     ap.add_argument("--arms", nargs="+", default=["embed-logreg", "hidden-probe"])
     ap.add_argument("--finetuned", action="store_true", help="Add the fine-tuned MiniLM arm.")
     ap.add_argument("--band", type=float, default=0.25, help="Cascade: |score - threshold| < band → probe.")
+    ap.add_argument("--answer-labels", nargs="+", default=["any"], choices=["any", "hand"],
+                    help="Labels of the real answers to harmful requests to train on: any (rule "
+                    "and hand; arm `real`) and/or hand (only what a person labelled; `real-hand`).")
     args = ap.parse_args()
 
     from aligners.config import load_config
@@ -112,10 +117,13 @@ def main() -> None:
         row: dict = {"rule:v1 (regex detectors)": judge(rule.astype(float), 0.5, dev, labels)
                      | {"agreement": round(float((rule == (labels == 1)).mean()), 4)}}
         scored: dict[str, tuple] = {}
-        for data_name, files in (("seed", ()), ("real", args.answers)):
-            if data_name == "real" and not files:
-                continue
-            td = load_training_data(seed=criterion, criterion=criterion, answer_files=files)
+        variants = [("seed", (), "any")] + [
+            ("real" if lab == "any" else f"real-{lab}", args.answers, lab)
+            for lab in args.answer_labels if args.answers
+        ]
+        for data_name, files, answer_labels in variants:
+            td = load_training_data(seed=criterion, criterion=criterion, answer_files=files,
+                                    answer_labels=answer_labels)
             train, val = td.examples("train"), td.examples("validation")
             for arm in arms:
                 cfg = load_config(ROOT / ARMS[arm], INSPECTOR_CONFIG)
