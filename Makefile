@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 
 CRITERIA := harmless no-pii polite
 
-.PHONY: venv demo test test-slow bench bench-gpu harvest starter-inspectors starter-squad clean
+.PHONY: venv demo test test-slow bench bench-gpu harvest harvest-answers starter-inspectors starter-squad clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -45,11 +45,16 @@ bench: venv
 bench-gpu:
 	$(PY) benchmarks/run_all.py --gpu
 
-# SmolLM2's real answers to the prompt bank (data/harvest-smollm2): hours on 2 cores, resumable;
-# with the committed cache it only rebuilds answers.jsonl.
+# SmolLM2's real answers to the prompt bank (data/harvest-smollm2): hours on 2 cores, resumable
+# (SIGTERM or Ctrl-C writes the answers so far); it continues from the committed cache.
+HARVEST := $(VENV)/bin/aligners synth --prompts bank --harvest-with smollm2-135m-instruct \
+	--config configs/synth/harvest-bank.yaml --out data/harvest-smollm2 --resume
 harvest: venv
-	$(VENV)/bin/aligners synth --prompts bank --harvest-with smollm2-135m-instruct \
-		--config configs/synth/harvest-bank.yaml --out data/harvest-smollm2 --resume
+	$(HARVEST)
+
+# answers.jsonl again from the committed cache and hand-labels.jsonl, generating nothing
+harvest-answers: venv
+	$(HARVEST) --cached-only
 
 # The starter inspectors: seed pairs + labelled real answers (harvested and hand-written; dev topics
 # never train). The threshold flags at most 5 % of the dev set's hand-labelled good answers (the

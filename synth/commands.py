@@ -130,6 +130,11 @@ def synth(
     resume: Annotated[
         bool, typer.Option(help="Continue a run in --out, reusing its cached generations.")
     ] = False,
+    cached_only: Annotated[
+        bool,
+        typer.Option(help="Harvest mode with --resume: generate nothing, rewrite answers.jsonl "
+                     "from the cached answers and the hand labels (hand-labels.jsonl)."),
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Generate (misaligned, critique, corrected) training pairs for one criterion.
@@ -180,6 +185,9 @@ run continues with --resume.
         _fail(f"--only-split must be dev or train, got {only_split!r}")
     if only_split and not prompts:
         _fail("--only-split filters a prompt file: use it with --prompts")
+    if cached_only and not (harvest_only and resume):
+        _fail("--cached-only rewrites a harvest's answers: use it with --prompts, --harvest-with "
+              "and --resume")
     if out.exists() and not out.is_dir():
         _fail(f"--out {out} is a file; give a folder")
     if out.is_dir() and any(out.iterdir()) and not resume:
@@ -201,7 +209,8 @@ run continues with --resume.
         if handmade:
             stats = _from_written(from_seed, pairs, answers, answer_labels, criterion_name, out, cfg)
         elif harvest_only:
-            stats = _harvest(prompts, only_split, harvest_with, harvest_model, cfg, out, progress)
+            stats = _harvest(prompts, only_split, harvest_with, harvest_model, cfg, out, progress,
+                             cached_only)
             return _harvest_summary(out, stats)
         else:
             from synth.pipeline import SynthAborted, SynthError, SynthRun
@@ -276,7 +285,8 @@ def _select(records: list, only_split: str | None) -> list:
     return records
 
 
-def _harvest(prompts, only_split, harvest_with, harvest_model, cfg, out, progress) -> dict:
+def _harvest(prompts, only_split, harvest_with, harvest_model, cfg, out, progress,
+             cached_only=False) -> dict:
     """Prompt file → real answers of the --harvest-with model (no teacher), labelled by rule."""
     from synth.bank import load_prompts
     from synth.harvest import HarvestRun
@@ -294,7 +304,7 @@ def _harvest(prompts, only_split, harvest_with, harvest_model, cfg, out, progres
     for sig in previous:
         signal.signal(sig, _interrupt)
     try:
-        return HarvestRun(records, cfg, model, out, progress).run()
+        return HarvestRun(records, cfg, model, out, progress).run(generate=not cached_only)
     except SynthAborted as exc:
         _fail(f"{exc}\n{so_far}; {_RESUME_HINT.format(out=out)}", 1)
     except KeyboardInterrupt:
@@ -313,6 +323,9 @@ def _harvest_summary(out: Path, stats: dict) -> None:
         f"{stats['answers']} answers to {stats['prompts']} prompts ({stats['truncated']} cut at "
         f"max_tokens) → {out / 'answers.jsonl'}"
     )
+    if not stats["complete"]:
+        typer.echo(f"partial: {stats['answers']} of {stats['planned']} planned answers; --resume "
+                   "(without --cached-only) generates the rest")
     typer.echo("labels (criterion/intent/label): " + json.dumps(stats["by_label"]))
     typer.echo(f"wall time {stats['wall_time_s']} s; details in {out / 'stats.json'}")
 

@@ -91,11 +91,12 @@ class HarvestRun:
         jobs.sort(key=lambda j: (j[0].split != "dev", j[2], order[j[1].name], len(j[0].prompt)))
         return [(p, v) for p, v, _ in jobs]
 
-    def run(self) -> dict:
+    def run(self, generate: bool = True) -> dict:
         """Generate what the cache lacks, then write answers.jsonl and stats.json. Interrupted
         (Ctrl-C, or the model failing), it still writes every answer generated so far, with
         `"complete": false` in stats.json, before re-raising: a long harvest is usable while
-        it runs, and `--resume` finishes it."""
+        it runs, and `--resume` finishes it. `generate=False` only rewrites the answers the
+        cache holds (after hand labels changed, or to use a harvest stopped early)."""
         t0 = time.monotonic()
         hand = read_hand_labels(self.out / HAND_LABELS_FILE)  # a bad file fails before hours of work
         log = RunLog()
@@ -107,6 +108,11 @@ class HarvestRun:
         plan = self.plan()
         requests = [harvest_request(p.prompt, v, self.cfg) for p, v in plan]
         runner = GenerationRunner(cache, log, self.cfg.batch_size, self.progress)
+        if not generate:
+            gens = [cache.get(request_key(self.model.id, r)) for r in requests]
+            cache.close()
+            done = all(g is not None for g in gens)
+            return self.write(plan, gens, hand, log, time.monotonic() - t0, len(cache), done)
         try:
             gens = runner.run("harvest", self.model, requests)
         except (KeyboardInterrupt, SynthAborted):
@@ -136,7 +142,7 @@ class HarvestRun:
             )
             answers.append(label_answer(rec))
         answers = with_hand_labels(answers, hand)
-        stats = {"complete": complete, **self.stats(answers, log, wall, cached)}
+        stats = {"complete": complete, "planned": len(plan), **self.stats(answers, log, wall, cached)}
         self.out.mkdir(parents=True, exist_ok=True)
         write_jsonl(self.out / ANSWERS_FILE, answers)
         write_json_lines(self.out / "errors.jsonl", log.errors)
