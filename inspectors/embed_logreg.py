@@ -143,13 +143,24 @@ def token_batches(
 
 def cached_rows(cache_key: tuple, items: Sequence, compute) -> list[np.ndarray]:
     """A feature row per item (a text, a (prompt, answer) pair...), computing with
-    `compute(missing_items) -> rows` only the unique items not in the shared LRU under
-    `cache_key` (an empty key disables the cache)."""
+    `compute(missing_items) -> rows` only the unique items neither in the shared LRU nor in the
+    on-disk store (inspectors.feature_store, when enabled) under `cache_key`, whose first element
+    names the encoder (an empty key disables both)."""
+    from inspectors.feature_store import store_for
+
     unique = list(dict.fromkeys(items))
     found = {x: _CACHE[(cache_key, x)] for x in unique if cache_key and (cache_key, x) in _CACHE}
     todo = [x for x in unique if x not in found]
+    store = store_for(cache_key) if todo else None
+    if store is not None:
+        on_disk = store.get(todo)
+        found.update({todo[i]: row for i, row in on_disk.items()})
+        todo = [x for i, x in enumerate(todo) if i not in on_disk]
     if todo:
-        for x, row in zip(todo, compute(todo), strict=True):
+        rows = compute(todo)
+        if store is not None:
+            store.put(todo, rows)
+        for x, row in zip(todo, rows, strict=True):
             found[x] = row
             if cache_key and EMBEDDING_CACHE_SIZE:
                 _CACHE[(cache_key, x)] = row

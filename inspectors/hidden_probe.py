@@ -126,7 +126,7 @@ class HiddenProbeInspector(LinearInspector):
                 f"pooling must be a non-empty subset of {list(POOLINGS)} and layers positive "
                 f"integers (1 = the first decoder layer's output), got {self.pooling}, {self.layers}"
             )
-        key = ("hidden-probe", self.encoder, tuple(self.layers), tuple(self.pooling),
+        key = (self.encoder, "hidden-probe", tuple(self.layers), tuple(self.pooling),
                self.max_prompt_tokens, self.max_answer_tokens, self.dtype, self.device)
         pairs = list(zip(prompts, answers, strict=True))
         if not pairs:
