@@ -37,7 +37,7 @@ test-slow: venv
 
 # Every benchmark into benchmarks/results.json and the README table (about an hour on 2 cores).
 bench: venv
-	$(PY) benchmarks/run_all.py
+	ALIGNERS_FEATURE_CACHE=$(FEATURE_CACHE) $(PY) benchmarks/run_all.py
 
 # The CUDA variant (transformers backend on the GPU) into benchmarks/results-gpu.json. The venv
 # holds the CPU torch wheel: on a GPU machine run it with an environment whose torch has CUDA,
@@ -61,11 +61,13 @@ harvest-answers: venv
 # operating point the targets name); the recipe per criterion is the arm that ranked best on the
 # dev set in benchmarks/inspector_generalization.py (README).
 ANSWERS := data/harvest-smollm2/answers.jsonl data/assistant-style/answers.jsonl
+# encoder feature rows kept between runs (inspectors/feature_store.py): each answer is encoded once
+FEATURE_CACHE := runs/feature-cache
 INSPECTOR_harmless := hidden-probe
 INSPECTOR_no-pii := hidden-probe
 INSPECTOR_polite := embed-logreg
 starter-inspectors: venv
-	$(foreach c,$(CRITERIA),$(VENV)/bin/aligners train-inspector --seed $(c) --criterion $(c) \
+	$(foreach c,$(CRITERIA),ALIGNERS_FEATURE_CACHE=$(FEATURE_CACHE) $(VENV)/bin/aligners train-inspector --seed $(c) --criterion $(c) \
 		$(foreach f,$(ANSWERS),--answers $(f)) --dev evals/dev/answers.jsonl --threshold-on dev \
 		--set threshold_target=fpr --set threshold_value=0.05 \
 		--config configs/inspectors/$(INSPECTOR_$(c)).yaml --out artifacts/inspectors/$(c) &&) true
