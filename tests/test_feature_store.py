@@ -27,12 +27,12 @@ def test_rows_survive_the_process_cache_and_skip_the_model(tmp_path, monkeypatch
     # another setting is another store; a damaged shard is ignored, not trusted
     cached_rows((*key[:2], (2,), key[3]), [("q", "a")], compute)
     assert len(calls) == 3
-    shard = sorted(tmp_path.glob("*/shard-*.safetensors"))[0]
-    shard.write_bytes(b"not a shard")
+    shard = min(feature_store.store_for(key).folder.glob("shard-*.safetensors"))
+    shard.write_bytes(b"not a shard")  # the shard holding ("q", "a") and ("q", "bb")
     embed_logreg.clear_embedding_cache()
     feature_store.store_for.cache_clear()
-    cached_rows(key, [("q", "a")], compute)
-    assert calls[-1] == [("q", "a")]
+    cached_rows(key, [("q", "a"), ("q", "ccc")], compute)
+    assert len(calls) == 4 and calls[-1] == [("q", "a")]
     feature_store.store_for.cache_clear()
 
 
