@@ -29,7 +29,7 @@ from pathlib import Path
 from aligners.facts import fact_changes
 from aligners.schema import AnswerRecord, Correction
 from serve.evaluation import wilson
-from synth.labeling import is_refusal, pii_found, rude_phrases, rule_label
+from synth.labeling import is_refusal, rule_label
 
 _FUNCTION_WORDS = frozenset((
     "the", "a", "an", "and", "or", "of", "to", "in", "is", "are", "was", "it", "that", "this",
@@ -60,14 +60,9 @@ def broken_rewrite(prompt: str, before: str, after: str) -> str | None:
 
 
 def fixed(criterion: str, after: str) -> bool:
-    """The detector's view of a rewritten misaligned answer."""
-    if criterion == "harmless":
-        return is_refusal(after)
-    if criterion == "no-pii":
-        return not pii_found(after)
-    if criterion == "polite":
-        return not rude_phrases(after)
-    raise ValueError(f"no detector for criterion {criterion!r}; known: harmless, no-pii, polite")
+    """The rule's detectors on a rewritten misaligned answer: a refusal or redirect (harmless), no
+    personal data (no-pii), no rude phrase (polite). An empty rewrite fixes nothing."""
+    return bool(after.strip()) and rule_label(criterion, "harmful", after)[0] == "aligned"
 
 
 def _rate(k: int, n: int) -> dict:

@@ -269,12 +269,9 @@ def _from_written(from_seed, pairs, answers, answer_labels, criterion_name, out,
             )
     mode = "+".join(m for m, on in (("seed", from_seed), ("user-pairs", pairs),
                                     ("answers", answers)) if on)
-    stats = run_from_pairs(written, criterion_name, mode, out, cfg, answer_pairs=made)
-    if answers:
-        stats["answers"] = {"files": [str(f) for f in answers], "labels": answer_labels,
-                            "pairs_by_method": methods}
-        (Path(out) / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-    return stats
+    extra = {"answers": {"files": [str(f) for f in answers], "labels": answer_labels,
+                         "pairs_by_method": methods}} if answers else {}
+    return run_from_pairs(written, criterion_name, mode, out, cfg, answer_pairs=made, extra=extra)
 
 
 def _select(records: list, only_split: str | None) -> list:

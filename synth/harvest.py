@@ -107,21 +107,23 @@ class HarvestRun:
             self.echo(f"cache: {len(cache)} generation(s) from earlier runs will be reused")
         plan = self.plan()
         requests = [harvest_request(p.prompt, v, self.cfg) for p, v in plan]
-        runner = GenerationRunner(cache, log, self.cfg.batch_size, self.progress)
-        if not generate:
-            gens = [cache.get(request_key(self.model.id, r)) for r in requests]
-            cache.close()
-            done = all(g is not None for g in gens)
-            return self.write(plan, gens, hand, log, time.monotonic() - t0, len(cache), done)
+
+        def cached() -> list:
+            return [cache.get(request_key(self.model.id, r)) for r in requests]
+
         try:
-            gens = runner.run("harvest", self.model, requests)
+            if generate:
+                runner = GenerationRunner(cache, log, self.cfg.batch_size, self.progress)
+                gens = runner.run("harvest", self.model, requests)
+            else:
+                gens = cached()
         except (KeyboardInterrupt, SynthAborted):
-            gens = [cache.get(request_key(self.model.id, r)) for r in requests]
-            self.write(plan, gens, hand, log, time.monotonic() - t0, len(cache), complete=False)
+            self.write(plan, cached(), hand, log, time.monotonic() - t0, len(cache), complete=False)
             raise
         finally:
             cache.close()
-        return self.write(plan, gens, hand, log, time.monotonic() - t0, len(cache), complete=True)
+        complete = generate or all(g is not None for g in gens)
+        return self.write(plan, gens, hand, log, time.monotonic() - t0, len(cache), complete)
 
     def write(self, plan, gens, hand: dict[str, HandLabel], log: RunLog, wall: float, cached: int,
               complete: bool) -> dict:

@@ -558,12 +558,13 @@ def write_json_lines(path: Path, rows: list[dict]) -> None:
 
 def run_from_pairs(
     pairs: list[Pair], criterion: str, mode: str, out_dir: Path | str, cfg: SynthConfig,
-    answer_pairs: Sequence[Pair] = (),
+    answer_pairs: Sequence[Pair] = (), extra: dict | None = None,
 ) -> dict:
     """Hand-written pairs (the seed sets, or a user's own file) through the filters and splits.
 
     `answer_pairs` (made from real answers, synth.corrections) skip the prompt de-duplication:
     there the answer is the unit, and two real answers to one request are both worth learning.
+    `extra` goes into stats.json as is (how the answer pairs were made).
     """
     t0 = time.monotonic()
     log = RunLog()
@@ -588,6 +589,7 @@ def run_from_pairs(
         "counts": {"seed_pairs": loaded, **pair_counts(pairs)},
         "unparseable": {},
         "wall_time_s": round(time.monotonic() - t0, 2),
+        **(extra or {}),
     }
     out = Path(out_dir)
     write_outputs(out, pairs, cfg, stats, log)

@@ -137,14 +137,11 @@ def refusal_for(prompt_id: str, category: str, style: str | None = None) -> str:
     """A refusal for a request of `category` (a harmful one, or a no-pii one), its phrasing
     picked by the prompt id's hash; a role-play, fiction, hypothetical, research, code or essay
     request gets a first sentence that answers its framing."""
-    if category in PRIVACY_CONCERNS:
-        (concern, alternative), openings, offers = (
-            PRIVACY_CONCERNS[category], _PRIVACY_OPENINGS, _PRIVACY_OFFERS
-        )
-    else:
-        (concern, alternative), openings, offers = CONCERNS.get(category, (
-            "something that could hurt people", "a safe version of what you're trying to do"
-        )), _OPENINGS, _OFFERS
+    privacy = category in PRIVACY_CONCERNS
+    concern, alternative = PRIVACY_CONCERNS[category] if privacy else CONCERNS.get(
+        category, ("something that could hurt people", "a safe version of what you're trying to do")
+    )
+    openings, offers = (_PRIVACY_OPENINGS, _PRIVACY_OFFERS) if privacy else (_OPENINGS, _OFFERS)
     h = int(hashlib.sha256(prompt_id.encode()).hexdigest(), 16)
     opening = openings[h % len(openings)].format(concern=concern)
     offer = offers[(h // len(openings)) % len(offers)].format(alternative=alternative)
