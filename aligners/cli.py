@@ -233,6 +233,10 @@ def eval_cmd(
     ] = [],  # noqa: B006
     judge: Annotated[str | None, typer.Option(help="OpenAI-compatible URL of a pairwise judge model.")] = None,
     judge_model: Annotated[str, typer.Option(help="Model name at --judge.")] = "default",
+    prompted_aligners: Annotated[
+        bool, typer.Option("--prompted-aligners", help="Replace every aligner by the prompted base "
+                           "(no adapter): the zero-shot baseline, with the same routing.")
+    ] = False,
 ) -> None:
     """Measure a squad: flag/correct rates, misalignment before/after, do-no-harm, optional judge.
 
@@ -241,8 +245,16 @@ def eval_cmd(
     Example: aligners eval --squad configs/squad/default.yaml --dev evals/dev/answers.jsonl --out report/
     """
     from aligners.backends import backend_from_spec
+    from aligners.config import load_config
+    from serve.config import SquadConfig
     from serve.evaluation import evaluate_squad, read_prompts
     from serve.pipeline import Squad
+
+    def build_squad() -> Squad:
+        recipe = load_config(squad, SquadConfig)
+        if prompted_aligners:
+            recipe = recipe.with_prompted_aligners()
+        return Squad.from_config(recipe, config_file=squad)
 
     if dev is not None:
         if prompts or kind:
@@ -253,7 +265,7 @@ def eval_cmd(
         records = [r for r in read_jsonl(dev, AnswerRecord) if r.label_by == "hand"][:limit]
         if not records:
             raise typer.BadParameter(f"{dev} holds no hand-labelled answers (label_by: hand)")
-        report = evaluate_on_dev_set(Squad.from_config(squad), records, out)
+        report = evaluate_on_dev_set(build_squad(), records, out)
         typer.echo(f"{report['answers']} hand-labelled answers → {out}/report.md")
         return
     if prompts is None:
@@ -265,7 +277,7 @@ def eval_cmd(
         raise typer.BadParameter("--eval-inspector takes criterion=DIR")
     texts, answers = read_prompts(prompts, column, answer_column)
     judge_backend = backend_from_spec(judge, model=judge_model) if judge else None
-    report = evaluate_squad(Squad.from_config(squad), texts[:limit], kind, out, dict(pairs) or None, judge_backend,
+    report = evaluate_squad(build_squad(), texts[:limit], kind, out, dict(pairs) or None, judge_backend,
                             answers=answers[:limit] if answers else None)
     typer.echo(f"{report['n']} {kind} prompts, {report['changed_rate']:.0%} changed → {out}/report.md")
 

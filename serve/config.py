@@ -11,13 +11,18 @@ from pydantic import Field
 from aligners.backends.base import SamplingParams
 from aligners.config import BackendConfig, StrictModel, TransformersBackendConfig
 
+PROMPTED_ALIGNER = "prompted"
+
 
 class SquadMember(StrictModel):
     """One criterion: its inspector decides, its aligner rewrites."""
 
     criterion: str
     inspector: str = Field(description="Inspector artifact folder.")
-    aligner: str = Field(description="Aligner artifact folder (adapter + manifest).")
+    aligner: str = Field(
+        description="Aligner artifact folder (adapter + manifest), or 'prompted': the backend's base "
+        "model given the aligner instruction without an adapter (the zero-shot baseline)."
+    )
     threshold: float | None = Field(default=None, ge=0, le=1, description="Overrides the inspector's.")
     taia: bool | None = Field(default=None, description="Attention-only deltas; default from the manifest.")
     served_name: str | None = Field(
@@ -39,6 +44,11 @@ class SquadPolicy(StrictModel):
         "(0.0: any rise); null accepts every rewrite. Guards against an aligner that swaps one "
         "misaligned answer for another.",
     )
+    keep_facts: list[str] = Field(
+        default_factory=lambda: ["no-pii", "polite"],
+        description="Criteria whose fix must keep the content: a rewrite by their aligner that adds "
+        "or changes a fact the original held (numbers, names, URLs, e-mails, inline code) is undone.",
+    )
     aligner_params: SamplingParams = Field(default_factory=lambda: SamplingParams(max_tokens=192))
     base_params: SamplingParams = Field(default_factory=lambda: SamplingParams(max_tokens=192))
     inspect_batch_size: int = Field(default=64, ge=1)
@@ -56,6 +66,12 @@ class SquadConfig(StrictModel):
     )
     members: list[SquadMember] = Field(min_length=1)
     policy: SquadPolicy = Field(default_factory=SquadPolicy)
+
+    def with_prompted_aligners(self) -> SquadConfig:
+        """The same squad with every aligner replaced by the prompted base: what a trained aligner
+        must beat, measured with the very same routing."""
+        members = [m.model_copy(update={"aligner": PROMPTED_ALIGNER}) for m in self.members]
+        return self.model_copy(update={"members": members})
 
 
 def resolve_artifact(path: str, config_file: Path | None) -> Path:

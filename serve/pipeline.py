@@ -22,11 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from aligners.aligner import AlignerArtifact
-from aligners.backends import Backend, GenerationRequest, SamplingParams, build_backend
+from aligners.backends import Backend, Generation, GenerationRequest, SamplingParams, build_backend
 from aligners.config import load_config
+from aligners.facts import fact_changes
 from aligners.formatting import aligner_request
 from aligners.schema import Correction, Trace, TraceStep, Verdict
-from serve.config import SquadConfig, SquadMember, resolve_artifact
+from serve.config import PROMPTED_ALIGNER, SquadConfig, SquadMember, resolve_artifact
 
 
 class SquadError(ValueError):
@@ -35,11 +36,12 @@ class SquadError(ValueError):
 
 @dataclass
 class Guard:
-    """A loaded squad member: inspector + the adapter name of its aligner on the backend."""
+    """A loaded squad member: inspector + the adapter name of its aligner on the backend (None:
+    the prompted base)."""
 
     criterion: str
     inspector: object  # inspectors.Inspector (sklearn API)
-    adapter: str
+    adapter: str | None
 
     @property
     def threshold(self) -> float:
@@ -56,9 +58,13 @@ class Squad:
     # --- assembly ---------------------------------------------------------------------------
 
     @classmethod
-    def from_config(cls, source: str | Path | SquadConfig, *, backend: Backend | None = None) -> Squad:
-        """Build from a YAML recipe or config object; `backend` injects a ready one (tests)."""
-        config_file = None
+    def from_config(
+        cls, source: str | Path | SquadConfig, *, backend: Backend | None = None,
+        config_file: str | Path | None = None,
+    ) -> Squad:
+        """Build from a YAML recipe or config object; `backend` injects a ready one (tests);
+        relative artifact paths of a config object resolve from `config_file` when given."""
+        config_file = Path(config_file) if config_file is not None else None
         if not isinstance(source, SquadConfig):
             config_file = Path(source)
             source = load_config(config_file, SquadConfig)
@@ -137,14 +143,20 @@ class Squad:
                 ])
                 align_s = time.perf_counter() - t0
                 t1 = time.perf_counter()
-                candidates = [o.text.strip() or current[i] for o, i in zip(outs, members, strict=True)]
+                candidates = [rewrite_or_keep(current[i], o) for o, i in zip(outs, members, strict=True)]
                 new_scores = self.inspect([prompts[i] for i in members], candidates)
                 rescore_s = time.perf_counter() - t1
                 for k, i in enumerate(members):
                     before, after = scores[i].copy(), new_scores[k]
                     accepted, reason = True, "rewritten"
-                    if policy.min_gain is not None and after[j] - before[j] <= policy.min_gain:
+                    if candidates[k] == current[i]:
+                        accepted, reason = False, "kept: the aligner repeated the answer"
+                    elif policy.min_gain is not None and after[j] - before[j] <= policy.min_gain:
                         accepted, reason = False, f"rejected: {guard.criterion} score rose by {after[j] - before[j]:+.3f}, needs > {policy.min_gain}"
+                    elif guard.criterion in policy.keep_facts and (
+                        added := fact_changes(current[i], candidates[k]).added
+                    ):
+                        accepted, reason = False, f"rejected: adds facts {', '.join(added[:3])}"
                     elif policy.reject_if_worse:
                         newly = [g.criterion for m, g in enumerate(self.guards)
                                  if m != j and before[m] >= g.threshold > after[m]]
@@ -207,14 +219,28 @@ class Squad:
             self.base.close()
 
 
+def rewrite_or_keep(answer: str, rewrite: Generation) -> str:
+    """The aligner's rewrite, or `answer` itself when the rewrite is empty, the same text up to
+    whitespace, or a copy of the answer's beginning cut off at max_tokens: an aligner keeps a good
+    answer by copying it, and a copy is no correction. (A complete rewrite that ends early, like
+    a polite fix dropping a closing insult, is kept.)"""
+    new, old = " ".join(rewrite.text.split()), " ".join(answer.split())
+    if not new or new == old or (rewrite.finish_reason == "length" and old.startswith(new)):
+        return answer
+    return rewrite.text.strip()
+
+
 def _chunks(text: str) -> list[str]:
     """Split on spaces keeping them, so the chunks join back to exactly `text`."""
     parts = text.split(" ")
     return [p + " " for p in parts[:-1]] + [parts[-1]] if text else []
 
 
-def _load_aligner(backend: Backend, cfg: SquadConfig, member: SquadMember, config_file: Path | None) -> str:
-    """Register a member's aligner on the backend under its criterion name; returns that name."""
+def _load_aligner(backend: Backend, cfg: SquadConfig, member: SquadMember, config_file: Path | None) -> str | None:
+    """Register a member's aligner on the backend under its criterion name; returns that name
+    (None for the prompted base, which needs no adapter)."""
+    if member.aligner == PROMPTED_ALIGNER:
+        return None
     name = member.criterion
     if cfg.backend.type == "openai_http":
         backend.load_adapter(name, member.served_name or name)

@@ -6,9 +6,10 @@ import asyncio
 import pytest
 import yaml
 
+from aligners.backends.base import Generation
 from aligners.backends.transformers_local import TransformersBackend
 from serve.config import SquadConfig
-from serve.pipeline import Squad, SquadError
+from serve.pipeline import Squad, SquadError, rewrite_or_keep
 from squad_fixtures import PII, POLITE, RUDE, ScriptedBackend
 
 FIXED_POLITE = "The store opens at nine, I hope that helps."
@@ -113,6 +114,35 @@ def test_rewrite_that_does_not_raise_its_own_score_is_rejected(squad_artifacts):
     assert demanding.correct(["q"], [RUDE[0]])[0].corrected == FIXED_POLITE
 
 
+def test_rewrite_that_adds_a_fact_is_rejected_for_content_keeping_criteria(squad_artifacts):
+    """A polite rewrite may drop the insult, not invent a number: 'add 32' must not become
+    'add 32, then multiply by 100'."""
+    rude = "Ugh, multiply by 9/5 and add 32, idiot."
+    invented = "Multiply by 9/5 and add 32, then multiply by 100."
+    writers = {"polite": lambda r: invented, None: lambda r: rude}
+    squad, _ = make_squad(squad_artifacts, writers)
+    (r,) = squad.correct(["q"], [rude])
+    assert not r.changed and r.trace.steps[0].reason == "rejected: adds facts 100"
+    squad, _ = make_squad(squad_artifacts, writers, keep_facts=[])
+    assert squad.correct(["q"], [rude])[0].corrected == invented
+
+
+def test_an_aligner_that_repeats_the_answer_keeps_it_byte_for_byte(squad_artifacts):
+    """Copying is how an aligner keeps a good answer; a copy with other whitespace, or one cut off
+    at max_tokens, must not count as a rewrite."""
+    rude = RUDE[0] + "  \n"
+    squad, _ = make_squad(squad_artifacts, {"polite": lambda r: " ".join(rude.split()), None: lambda r: rude},
+                          min_gain=None)
+    (r,) = squad.correct(["q"], [rude])
+    assert not r.changed and r.corrected == rude
+    assert r.trace.steps[0].reason == "kept: the aligner repeated the answer"
+    head = "The store opens at nine."
+    answer = head + " Idiot."
+    assert rewrite_or_keep(answer, Generation(text=head, finish_reason="length")) == answer
+    assert rewrite_or_keep(answer, Generation(text=head + "\n", finish_reason="stop")) == head
+    assert rewrite_or_keep(answer, Generation(text=" ")) == answer
+
+
 def test_batches_group_items_by_aligner(squad_artifacts):
     squad, backend = make_squad(squad_artifacts, reject_if_worse=False)
     answers = [RUDE[3], PII[0], POLITE[4], RUDE[4], PII[1], RUDE[5]]
@@ -164,6 +194,24 @@ def test_real_transformers_backend_from_yaml(squad_artifacts, tmp_path):
     out = squad.correct(["q", "q", "q"], [RUDE[0], POLITE[0], PII[2]])
     assert [bool(r.trace.steps) for r in out] == [True, False, True]
     assert out[0].trace.steps[0].criterion == "polite" and out[2].trace.steps[0].criterion == "no-pii"
+
+
+def test_prompted_aligners_send_the_aligner_instruction_to_the_base(squad_artifacts):
+    """The zero-shot baseline: same inspectors and routing, no adapter loaded; the base model gets
+    the aligner's instruction (the original answer inside it), not the user's prompt alone."""
+    seen = []
+
+    def base(request):
+        seen.append(request.messages)
+        return FIXED_POLITE
+    cfg = make_squad(squad_artifacts)[0].config.with_prompted_aligners()
+    backend = ScriptedBackend({None: base})
+    squad = Squad.from_config(cfg, backend=backend)
+    assert backend.loaded == {} and {g.adapter for g in squad.guards} == {None}
+    (r,) = squad.correct(["q"], [RUDE[0]])
+    assert r.changed and r.corrected == FIXED_POLITE and backend.calls == [(None, 1)]
+    system, user = seen[0]
+    assert system.role == "system" and "polite" in system.content and RUDE[0] in user.content
 
 
 def test_mismatched_artifacts_are_refused(squad_artifacts):
