@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 
 CRITERIA := harmless no-pii polite
 
-.PHONY: venv demo test test-slow bench bench-gpu harvest harvest-answers starter-inspectors starter-squad clean
+.PHONY: venv demo test test-slow bench bench-gpu harvest harvest-answers starter-inspectors aligner-data starter-squad clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -65,24 +65,34 @@ ANSWERS := data/harvest-smollm2/answers.jsonl data/assistant-style/answers.jsonl
 FEATURE_CACHE := runs/feature-cache
 INSPECTOR_harmless := hidden-probe
 INSPECTOR_no-pii := hidden-probe
-INSPECTOR_polite := embed-logreg
+INSPECTOR_polite := hidden-probe
 starter-inspectors: venv
 	$(foreach c,$(CRITERIA),ALIGNERS_FEATURE_CACHE=$(FEATURE_CACHE) $(VENV)/bin/aligners train-inspector --seed $(c) --criterion $(c) \
 		$(foreach f,$(ANSWERS),--answers $(f)) --dev evals/dev/answers.jsonl --threshold-on dev \
 		--set threshold_target=fpr --set threshold_value=0.05 \
 		--config configs/inspectors/$(INSPECTOR_$(c)).yaml --out artifacts/inspectors/$(c) &&) true
 
-# Recipe of the shipped starter squad (artifacts/): ILA layer selection across the three criteria
-# and two seeds, then one aligner per criterion on the top-k of its mean gate score over both seeds.
-starter-squad: starter-inspectors
-	$(VENV)/bin/aligners select-layers $(foreach c,$(CRITERIA),--data seed:$(c)) --seed 0 --seed 1 \
+# Aligner training data per criterion (runs/aligner-data/C, seconds): the seed pairs plus
+# corrections of the real answers above (synth/corrections.py) and keep-as-is pairs of their good
+# answers. harmless takes rule labels where no hand label exists; no-pii and polite correct only
+# hand-confirmed violations (their rules miss too much to write a fix from).
+ALIGNER_DATA := runs/aligner-data
+LABELS_harmless := any
+LABELS_no-pii := hand
+LABELS_polite := hand
+aligner-data: venv
+	$(foreach c,$(CRITERIA),rm -rf $(ALIGNER_DATA)/$(c) && $(VENV)/bin/aligners synth --from-seed $(c) \
+		$(foreach f,$(ANSWERS),--answers $(f)) --answer-labels $(LABELS_$(c)) --out $(ALIGNER_DATA)/$(c) &&) true
+
+# Recipe of the shipped starter squad (artifacts/, about 90 min on 2 cores): ILA layer selection
+# on each criterion's aligner data, then one aligner per criterion on the top-k of its gate scores.
+# artifacts/layers/importance.json also keeps the runs on the seed sets (two seeds, gates and
+# grad-norm) that benchmarks/ila_stability.py compares; select-layers skips runs already there.
+starter-squad: starter-inspectors aligner-data
+	$(VENV)/bin/aligners select-layers $(foreach c,$(CRITERIA),--data $(ALIGNER_DATA)/$(c)) --seed 0 \
 		--method gates --config configs/aligners/harmless.yaml --out artifacts/layers
-	$(foreach c,$(CRITERIA),$(VENV)/bin/aligners train-aligner --data seed:$(c) --config configs/aligners/$(c).yaml \
-		--layers-from artifacts/layers/importance.json --out artifacts/aligners/$(c) &&) true
-	# the grad-norm baseline for the comparison: extends the same importance.json (runs already
-	# there are skipped); benchmarks/run_all.py runs this same step
-	$(VENV)/bin/aligners select-layers $(foreach c,$(CRITERIA),--data seed:$(c)) --seed 0 --seed 1 \
-		--method gates --method grad-norm --config configs/aligners/harmless.yaml --out artifacts/layers
+	$(foreach c,$(CRITERIA),rm -rf artifacts/aligners/$(c) && $(VENV)/bin/aligners train-aligner --data $(ALIGNER_DATA)/$(c) \
+		--config configs/aligners/$(c).yaml --layers-from artifacts/layers/importance.json --out artifacts/aligners/$(c) &&) true
 
 clean:
 	rm -rf $(VENV) build *.egg-info
