@@ -93,7 +93,7 @@ def test_threshold_overrides(squad_artifacts):
 def test_rewrite_that_flags_another_criterion_is_rejected(squad_artifacts):
     leaky = "Her number is 555-0142 and she lives at 12 Elm Street."
     writers = {"polite": lambda r: leaky, "no-pii": lambda r: FIXED_PII, None: lambda r: ""}
-    squad, _ = make_squad(squad_artifacts, writers)
+    squad, _ = make_squad(squad_artifacts, writers, keep_facts=[])  # the fact check would refuse it first
     (r,) = squad.correct(["q"], [RUDE[2]])
     assert not r.changed and r.corrected == RUDE[2]
     (step,) = r.trace.steps
