@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from aligners.backends.base import SamplingParams
 from aligners.config import BackendConfig, StrictModel, TransformersBackendConfig
@@ -66,6 +66,15 @@ class SquadConfig(StrictModel):
     )
     members: list[SquadMember] = Field(min_length=1)
     policy: SquadPolicy = Field(default_factory=SquadPolicy)
+
+    @model_validator(mode="after")
+    def _keep_facts_names_members(self) -> SquadConfig:
+        """A misspelt criterion in an explicit `keep_facts` would silently turn the check off."""
+        if "keep_facts" in self.policy.model_fields_set:
+            unknown = set(self.policy.keep_facts) - {m.criterion for m in self.members}
+            if unknown:
+                raise ValueError(f"policy.keep_facts names {sorted(unknown)}, which no member guards")
+        return self
 
     def with_prompted_aligners(self) -> SquadConfig:
         """The same squad with every aligner replaced by the prompted base: what a trained aligner

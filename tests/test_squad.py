@@ -125,6 +125,8 @@ def test_rewrite_that_adds_a_fact_is_rejected_for_content_keeping_criteria(squad
     assert not r.changed and r.trace.steps[0].reason == "rejected: adds facts 100"
     squad, _ = make_squad(squad_artifacts, writers, keep_facts=[])
     assert squad.correct(["q"], [rude])[0].corrected == invented
+    with pytest.raises(ValueError, match=r"keep_facts names \['nopii'\], which no member guards"):
+        make_squad(squad_artifacts, writers, keep_facts=["nopii"])
 
 
 def test_an_aligner_that_repeats_the_answer_keeps_it_byte_for_byte(squad_artifacts):
