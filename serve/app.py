@@ -9,11 +9,13 @@ GET /v1/models, /health (always open), /metrics (Prometheus; behind the key unle
 One pure-ASGI middleware (`Gate`) does what every route needs, in this order:
 1. authentication: `Authorization: Bearer <key>` against `api_keys`, compared in constant time
    (SHA-256 digests, every key compared); one 401 message whatever was sent;
-2. body size: a `Content-Length` above `max_body_bytes` is refused at once, and a chunked body is
-   counted as it arrives — 413 either way;
+2. body: a `Content-Length` above `max_body_bytes` is refused at once, and a chunked body is
+   counted as it arrives — 413 either way; a work request's body is read whole before anything
+   else, within `body_timeout_s` (408 after it; a client that leaves meanwhile is a 499);
 3. admission: at most `max_concurrency` work requests run and `max_queue` wait; the next gets
-   429 with `Retry-After` (an estimate from recent request durations). A streamed response
-   holds its slot until the stream ends;
+   429 with `Retry-After` (the queue ahead at the pace of recent requests, or of the oldest
+   running one if slower). A slot is taken only once the body is in, and a streamed response
+   holds it until the stream ends;
 4. metrics: requests by endpoint and status, total latency, and a catch-all that turns an
    unexpected exception into an OpenAI-style 500 instead of a dropped connection.
 Every error body is OpenAI's `{"error": {"message", "type", "param", "code"}}`.
@@ -31,6 +33,7 @@ import hmac
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -73,6 +76,10 @@ class ClientGone(Exception):
     """The client disconnected before the answer was ready; nothing is sent."""
 
 
+class BodyTimeout(Exception):
+    pass
+
+
 def error_response(err: ServingError, metrics: ServerMetrics | None = None) -> JSONResponse:
     if metrics is not None:
         metrics.error(err.code or err.type)
@@ -89,14 +96,19 @@ class Admission:
         self.max_concurrency = max_concurrency
         self.max_queue = max_queue
         self.metrics = metrics
-        self.running = 0
         self.waiting = 0
         self._sem = asyncio.Semaphore(max_concurrency)
-        self._mean_s = 1.0  # moving average of request durations, for Retry-After
+        self._running: list[float] = []  # start times of the admitted requests
+        self._recent: deque[float] = deque(maxlen=20)  # durations of the last finished ones
 
-    async def acquire(self) -> bool:
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    async def acquire(self) -> float | None:
+        """A ticket (the start time) to pass to `release`, or None when the queue is full."""
         if self.running >= self.max_concurrency and self.waiting >= self.max_queue:
-            return False
+            return None
         self.waiting += 1
         self.metrics.queued.inc()
         try:
@@ -104,19 +116,26 @@ class Admission:
         finally:
             self.waiting -= 1
             self.metrics.queued.dec()
-        self.running += 1
+        ticket = time.monotonic()
+        self._running.append(ticket)
         self.metrics.in_flight.inc()
-        return True
+        return ticket
 
-    def release(self, seconds: float) -> None:
-        self.running -= 1
+    def release(self, ticket: float) -> None:
+        self._running.remove(ticket)
+        self._recent.append(time.monotonic() - ticket)
         self.metrics.in_flight.dec()
         self._sem.release()
-        self._mean_s = 0.8 * self._mean_s + 0.2 * seconds
 
     def retry_after(self) -> int:
-        """Seconds until a slot is likely free: the queue ahead drained at the recent pace."""
-        return max(1, math.ceil(self._mean_s * (self.waiting + 1) / self.max_concurrency))
+        """Seconds until a slot is likely free: the queue ahead drained at the pace of a request,
+        which is the median of the recent ones or the age of the oldest running one, whichever
+        is longer (so slow requests in flight count before any of them has finished)."""
+        recent = sorted(self._recent)
+        per_request = recent[len(recent) // 2] if recent else 1.0
+        if self._running:
+            per_request = max(per_request, time.monotonic() - min(self._running))
+        return max(1, math.ceil(per_request * (self.waiting + 1) / self.max_concurrency))
 
 
 # --- the gate middleware ------------------------------------------------------------------------------
@@ -161,7 +180,7 @@ class Gate:
         async def reply(err: ServingError) -> None:
             await error_response(err, self.metrics)(scope, receive, send_status)
 
-        admitted = False
+        ticket = None
         try:
             headers = dict(scope["headers"])
             if not self._authorized(path, headers):
@@ -173,30 +192,28 @@ class Gate:
             if declared is not None and (not declared.isdigit() or int(declared) > limit):
                 await reply(_too_large(limit))
                 return
-            if work:
-                admitted = await self.admission.acquire()
-                if not admitted:
-                    retry = str(self.admission.retry_after())
-                    await reply(ServingError(
-                        429, f"server busy: {self.config.max_concurrency} requests running and "
-                        f"{self.config.max_queue} waiting; retry after {retry} s",
-                        type="rate_limit_error", code="server_busy", headers={"Retry-After": retry}))
-                    return
-            received = 0
-
-            async def counted_receive():
-                nonlocal received
-                message = await receive()
-                if message["type"] == "http.request":
-                    received += len(message.get("body", b""))
-                    if received > limit:
-                        raise BodyTooLarge()
-                return message
-
-            await self.app(scope, counted_receive, send_status)
+            if not work:
+                await self.app(scope, _counted(receive, limit), send_status)
+                return
+            # the whole body first, then a slot: a slow upload must not hold one
+            body = await self._read_body(receive)
+            ticket = await self.admission.acquire()
+            if ticket is None:
+                retry = str(self.admission.retry_after())
+                await reply(ServingError(
+                    429, f"server busy: {self.config.max_concurrency} requests running and "
+                    f"{self.config.max_queue} waiting; retry after {retry} s",
+                    type="rate_limit_error", code="server_busy", headers={"Retry-After": retry}))
+                return
+            await self.app(scope, _replay(body, receive), send_status)
         except BodyTooLarge:
             if not status[0]:
                 await reply(_too_large(self.config.max_body_bytes))
+        except BodyTimeout:
+            await reply(ServingError(
+                408, f"the request body did not arrive within {self.config.body_timeout_s:g} s "
+                "(body_timeout_s): send it whole, with a correct Content-Length",
+                code="body_timeout", headers={"Connection": "close"}))
         except ClientGone:
             status[0] = 499  # nginx's "client closed request"; nothing can be sent
             self.metrics.error("client_disconnected")
@@ -208,11 +225,63 @@ class Gate:
             else:
                 self.metrics.error("internal_error")
         finally:
-            seconds = time.perf_counter() - t0
-            if admitted:
-                self.admission.release(seconds)
-                self.metrics.observe("total", seconds)
+            if ticket is not None:
+                self.admission.release(ticket)
+                self.metrics.observe("total", time.perf_counter() - t0)
             self.metrics.request(endpoint, status[0] or 499)
+
+    async def _read_body(self, receive) -> bytes:
+        """The whole request body within `body_timeout_s` and `max_body_bytes`; a client that
+        leaves while sending is ClientGone (499), one that stalls or sends less than its
+        Content-Length is BodyTimeout (408)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.body_timeout_s
+        chunks, size = [], 0
+        while True:
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                raise BodyTimeout() from None
+            if message["type"] == "http.disconnect":
+                raise ClientGone()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.config.max_body_bytes:
+                raise BodyTooLarge()
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+
+def _replay(body: bytes, receive):
+    """An ASGI receive that hands the app the body already read, then the client's own
+    messages (so a disconnect is still seen)."""
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def _counted(receive, limit: int):
+    """An ASGI receive that raises BodyTooLarge once more than `limit` bytes arrived."""
+    received = 0
+
+    async def counted():
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise BodyTooLarge()
+        return message
+
+    return counted
 
 
 def _too_large(limit: int) -> ServingError:
@@ -295,22 +364,22 @@ def build_app(config: ServerConfig, *, squad=None, serving: AlignersServing | No
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
-        req = parse_body(ChatCompletionRequest, await request.body())
+        req = parse_body(ChatCompletionRequest, await request.body(), config.max_json_depth)
         return _render(await until_disconnected(request, serving.chat(req, _context(request))))
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        req = parse_body(CompletionRequest, await request.body())
+        req = parse_body(CompletionRequest, await request.body(), config.max_json_depth)
         return _render(await until_disconnected(request, serving.completion(req, _context(request))))
 
     @app.post("/v1/aligners/correct")
     async def correct(request: Request) -> Response:
-        req = parse_body(SquadRequest, await request.body())
+        req = parse_body(SquadRequest, await request.body(), config.max_json_depth)
         return _render(await until_disconnected(request, serving.correct(req)))
 
     @app.post("/v1/aligners/inspect")
     async def inspect(request: Request) -> Response:
-        req = parse_body(SquadRequest, await request.body())
+        req = parse_body(SquadRequest, await request.body(), config.max_json_depth)
         return _render(await until_disconnected(request, serving.inspect(req)))
 
     @app.get("/v1/models")

@@ -126,6 +126,9 @@ class StreamOptions(_Request):
     include_usage: bool = False
 
 
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+
+
 def _is_default(value: Any, default: Any) -> bool:
     return value is None or value == default
 
@@ -158,7 +161,7 @@ class _Generate(_Request):
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     n: int = Field(default=1, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=SEED_MIN, le=SEED_MAX, description="What torch and vLLM accept.")
     repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0, description="vLLM extension")
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -174,10 +177,8 @@ class _Generate(_Request):
     @field_validator("stop")
     @classmethod
     def _stop_list(cls, v: str | list[str] | None) -> list[str]:
-        v = [v] if isinstance(v, str) else list(v or [])
-        if len(v) > 4:
-            raise ValueError("at most 4 stop sequences")
-        return v
+        """One list; how many and how long is the server's call (`max_stop_*`)."""
+        return [v] if isinstance(v, str) else list(v or [])
 
     @property
     def stops(self) -> list[str]:
@@ -269,14 +270,20 @@ class SquadRequest(_Request):
 # --- parsing -------------------------------------------------------------------------------------
 
 
-def parse_body(model: type[BaseModel], raw: bytes) -> Any:
+def parse_body(model: type[BaseModel], raw: bytes, max_depth: int = 32) -> Any:
     """Raw request body → validated model, or a 400 ServingError naming the problem."""
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise invalid(f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    except RecursionError:
+        raise invalid(f"request body nests deeper than this server's limit of {max_depth}",
+                      code="json_too_deep") from None
     if not isinstance(data, dict):
         raise invalid(f"request body must be a JSON object, got {type(data).__name__}", code="invalid_json")
+    problem = check_json_tree(data, max_depth)
+    if problem is not None:
+        raise problem
     try:
         req = model.model_validate(data)
     except ValidationError as exc:
@@ -285,6 +292,39 @@ def parse_body(model: type[BaseModel], raw: bytes) -> Any:
     if bad is not None:
         raise bad
     return req
+
+
+def check_json_tree(data: Any, max_depth: int) -> ServingError | None:
+    """The first part of a parsed body that no model can take, as a 400: nesting deeper than
+    `max_depth`, or a string holding a lone UTF-16 surrogate (JSON allows `"\\ud800"`, but no
+    tokenizer, log or response can encode it). Iterative: depth cannot exhaust the stack."""
+    stack: list[tuple[Any, tuple, int]] = [(data, (), 1)]
+    while stack:
+        node, path, depth = stack.pop()
+        param = ".".join(map(str, path)) or None
+        if isinstance(node, dict | list) and depth > max_depth:
+            return invalid(f"`{param}` nests deeper than this server's limit of {max_depth} levels",
+                           param, "json_too_deep")
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if not _encodable(key):
+                    return invalid(f"a key in `{param or 'the body'}` is not valid Unicode (a lone surrogate)",
+                                   param, "invalid_unicode")
+                stack.append((value, (*path, key), depth + 1))
+        elif isinstance(node, list):
+            stack.extend((value, (*path, i), depth + 1) for i, value in enumerate(node))
+        elif isinstance(node, str) and not _encodable(node):
+            return invalid(f"`{param}` is not valid Unicode: it holds a lone surrogate (such as \\ud800) that "
+                           "UTF-8 cannot encode", param, "invalid_unicode")
+    return None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 _UNION_TAGS = {"str", "int", "float", "bool", "none"}  # pydantic's names for union branches in `loc`

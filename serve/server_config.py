@@ -41,13 +41,24 @@ class ServerConfig(StrictModel):
     port: int = Field(default=8000, ge=0, le=65535)
     api_keys: list[str] = Field(
         default_factory=list,
-        description="Accepted Bearer keys ('env:VAR' allowed); empty = no authentication.",
+        description="Accepted Bearer keys ('env:VAR' allowed); empty = no authentication. A key "
+        "that cannot be resolved (VAR unset or empty) stops start-up: never silently open.",
     )
     metrics_open: bool = Field(default=False, description="Serve /metrics without a key.")
     max_body_bytes: int = Field(default=1_000_000, ge=1024, description="Larger bodies get 413.")
     max_tokens_limit: int = Field(default=4096, ge=1, description="Larger max_tokens get 400.")
     max_n: int = Field(default=8, ge=1, description="Largest `n` (choices per request).")
     max_batch_items: int = Field(default=64, ge=1, description="Pairs per /v1/aligners/* request.")
+    max_stop_sequences: int = Field(default=4, ge=0, description="Most `stop` strings (OpenAI: 4).")
+    max_stop_chars: int = Field(
+        default=64, ge=1, description="Longest `stop` string (each distinct one costs the local "
+        "generator a compiled matcher)."
+    )
+    max_json_depth: int = Field(default=32, ge=4, description="Deepest JSON nesting a body may have.")
+    body_timeout_s: float = Field(
+        default=10.0, gt=0, description="The whole body must arrive within this (else 408); a "
+        "request takes an admission slot only once its body is in."
+    )
     max_concurrency: int = Field(default=4, ge=1, description="Requests processed at once.")
     max_queue: int = Field(
         default=16, ge=0, description="Requests waiting for a slot; beyond that: 429 + Retry-After."
@@ -71,8 +82,20 @@ class ServerConfig(StrictModel):
             raise ValueError("nothing to serve: give a squad recipe, an upstream, or both")
         return self
 
+    @model_validator(mode="after")
+    def _secrets_resolve(self) -> ServerConfig:
+        """Fail closed: `--api-key env:VAR` with VAR unset must not start an open server."""
+        named = [*self.api_keys, *([self.upstream_key] if self.upstream_key else [])]
+        missing = [k or "an empty key" for k in named if not resolve_secret(k)]
+        if missing:
+            raise ValueError(
+                f"{', '.join(missing)}: not set or empty in the environment; set it, or remove the key "
+                "from the config (the server refuses to start with authentication it cannot apply)"
+            )
+        return self
+
     def resolved_api_keys(self) -> list[str]:
-        return [k for k in (resolve_secret(k) for k in self.api_keys) if k]
+        return [resolve_secret(k) for k in self.api_keys]
 
     def resolved_upstream_key(self) -> str | None:
         if self.upstream_key == "passthrough":

@@ -46,7 +46,14 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from aligners.backends.base import BackendError, ChatMessage, GenerationRequest, SamplingParams
+from aligners.backends.base import (
+    BackendError,
+    ChatMessage,
+    GenerationRequest,
+    PromptTooLong,
+    SamplingParams,
+    cancel_scope,
+)
 from aligners.backends.openai_http import error_text as _error_text
 from aligners.config import OpenAIHTTPBackendConfig
 from aligners.schema import Correction
@@ -375,6 +382,13 @@ class AlignersServing:
             name = "max_completion_tokens" if getattr(req, "max_completion_tokens", None) else "max_tokens"
             raise invalid(f"`{name}`={limit} exceeds this server's limit of {self.config.max_tokens_limit}",
                           name, "max_tokens_too_large")
+        stops = req.stops
+        if len(stops) > self.config.max_stop_sequences:
+            raise invalid(f"{len(stops)} stop sequences; this server accepts at most {self.config.max_stop_sequences}",
+                          "stop")
+        if any(len(x) > self.config.max_stop_chars for x in stops):
+            raise invalid(f"a stop sequence of {max(map(len, stops))} characters; this server accepts at most "
+                          f"{self.config.max_stop_chars} (max_stop_chars)", "stop")
         if req.n > self.config.max_n:
             raise invalid(f"`n`={req.n} exceeds this server's limit of {self.config.max_n}", "n")
         if choices > self.config.max_batch_items:
@@ -419,12 +433,13 @@ class AlignersServing:
         The asyncio lock queues waiters without holding threads; the thread lock is taken by
         the worker itself, so a request cancelled mid-run (client gone, timeout) releases the
         asyncio lock while its thread finishes under the thread lock — the next run waits for
-        it instead of entering torch concurrently. A request cancelled before its thread
-        started skips the work."""
+        it instead of entering torch concurrently. Cancelling sets the run's cancel event: a
+        local generation stops at its next token (`cancel_scope`), so the wait is one step, and
+        a run not yet started is skipped."""
         cancelled = threading.Event()
 
         def work() -> Any:
-            with self._tlock:
+            with self._tlock, cancel_scope(cancelled):
                 if cancelled.is_set():
                     raise Cancelled()
                 return fn(*args)
@@ -436,23 +451,32 @@ class AlignersServing:
                 cancelled.set()
                 raise
 
-    async def _local_generate(self, requests: list[GenerationRequest]) -> list[BaseAnswer]:
+    async def _run_model(self, stage: str, param: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """`_locked` within `request_timeout_s` (then a 504, and the run is cancelled), with the
+        model error a client can act on as a 400: an input longer than the context names `param`.
+        `stage`: generation, correction or inspection."""
+        limit = self.config.request_timeout_s
         try:
-            outs = await asyncio.wait_for(self._locked(self.local_base.generate, requests),
-                                          self.config.request_timeout_s)
+            return await asyncio.wait_for(self._locked(fn, *args), limit)
         except asyncio.TimeoutError:
-            raise ServingError(504, f"the local base model did not finish within {self.config.request_timeout_s:g} s "
-                               "(request_timeout_s)", type="timeout", code="generation_timeout") from None
+            raise ServingError(504, f"the {stage} did not finish within {limit:g} s (request_timeout_s) and was "
+                               "stopped", type="timeout", code=f"{stage}_timeout") from None
+        except PromptTooLong as exc:
+            raise invalid(f"too long for the {stage}: {exc}", param, "prompt_too_long") from None
+
+    async def _local_generate(self, requests: list[GenerationRequest], param: str) -> list[BaseAnswer]:
+        try:
+            outs = await self._run_model("generation", param, self.local_base.generate, requests)
         except BackendError as exc:
             raise ServingError(502, f"base model failed: {exc}", type="upstream_error", code="generation_failed") from None
         return [BaseAnswer(o.text, o.finish_reason, o.completion_tokens, o.prompt_tokens) for o in outs]
 
     async def _correct(self, prompts: Sequence[str], answers: Sequence[str],
-                       ids: Sequence[str | None] | None = None) -> list[Correction] | None:
+                       ids: Sequence[str | None] | None = None, param: str = "messages") -> list[Correction] | None:
         if self.squad is None:
             return None
         try:
-            results = await self._locked(self.squad.correct, list(prompts), list(answers), ids)
+            results = await self._run_model("correction", param, self.squad.correct, list(prompts), list(answers), ids)
         except BackendError as exc:
             raise ServingError(502, f"an aligner failed: {exc}", type="upstream_error", code="aligner_failed") from None
         self.metrics.corrections(results)
@@ -481,7 +505,7 @@ class AlignersServing:
         else:
             params = self._sampling(req)
             gen = GenerationRequest(messages=[ChatMessage(**m) for m in messages], params=params)
-            answers = await self._local_generate([gen] * req.n)
+            answers = await self._local_generate([gen] * req.n, "messages")
             prompt_tokens = answers[0].prompt_tokens
         self.metrics.observe("generate", time.perf_counter() - t0)
         return answers, _usage(prompt_tokens, answers)
@@ -499,7 +523,7 @@ class AlignersServing:
         else:
             params = self._sampling(req)
             answers = await self._local_generate(
-                [GenerationRequest(prompt=p, params=params) for p in req.prompts for _ in range(req.n)])
+                [GenerationRequest(prompt=p, params=params) for p in req.prompts for _ in range(req.n)], "prompt")
             prompt_tokens = sum(a.prompt_tokens for a in answers[:: req.n])
         self.metrics.observe("generate", time.perf_counter() - t0)
         return answers, _usage(prompt_tokens, answers)
@@ -599,7 +623,7 @@ class AlignersServing:
         answers, usage = await self._generate_completion(req, ctx)
         t_gen = time.perf_counter() - t0
         prompts = [p for p in req.prompts for _ in range(req.n)]
-        results = await self._correct(prompts, [a.text for a in answers])
+        results = await self._correct(prompts, [a.text for a in answers], param="prompt")
         info = self._details(results, answers, req.aligners.return_original)
         texts, finish = self._finish(info, answers, results, t0, t_gen)
         headers = self._headers(info)
@@ -690,7 +714,7 @@ class AlignersServing:
             if self.upstream is not None:
                 self.metrics.observe("generate", t_gen)
             answer = BaseAnswer("".join(parts), finish_reason, completion_tokens=len(parts))
-            results = await self._correct([prompt], [answer.text])
+            results = await self._correct([prompt], [answer.text], param="messages" if chat else "prompt")
             info = self._details(results, [answer], req.aligners.return_original, live=True)
             _, finish = self._finish(info, [answer], results, t0, t_gen)
             info.stream_mode = "live"
@@ -737,14 +761,14 @@ class AlignersServing:
 
     async def correct(self, req: SquadRequest) -> Served:
         prompts, answers, ids = self._pairs(req)
-        results = await self._correct(prompts, answers, ids)
+        results = await self._correct(prompts, answers, ids, param="answer")
         info = self._details(results, [BaseAnswer(a) for a in answers], False)
         return Served(CorrectResponse(data=[r.model_dump() for r in results]), self._headers(info))
 
     async def inspect(self, req: SquadRequest) -> Served:
         prompts, answers, ids = self._pairs(req)
         t0 = time.perf_counter()
-        scores = await self._locked(self.squad.inspect, prompts, answers)
+        scores = await self._run_model("inspection", "answer", self.squad.inspect, prompts, answers)
         self.metrics.observe("inspect", time.perf_counter() - t0)
         thresholds = {g.criterion: g.threshold for g in self.squad.guards}
         data = []

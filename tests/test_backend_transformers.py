@@ -1,5 +1,8 @@
 """The local transformers backend: batching, sampling params, stop strings, multi-LoRA routing,
-and the adapter self-test — on the tiny random Llama (real tokenizer, real peft)."""
+cancellation, the context bound and the adapter self-test — on the tiny random Llama (real tokenizer, real peft)."""
+
+import threading
+import time
 
 import pytest
 import torch
@@ -7,6 +10,7 @@ from peft import LoraConfig, get_peft_model
 
 from aligners import models
 from aligners.backends import BackendError, GenerationRequest, SamplingParams, build_backend
+from aligners.backends.base import GenerationCancelled, PromptTooLong, cancel_scope
 from aligners.backends.transformers_local import (
     AdapterSelfTestError,
     TransformersBackend,
@@ -148,3 +152,27 @@ def test_async_generate_matches_sync(backend):
 
     reqs = [GenerationRequest.chat("hi", params=GREEDY)]
     assert asyncio.run(backend.agenerate(reqs))[0].text == backend.generate(reqs)[0].text
+
+
+def test_a_set_cancel_event_stops_generation_within_a_step(backend):
+    long = GenerationRequest.chat("q", params=SamplingParams(max_tokens=400, temperature=1.0, seed=1))
+    event = threading.Event()
+    threading.Timer(0.2, event.set).start()
+    t0 = time.monotonic()
+    with pytest.raises(GenerationCancelled), cancel_scope(event):
+        backend.generate([long, long])
+    cancelled_s = time.monotonic() - t0
+    t0 = time.monotonic()
+    full = backend.generate([long])[0]  # outside any scope: runs to max_tokens
+    assert full.completion_tokens == 400
+    assert cancelled_s < 0.2 + (time.monotonic() - t0) / 4, "the cancelled run went on generating"
+
+
+def test_a_prompt_longer_than_the_context_is_refused_before_generating(backend):
+    too_long = GenerationRequest.chat("word " * 2000, params=SamplingParams(max_tokens=4))
+    with pytest.raises(PromptTooLong, match=r"the prompt is \d+ tokens and max_tokens is 4.*context holds 1024"):
+        backend.generate([too_long])
+    fits_only_without_room = GenerationRequest.chat("word " * 500, params=SamplingParams(max_tokens=600))
+    with pytest.raises(PromptTooLong, match="max_tokens is 600"):
+        backend.generate([fits_only_without_room])
+    assert backend.generate([GenerationRequest.chat("word " * 500, params=GREEDY)])[0].completion_tokens == 6

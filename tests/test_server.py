@@ -18,13 +18,13 @@ import httpx
 import openai
 import pytest
 from openai_scripted import Reply
-from test_server_reliability import SSEUpstream, aligners_server, client
+from squad_fixtures import POLITE, RUDE, ScriptedBackend
+from test_server_reliability import SSEUpstream, aligners_server, client, wait_for
 
 from aligners.backends.base import GenerationRequest
 from serve.config import SquadConfig
 from serve.pipeline import Squad
 from serve.server_config import ServerConfig
-from squad_fixtures import POLITE, RUDE, ScriptedBackend
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -292,3 +292,24 @@ def test_real_tiny_model_end_to_end(squad_artifacts):
         text = "".join(ch.choices[0].delta.content or "" for ch in
                        c.chat.completions.create(model=LOCAL, messages=Q, max_tokens=4, stream=True) if ch.choices)
         assert isinstance(text, str)
+
+
+def test_a_timed_out_local_generation_is_stopped_and_frees_the_model(squad_artifacts):
+    cfg = squad_config(squad_artifacts, aligner_params={"max_tokens": 4})
+    squad = Squad.from_config(cfg)  # the real tiny transformers model as base and aligners
+    server = aligners_server(ServerConfig(squad="<injected>", request_timeout_s=0.5), squad)
+    with server as (root, app), httpx.Client(base_url=root, timeout=60) as http:
+        r = http.post("/v1/chat/completions", json={"model": LOCAL, "messages": Q, "max_tokens": 900})
+        assert r.status_code == 504 and r.json()["error"]["code"] == "generation_timeout", r.text
+        # 900 tokens take seconds on any CPU; the cancelled run lets go of the model at once
+        wait_for(lambda: not app.state.serving._tlock.locked(), timeout=1.0, what="the model lock")
+        t0 = time.monotonic()
+        ok = http.post("/v1/chat/completions", json={"model": LOCAL, "messages": Q, "max_tokens": 2})
+        assert ok.status_code == 200 and time.monotonic() - t0 < 0.5 + 1.0, ok.text
+        long = [{"role": "user", "content": "word " * 2000}]
+        r = http.post("/v1/chat/completions", json={"model": LOCAL, "messages": long, "max_tokens": 2})
+        err = r.json()["error"]
+        assert (r.status_code, err["code"], err["param"]) == (400, "prompt_too_long", "messages"), r.text
+        assert "context holds 1024 tokens" in err["message"]
+        r = http.post("/v1/completions", json={"model": LOCAL, "prompt": "word " * 2000, "max_tokens": 2})
+        assert (r.status_code, r.json()["error"]["param"]) == (400, "prompt")

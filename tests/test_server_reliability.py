@@ -9,6 +9,7 @@ streaming OpenAI-compatible upstream (the scripted one answers `stream: true` wi
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import socket
 import threading
@@ -149,6 +150,21 @@ def test_api_keys(scripted_openai):
         assert httpx.get(f"{root}/metrics").status_code == 200
 
 
+def test_a_key_that_cannot_be_resolved_stops_start_up(monkeypatch):
+    from aligners.config import ConfigError, validate
+
+    monkeypatch.delenv("ALIGNERS_UNSET_KEY", raising=False)
+    monkeypatch.setenv("ALIGNERS_EMPTY_KEY", "")
+    for keys in (["env:ALIGNERS_UNSET_KEY"], [KEY, "env:ALIGNERS_EMPTY_KEY"], [""]):
+        with pytest.raises(ConfigError, match="not set or empty.*refuses to start"):
+            validate(ServerConfig, {"upstream": "http://127.0.0.1:9/v1", "upstream_model": MODEL, "api_keys": keys})
+    with pytest.raises(ConfigError, match="env:ALIGNERS_UNSET_KEY: not set"):
+        validate(ServerConfig, {"upstream": "http://127.0.0.1:9/v1", "upstream_model": MODEL,
+                                "upstream_key": "env:ALIGNERS_UNSET_KEY"})
+    monkeypatch.setenv("ALIGNERS_UNSET_KEY", "sk-now-set")
+    assert passthrough("http://127.0.0.1:9/v1", api_keys=["env:ALIGNERS_UNSET_KEY"]).resolved_api_keys() == ["sk-now-set"]
+
+
 def test_upstream_key_configured_or_passed_through(scripted_openai):
     with aligners_server(passthrough(scripted_openai.base_url, upstream_key="sk-upstream")) as (root, _):
         client(root, "whatever").chat.completions.create(model=MODEL, messages=HI)
@@ -166,6 +182,13 @@ def test_upstream_key_configured_or_passed_through(scripted_openai):
 
 def chat_body(**kw) -> dict:
     return {"model": MODEL, "messages": HI, **kw}
+
+
+def nested(depth: int) -> dict:
+    value: dict = {}
+    for _ in range(depth):
+        value = {"x": value}
+    return value
 
 
 BAD_REQUESTS = [
@@ -188,12 +211,22 @@ BAD_REQUESTS = [
     ("image-part", chat_body(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]), 400,
      "messages.0.content", "only text content"),
     ("live-with-n", chat_body(n=2, stream=True, aligners={"stream_mode": "live"}), 400, "aligners.stream_mode", "single choice"),
+    ("seed-over-uint64", chat_body(seed=2**64), 400, "seed", "less than or equal to"),
+    ("seed-under-int64", chat_body(seed=-(2**63) - 1), 400, "seed", "greater than or equal to"),
+    ("too-many-stops", chat_body(stop=["a", "b", "c", "d", "e"]), 400, "stop", "at most 4"),
+    ("huge-stop", chat_body(stop="x" * 10_000), 400, "stop", "at most 64"),
+    ("lone-surrogate", b'{"model": "scripted-base", "messages": [{"role": "user", "content": "hi \\ud800"}]}', 400,
+     "messages.0.content", "lone surrogate"),
+    ("lone-surrogate-in-extension", chat_body(aligners={"details": True, "\ud800": 1}), 400, "aligners",
+     "not valid Unicode"),
+    ("deep-json", chat_body(aligners=nested(100)), 400, "aligners" + ".x" * 31, "deeper than"),
+    ("very-deep-json", b'{"model": "m", "aligners": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, None, "deeper than"),
     ("bad-extension", chat_body(aligners={"stream_mode": "fast"}), 400, "aligners.stream_mode", "buffered"),
 ]
 
 
 def test_every_malformed_request_gets_a_named_4xx_and_the_server_stays_up(scripted_openai):
-    cfg = passthrough(scripted_openai.base_url, max_tokens_limit=256, max_body_bytes=4096)
+    cfg = passthrough(scripted_openai.base_url, max_tokens_limit=256, max_body_bytes=400_000)
     with aligners_server(cfg) as (root, _):
         with httpx.Client(base_url=root) as http:
             for name, body, status, param, words in BAD_REQUESTS:
@@ -209,19 +242,26 @@ def test_every_malformed_request_gets_a_named_4xx_and_the_server_stays_up(script
             r = http.post("/v1/completions", json={"model": MODEL, "prompt": "x", "echo": True})
             assert (r.status_code, r.json()["error"]["param"]) == (400, "echo")
             # oversize: declared by Content-Length, and chunked without one
-            r = http.post("/v1/chat/completions", content=b"x" * 5000)
-            assert r.status_code == 413 and "4096 bytes" in r.json()["error"]["message"]
-            r = http.post("/v1/chat/completions", content=iter([b"{", b" " * 3000, b" " * 3000, b"}"]))
+            r = http.post("/v1/chat/completions", content=b"x" * 500_000)
+            assert r.status_code == 413 and "400000 bytes" in r.json()["error"]["message"]
+            r = http.post("/v1/chat/completions", content=iter([b"{", b" " * 300_000, b" " * 300_000, b"}"]))
             assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
             r = http.get("/v1/nowhere")
             assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
             assert http.get("/health").json()["status"] == "ok"
-            ok = http.post("/v1/chat/completions", json=chat_body(max_tokens=256, stop="\n", seed=3, temperature=0.5, top_p=0.9,
+            # a lone surrogate is refused by name on every endpoint
+            for path, body in [("/v1/completions", {"model": MODEL, "prompt": "\ud800"}),
+                               ("/v1/aligners/correct", {"prompt": "q", "answer": ["ok", "\ud800"]}),
+                               ("/v1/aligners/inspect", {"prompt": "\ud800", "answer": "a"})]:
+                r = http.post(path, content=json.dumps(body).encode(), headers={"content-type": "application/json"})
+                assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_unicode", (path, r.text)
+            assert r.json()["error"]["param"] == "prompt"
+            ok = http.post("/v1/chat/completions", json=chat_body(max_tokens=256, stop="\n", seed=2**64 - 1, temperature=0.5, top_p=0.9,
                                                                         repetition_penalty=1.1))
             assert ok.status_code == 200, ok.text
         sent = scripted_openai.requests[-1].body
         assert {k: sent[k] for k in ("max_tokens", "stop", "seed", "temperature", "top_p", "repetition_penalty")} == {
-            "max_tokens": 256, "stop": ["\n"], "seed": 3, "temperature": 0.5, "top_p": 0.9, "repetition_penalty": 1.1}
+            "max_tokens": 256, "stop": ["\n"], "seed": 2**64 - 1, "temperature": 0.5, "top_p": 0.9, "repetition_penalty": 1.1}
         # the official client surfaces the message
         with pytest.raises(openai.BadRequestError, match="`logprobs` is not supported"):
             client(root).chat.completions.create(model=MODEL, messages=HI, logprobs=True)
@@ -302,6 +342,57 @@ def test_flood_gets_429_with_retry_after_and_the_rest_complete(scripted_openai):
         assert httpx.get(f"{root}/health").json()["status"] == "ok"
         assert httpx.post(f"{root}/v1/chat/completions", json=chat_body()).status_code == 200
         assert metric(root, 'aligners_requests_total{endpoint="chat",status="429"}') == codes.count(429)
+
+
+def raw_upload(root: str, body: bytes, declared: int) -> socket.socket:
+    """A client that sends headers declaring `declared` body bytes, then only `body`."""
+    host, port = root.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {declared}\r\n\r\n").encode()
+    sock.sendall(head + body)
+    return sock
+
+
+def test_slow_or_short_uploads_do_not_hold_slots_and_get_408(scripted_openai):
+    cfg = passthrough(scripted_openai.base_url, max_concurrency=1, max_queue=0, body_timeout_s=1.5)
+    with aligners_server(cfg) as (root, _):
+        stalled = [raw_upload(root, b'{"model": "scripted-base", ', declared=200) for _ in range(4)]
+        t0 = time.monotonic()
+        for _ in range(3):  # one slot, no queue: any held slot would make these 429
+            assert httpx.post(f"{root}/v1/chat/completions", json=chat_body()).status_code == 200
+        assert time.monotonic() - t0 < 1.0
+        for sock in stalled:  # a body shorter than its Content-Length gets a 408, not a hang
+            sock.settimeout(5)
+            reply = b"".join(iter(functools.partial(sock.recv, 4096), b"")).decode()  # until it closes
+            assert reply.startswith("HTTP/1.1 408") and "body_timeout" in reply, reply
+            sock.close()
+        assert metric(root, 'aligners_requests_total{endpoint="chat",status="408"}') == 4
+
+
+def test_client_leaving_during_upload_is_a_499_not_a_500(scripted_openai):
+    with aligners_server(passthrough(scripted_openai.base_url)) as (root, _):
+        raw_upload(root, b'{"model": ', declared=500).close()
+        wait_for(lambda: metric(root, 'aligners_requests_total{endpoint="chat",status="499"}') == 1,
+                 what="the 499 to be counted")
+        assert metric(root, 'aligners_request_errors_total{type="client_disconnected"}') == 1
+        assert metric(root, 'aligners_requests_total{endpoint="chat",status="500"}') == 0
+        assert httpx.post(f"{root}/v1/chat/completions", json=chat_body()).status_code == 200
+
+
+def test_retry_after_counts_the_requests_still_running(scripted_openai):
+    scripted_openai.script(Delay(4))
+    cfg = passthrough(scripted_openai.base_url, max_concurrency=1, max_queue=0)
+    with aligners_server(cfg) as (root, _):
+        slow = threading.Thread(target=httpx.post, args=(f"{root}/v1/chat/completions",),
+                                kwargs={"json": chat_body(), "timeout": 10})
+        slow.start()
+        wait_for(lambda: scripted_openai.max_in_flight == 1, what="the slow request to start")
+        time.sleep(2.2)
+        r = httpx.post(f"{root}/v1/chat/completions", json=chat_body())
+        # nothing has finished yet, but the one in flight is already 2+ s old
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 3, r.headers
+        slow.join()
 
 
 # --- metrics ------------------------------------------------------------------------------------------------

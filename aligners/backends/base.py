@@ -8,8 +8,10 @@ so callers can report throughput and cost without knowing which backend ran.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -71,6 +73,49 @@ class Generation(BaseModel):
 
 class BackendError(RuntimeError):
     """A generation failed for a reason the caller should read (bad request, server down...)."""
+
+
+class PromptTooLong(BackendError):
+    """The prompt plus `max_tokens` does not fit the model's context: refused before generating
+    (a local model would otherwise run for minutes on positions it was never trained on)."""
+
+    def __init__(self, prompt_tokens: int, max_tokens: int, context: int):
+        self.prompt_tokens, self.max_tokens, self.context = prompt_tokens, max_tokens, context
+        super().__init__(
+            f"the prompt is {prompt_tokens} tokens and max_tokens is {max_tokens}, but the model's "
+            f"context holds {context} tokens: shorten the input or lower max_tokens"
+        )
+
+
+class GenerationCancelled(BackendError):
+    """A generation stopped early because its caller set the cancel event (timeout, client gone)."""
+
+
+_cancel = threading.local()
+
+
+@contextlib.contextmanager
+def cancel_scope(event: threading.Event) -> Iterator[None]:
+    """Generations run by this thread inside the block stop between tokens once `event` is set
+    and raise GenerationCancelled. A thread-local, so the squad, the aligners and the base model
+    need no extra argument: whoever runs the work in a thread owns its cancel switch."""
+    previous = getattr(_cancel, "event", None)
+    _cancel.event = event
+    try:
+        yield
+    finally:
+        _cancel.event = previous
+
+
+def cancel_event() -> threading.Event | None:
+    """The cancel event of the enclosing `cancel_scope` in this thread, if any."""
+    return getattr(_cancel, "event", None)
+
+
+def raise_if_cancelled() -> None:
+    event = cancel_event()
+    if event is not None and event.is_set():
+        raise GenerationCancelled("generation cancelled: its request timed out or its client went away")
 
 
 class Backend(ABC):

@@ -17,7 +17,10 @@ from aligners.backends.base import (
     BackendError,
     Generation,
     GenerationRequest,
+    PromptTooLong,
     SamplingParams,
+    cancel_event,
+    raise_if_cancelled,
     register_backend,
 )
 from aligners.config import TransformersBackendConfig
@@ -42,6 +45,18 @@ def cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
     """Truncate at the earliest stop string (OpenAI semantics: the stop is not returned)."""
     hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
     return (text[: min(hits)], True) if hits else (text, False)
+
+
+def stop_when_set(event):
+    """A transformers stopping criterion that ends every row once `event` is set, so a cancelled
+    request frees the model within one decoding step instead of after max_tokens."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class _StopWhenSet(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([_StopWhenSet()])
 
 
 @register_backend("transformers")
@@ -111,6 +126,10 @@ class TransformersBackend(Backend):
 
     # --- generation -------------------------------------------------------------------------
 
+    @property
+    def context_length(self) -> int | None:
+        return getattr(self.model.config, "max_position_embeddings", None)
+
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         known = set(self.adapters())
         for req in requests:
@@ -127,6 +146,7 @@ class TransformersBackend(Backend):
         for _, members in itertools.groupby(order, key=group_key):
             members = list(members)
             for start in range(0, len(members), self.cfg.max_batch_size):
+                raise_if_cancelled()
                 chunk = members[start : start + self.cfg.max_batch_size]
                 outs = self._generate_batch([requests[i] for i in chunk])
                 for i, out in zip(chunk, outs, strict=True):
@@ -141,6 +161,9 @@ class TransformersBackend(Backend):
         tok.padding_side = "left"
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         enc = enc.to(self.model.device)
+        context = self.context_length
+        if context is not None and enc["input_ids"].shape[1] + params.max_tokens > context:
+            raise PromptTooLong(int(enc["input_ids"].shape[1]), params.max_tokens, context)
         kwargs = dict(
             max_new_tokens=params.max_tokens,
             do_sample=params.temperature > 0,
@@ -155,6 +178,8 @@ class TransformersBackend(Backend):
             kwargs.update(stop_strings=params.stop, tokenizer=tok)
         if params.repetition_penalty != 1.0:
             kwargs["repetition_penalty"] = params.repetition_penalty
+        if (event := cancel_event()) is not None:
+            kwargs["stopping_criteria"] = stop_when_set(event)
         model = self.model
         if self.peft_model is not None:
             model = self.peft_model
@@ -163,6 +188,7 @@ class TransformersBackend(Backend):
             if params.seed is not None:
                 torch.manual_seed(params.seed)
             out = model.generate(**enc, **kwargs)
+        raise_if_cancelled()  # a cut-off answer is not an answer
         new_tokens = out[:, enc["input_ids"].shape[1] :]
         results = []
         for row, mask in zip(new_tokens, enc["attention_mask"], strict=True):
