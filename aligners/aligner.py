@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aligners.formatting import FORMAT_VERSION
-from aligners.manifest import read_manifest, write_manifest
-from aligners.models import cache_root, file_sha256
+from aligners.manifest import file_sha256, read_manifest, write_manifest
+from aligners.models import cache_root
 from aligners.train import ADAPTER_DIR
 from aligners.train_config import ATTENTION_MODULES
 

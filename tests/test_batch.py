@@ -11,10 +11,10 @@ import time
 
 import pytest
 import yaml
+from squad_fixtures import PII, POLITE, RUDE
 
 from serve.batch import run_batch
 from serve.pipeline import Squad
-from squad_fixtures import PII, POLITE, RUDE
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -126,3 +126,92 @@ def test_sigkill_at_random_points_then_resume_is_exactly_once(squad_artifacts, t
     expected = [i for i in range(n) if i % 10 != 9]
     assert ids == expected  # none lost, none duplicated, input order
     assert errors == [i + 1 for i in range(n) if i % 10 == 9]
+
+
+class Interrupted(Exception):
+    pass
+
+
+def interrupted_run(squad, src, out, monkeypatch, after_chunks: int, **kw):
+    """A run that dies after `after_chunks` committed chunks, leaving its resume state behind."""
+    import serve.batch
+
+    real, calls = serve.batch.correct_chunk, []
+
+    def dying(squad_, records):
+        calls.append(1)
+        if len(calls) > after_chunks:
+            raise Interrupted()
+        return real(squad_, records)
+
+    monkeypatch.setattr(serve.batch, "correct_chunk", dying)
+    with pytest.raises(Interrupted):
+        run_batch(squad, src, out, progress=False, **kw)
+    monkeypatch.setattr(serve.batch, "correct_chunk", real)
+
+
+def ids_of(path):
+    return [json.loads(line)["id"] for line in path.read_text().splitlines()]
+
+
+def test_resume_refuses_another_chunk_size_or_input_and_redoes_damaged_parts(squad, tmp_path, monkeypatch):
+    from serve.batch import ResumeError
+
+    src, out = write_input(tmp_path / "in.jsonl", 30, bad_every=10), tmp_path / "out.jsonl"
+    interrupted_run(squad, src, out, monkeypatch, after_chunks=4, chunk_size=5)
+    with pytest.raises(ResumeError, match="pass --chunk-size 5 to resume"):
+        run_batch(squad, src, out, resume=True, chunk_size=7, progress=False)
+    with pytest.raises(ResumeError, match="pass --max-chars 20000"):
+        run_batch(squad, src, out, resume=True, chunk_size=5, max_chars=99, progress=False)
+    changed = tmp_path / "changed.jsonl"
+    changed.write_text(src.read_text().replace('"id": 3,', '"id": 33,'))
+    src_text = src.read_text()
+    src.write_text(changed.read_text())
+    with pytest.raises(ResumeError, match="the input changed"):
+        run_batch(squad, src, out, resume=True, chunk_size=5, progress=False)
+    src.write_text(src_text)
+    parts = tmp_path / "out.jsonl.parts"
+    damaged = parts / "chunk-000001.jsonl"
+    damaged.write_text(damaged.read_text()[:-40])  # a torn part is recomputed, not joined
+    (parts / "chunk-000002.errors.jsonl").unlink()
+    summary = run_batch(squad, src, out, resume=True, chunk_size=5, progress=False)
+    assert summary["resumed_chunks"] == 2  # chunks 0 and 3 kept; 1 and 2 redone
+    assert ids_of(out) == [i for i in range(30) if i % 10 != 9]
+    assert len((tmp_path / "out.jsonl.errors.jsonl").read_text().splitlines()) == 3
+
+
+def test_resume_checks_a_finished_output_and_repairs_a_damaged_end(squad, tmp_path):
+    from serve.batch import ResumeError
+
+    src, out = write_input(tmp_path / "in.jsonl", 14), tmp_path / "out.jsonl"
+    run_batch(squad, src, out, chunk_size=4, progress=False)
+    whole = out.read_bytes()
+
+    def records(raw: bytes) -> list[tuple]:  # the trace's timings and the scores' last bits vary by batch
+        rows = [json.loads(line) for line in raw.splitlines()]
+        return [(r["id"], r["response"], r["corrected"], r["changed"], round(r["scores_before"]["polite"], 6))
+                for r in rows]
+
+    assert run_batch(squad, src, out, resume=True, chunk_size=4, progress=False)["status"] == "complete"
+    for damage in (whole[:-25],  # a torn last line
+                   whole.replace(b'"id": 6,', b'"id": 6', 1)):  # a broken line in the middle
+        out.write_bytes(damage)
+        with pytest.raises(FileExistsError, match="--resume"):
+            run_batch(squad, src, out, chunk_size=4, progress=False)
+        summary = run_batch(squad, src, out, resume=True, chunk_size=4, progress=False)
+        assert summary["status"] == "repaired" and summary["recomputed_records"] >= 1
+        assert records(out.read_bytes()) == records(whole)  # once each, in order (greedy: same text)
+    src.write_text(src.read_text() + json.dumps({"id": 99, "prompt": "q"}) + "\n")
+    with pytest.raises(ResumeError, match="the input changed"):
+        run_batch(squad, src, out, resume=True, chunk_size=4, progress=False)
+
+
+def test_missing_responses_are_generated_and_corrected_once(squad, tmp_path, monkeypatch):
+    calls = []
+    real = squad.correct
+    monkeypatch.setattr(squad, "correct", lambda *a, **k: calls.append(len(a[0])) or real(*a, **k))
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"id": i, "prompt": "q"}) + "\n" for i in range(3)) +
+                   json.dumps({"id": 3, "prompt": "q", "response": RUDE[0]}) + "\n")
+    run_batch(squad, src, tmp_path / "out.jsonl", progress=False)
+    assert sorted(calls) == [1, 3]  # the generated three inside generate(), the supplied one alone
