@@ -14,13 +14,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aligners.formatting import FORMAT_VERSION
-from aligners.manifest import file_sha256, read_manifest, write_manifest
+from aligners.manifest import (
+    ManifestError,
+    file_sha256,
+    read_manifest,
+    refuse_nonfinite,
+    verify_checksums,
+    write_manifest,
+)
 from aligners.models import cache_root
 from aligners.train import ADAPTER_DIR
 from aligners.train_config import ATTENTION_MODULES
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
+RETRAIN = "retrain it with `aligners train-aligner`"
 
 
 @dataclass(frozen=True)
@@ -30,10 +38,21 @@ class AlignerArtifact:
 
     @classmethod
     def load(cls, path: Path | str) -> AlignerArtifact:
+        """Read and verify: manifest kind and format, the adapter files' SHA-256, finite weights."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
         path = Path(path)
         manifest = read_manifest(path, "aligner", FORMAT_VERSION)
-        if not (path / ADAPTER_DIR / ADAPTER_WEIGHTS).is_file():
-            raise FileNotFoundError(f"{path}: manifest found but {ADAPTER_DIR}/{ADAPTER_WEIGHTS} is missing")
+        weights = path / ADAPTER_DIR / ADAPTER_WEIGHTS
+        if not weights.is_file():
+            raise ManifestError(f"{weights} is missing (the manifest is there): re-copy the whole folder, or {RETRAIN}")
+        verify_checksums(path, manifest.get("files", {}).get("sha256"), RETRAIN)
+        try:
+            tensors = load_file(weights)
+        except (SafetensorError, OSError) as exc:
+            raise ManifestError(f"{weights}: not a readable safetensors file ({exc}); {RETRAIN}") from None
+        refuse_nonfinite(tensors, weights, RETRAIN)
         return cls(path, manifest)
 
     @property

@@ -300,12 +300,14 @@ app.command("serve")(serve_cmd)
 
 
 def main() -> None:
+    from aligners.backends.base import BackendError
     from aligners.config import ConfigError
+    from aligners.manifest import ManifestError
     from aligners.models import ModelNotFoundError
 
     try:
         app()
-    except (ConfigError, ModelNotFoundError) as exc:
+    except (ConfigError, ManifestError, ModelNotFoundError, BackendError) as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise SystemExit(2) from None
 

@@ -218,14 +218,37 @@ def load_sentence_encoder(name: str = MINILM, device: str = "cpu") -> SentenceTr
     return SentenceTransformer(str(resolve_path(name)), device=device)
 
 
-def model_id_and_hash(name: str) -> tuple[str, str]:
-    """A stable (id, content hash) pair for manifests, so artifacts can refuse a different base."""
+def _weights_file(name: str) -> Path | None:
+    """The file whose content identifies model `name` (None for the in-memory tiny model)."""
     if name == SMOLLM2:
-        return SMOLLM2, file_sha256(smollm2_gguf_path())[:16]
+        return smollm2_gguf_path()
     if name == MINILM:
-        return MINILM, file_sha256(minilm_dir() / "model.safetensors")[:16]
+        return minilm_dir() / "model.safetensors"
     if name == TINY_LLAMA:
-        return TINY_LLAMA, "random-seeded"
+        return None
     path = Path(name).expanduser()
     weights = sorted(path.glob("*.safetensors")) if path.is_dir() else []
-    return name, (file_sha256(weights[0])[:16] if weights else "unhashed")
+    return weights[0] if weights else None
+
+
+def model_id_and_hash(name: str) -> tuple[str, str]:
+    """A stable (id, content hash) pair for manifests, so artifacts can refuse a different base.
+
+    Memoised per process while the weights file keeps its size and mtime: hashing SmolLM2's
+    93 MB costs ~0.3 s, and a squad checks it once per inspector and aligner."""
+    weights = _weights_file(name)
+    try:
+        st = weights.stat() if weights is not None else None
+        stamp = (name, str(weights), st.st_size, st.st_mtime_ns) if st else (name, None, 0, 0)
+    except OSError:
+        stamp = (name, str(weights), 0, 0)
+    if stamp not in _IDENTITY:
+        if name == TINY_LLAMA:
+            _IDENTITY[stamp] = (TINY_LLAMA, "random-seeded")
+        else:
+            hashed = file_sha256(weights)[:16] if weights is not None and weights.is_file() else "unhashed"
+            _IDENTITY[stamp] = (SMOLLM2 if name == SMOLLM2 else MINILM if name == MINILM else name, hashed)
+    return _IDENTITY[stamp]
+
+
+_IDENTITY: dict[tuple, tuple[str, str]] = {}

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from aligners.formatting import FORMAT_VERSION, IGNORE_INDEX, TokenizedExample, tokenize_pair
-from aligners.manifest import write_manifest
+from aligners.manifest import checksums, write_manifest
 from aligners.models import load_causal_lm, model_id_and_hash
 from aligners.schema import Pair
 from aligners.train_config import AlignerTrainConfig
@@ -314,6 +314,7 @@ def train_aligner(
         "layer_selection": selection,
         "inference": "taia" if cfg.taia else "full",
         "lora": {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "target_modules": list(cfg.target_modules)},
+        "files": {"sha256": checksums(out, [p for p in (out / ADAPTER_DIR).rglob("*") if p.is_file()])},
         "recipe": cfg.model_dump(mode="json"),
         "data": {"train_hash": data_hash(train), "train_pairs": len(train), "examples": len(examples)},
         "metrics": {

@@ -37,6 +37,9 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
+from aligners.manifest import ManifestError, checksums, confined, refuse_nonfinite, verify_checksums
+from aligners.models import model_id_and_hash
+
 if TYPE_CHECKING:
     from aligners.schema import Verdict
 
@@ -53,7 +56,10 @@ INSPECTOR_TYPES: dict[str, str] = {
 }
 
 
-class InspectorLoadError(ValueError):
+RETRAIN = "retrain it with `aligners train-inspector`"
+
+
+class InspectorLoadError(ManifestError):
     """An inspector artifact that cannot be used here; the message says why and how to fix it."""
 
 
@@ -195,31 +201,6 @@ def choose_threshold(
     return t, info
 
 
-def encoder_identity(name: str) -> tuple[str, str]:
-    """models.model_id_and_hash, memoised per process for a path that has not changed.
-
-    Hashing MiniLM's 90 MB of weights costs ~0.2 s; fitting or loading many inspectors in one
-    process should pay it once. The key includes the weights' size and mtime, so a replaced
-    file is hashed again.
-    """
-    from aligners.models import MINILM, minilm_dir, model_id_and_hash
-
-    path = minilm_dir() / "model.safetensors" if name == MINILM else Path(name).expanduser()
-    if path.is_dir():  # the file model_id_and_hash hashes
-        path = next(iter(sorted(path.glob("*.safetensors"))), path)
-    try:
-        st = path.stat()
-        stamp = (str(path), st.st_size, st.st_mtime_ns)
-    except OSError:
-        stamp = (name, 0, 0)
-    if stamp not in _IDENTITY:
-        _IDENTITY[stamp] = model_id_and_hash(name)
-    return _IDENTITY[stamp]
-
-
-_IDENTITY: dict[tuple, tuple[str, str]] = {}
-
-
 def _as_texts(values: Sequence[str], name: str) -> list[str]:
     if isinstance(values, str):
         raise TypeError(f"{name} must be a sequence of strings, not one string (wrap it in a list)")
@@ -326,7 +307,7 @@ class Inspector(ClassifierMixin, BaseEstimator):
         p, a, y = check_inputs(prompts, answers, labels)
         if len(np.unique(y)) < 2:
             raise ValueError("training labels need both classes: 0 (misaligned) and 1 (aligned)")
-        self.encoder_id_, self.encoder_hash_ = encoder_identity(self.encoder)
+        self.encoder_id_, self.encoder_hash_ = model_id_and_hash(self.encoder)
         if validation is None:
             raw, cal_y, source = self._fit_for_calibration(p, a, y)
         else:
@@ -515,6 +496,10 @@ class Inspector(ClassifierMixin, BaseEstimator):
         tmp.chmod(0o644)  # safetensors creates files owner-only; artifacts are meant to be shared
         tmp.replace(out / WEIGHTS)
         files = {"weights": WEIGHTS, **self._save_model_files(out)}
+        files["sha256"] = checksums(out, [
+            p for p in out.rglob("*")
+            if p.is_file() and p.name != MANIFEST and p.suffix != ".png" and not p.name.startswith(".")
+        ])
         manifest = {
             "kind": "inspector",
             "format_version": FORMAT_VERSION,
@@ -543,6 +528,7 @@ class Inspector(ClassifierMixin, BaseEstimator):
 
     @classmethod
     def _from_artifact(cls, path: Path, manifest: dict) -> Inspector:
+        from safetensors import SafetensorError
         from safetensors.numpy import load_file
 
         params = manifest["params"]
@@ -554,8 +540,15 @@ class Inspector(ClassifierMixin, BaseEstimator):
                 "with `aligners train-inspector`."
             )
         est = cls(**params)
+        files = manifest.get("files", {})
+        verify_checksums(path, files.get("sha256"), RETRAIN)
         est._check_artifact(path, manifest)
-        tensors = load_file(str(path / manifest.get("files", {}).get("weights", WEIGHTS)))
+        weights = confined(path, files.get("weights", WEIGHTS))
+        try:
+            tensors = load_file(str(weights))
+        except (SafetensorError, OSError) as exc:
+            raise InspectorLoadError(f"{weights}: not a readable safetensors file ({exc}); {RETRAIN}") from None
+        refuse_nonfinite(tensors, weights, RETRAIN)
         cal = dict(manifest["calibration"])
         if cal["method"] == "sigmoid":
             cal["a"], cal["b"] = (float(v) for v in tensors["calibration.sigmoid"])

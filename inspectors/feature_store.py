@@ -27,7 +27,6 @@ def item_hash(item) -> str:
     return hashlib.sha256(json.dumps(item, ensure_ascii=False).encode()).hexdigest()
 
 
-@functools.lru_cache(maxsize=8)
 def _encoder_hash(name: str) -> str:
     from aligners.models import model_id_and_hash
 

@@ -201,9 +201,9 @@ class FinetunedInspector(Inspector):
         return {"model": MODEL_DIR, "model_hash": file_sha256(target / "model.safetensors")[:16]}
 
     def _check_artifact(self, path: Path, manifest: dict) -> None:
-        from aligners.manifest import file_sha256
+        from aligners.manifest import confined, file_sha256
 
-        weights = path / manifest["files"].get("model", MODEL_DIR) / "model.safetensors"
+        weights = confined(path, manifest["files"].get("model", MODEL_DIR)) / "model.safetensors"
         if not weights.is_file():
             raise InspectorLoadError(
                 f"{path}: the fine-tuned model {weights} is missing; re-copy or retrain the inspector"

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from inspectors.base import Inspector, InspectorLoadError, encoder_identity
+from aligners.models import model_id_and_hash
+from inspectors.base import Inspector, InspectorLoadError
 
 
 def fit_linear(
@@ -106,7 +107,7 @@ class LinearInspector(Inspector):
     def _check_artifact(self, path: Path, manifest: dict) -> None:
         """The feature model is loaded from this machine, so it must be the very one trained with."""
         want_id, want_hash = manifest["encoder"]["id"], manifest["encoder"]["hash"]
-        have_id, have_hash = encoder_identity(self.encoder)
+        have_id, have_hash = model_id_and_hash(self.encoder)
         if (have_id, have_hash) != (want_id, want_hash):
             raise InspectorLoadError(
                 f"{path}: the inspector was trained on encoder {want_id} with hash {want_hash}, but the "

@@ -23,14 +23,15 @@ import numpy as np
 
 from aligners.aligner import AlignerArtifact
 from aligners.backends import Backend, Generation, GenerationRequest, SamplingParams, build_backend
-from aligners.config import load_config
+from aligners.config import ConfigError, load_config
 from aligners.facts import fact_changes
 from aligners.formatting import aligner_request
+from aligners.models import model_id_and_hash
 from aligners.schema import Correction, Trace, TraceStep, Verdict
 from serve.config import PROMPTED_ALIGNER, SquadConfig, SquadMember, resolve_artifact
 
 
-class SquadError(ValueError):
+class SquadError(ConfigError):
     """A squad that cannot be assembled as configured (mismatched base, missing artifact...)."""
 
 
@@ -252,6 +253,12 @@ def _load_aligner(backend: Backend, cfg: SquadConfig, member: SquadMember, confi
         raise SquadError(
             f"{art.path} was trained on base {art.base!r}, but the squad backend runs {cfg.backend.model!r}: "
             "adapters only work on the base they were trained on"
+        )
+    if cfg.backend.type == "transformers" and art.manifest.get("base_hash") != model_id_and_hash(art.base)[1]:
+        raise SquadError(
+            f"{art.path} was trained on {art.base} with weights hash {art.manifest.get('base_hash')}, but the "
+            f"{art.base} installed here has hash {model_id_and_hash(art.base)[1]}: the adapter would steer "
+            "other weights. Install the base it was trained on, or retrain it with `aligners train-aligner`"
         )
     backend.load_adapter(name, str(art.adapter_dir(member.taia)))
     return name
