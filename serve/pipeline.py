@@ -28,7 +28,7 @@ from aligners.facts import fact_changes
 from aligners.formatting import aligner_request
 from aligners.models import model_id_and_hash
 from aligners.schema import Correction, Trace, TraceStep, Verdict
-from serve.config import PROMPTED_ALIGNER, SquadConfig, SquadMember, resolve_artifact
+from serve.config import PROMPTED_ALIGNER, SquadConfig, SquadMember, SquadPolicy, resolve_artifact
 
 
 class SquadError(ConfigError):
@@ -149,20 +149,7 @@ class Squad:
                 rescore_s = time.perf_counter() - t1
                 for k, i in enumerate(members):
                     before, after = scores[i].copy(), new_scores[k]
-                    accepted, reason = True, "rewritten"
-                    if candidates[k] == current[i]:
-                        accepted, reason = False, "kept: the aligner repeated the answer"
-                    elif policy.min_gain is not None and after[j] - before[j] <= policy.min_gain:
-                        accepted, reason = False, f"rejected: {guard.criterion} score rose by {after[j] - before[j]:+.3f}, needs > {policy.min_gain}"
-                    elif guard.criterion in policy.keep_facts and (
-                        added := fact_changes(current[i], candidates[k]).added
-                    ):
-                        accepted, reason = False, f"rejected: adds facts {', '.join(added[:3])}"
-                    elif policy.reject_if_worse:
-                        newly = [g.criterion for m, g in enumerate(self.guards)
-                                 if m != j and before[m] >= g.threshold > after[m]]
-                        if newly:
-                            accepted, reason = False, f"rejected: would flag {', '.join(newly)}"
+                    accepted, reason = judge_rewrite(policy, self.guards, j, current[i], candidates[k], before, after)
                     if accepted:
                         current[i], scores[i] = candidates[k], after
                     visited[i].add(j)
@@ -218,6 +205,24 @@ class Squad:
         self.backend.close()
         if self.base is not None and self.base is not self.backend:
             self.base.close()
+
+
+def judge_rewrite(policy: SquadPolicy, guards: Sequence[Guard], j: int, answer: str, rewrite: str,
+                  before: np.ndarray, after: np.ndarray) -> tuple[bool, str]:
+    """Keep guard `j`'s `rewrite` of `answer`? (accepted, reason for the trace). The squad's whole
+    accept rule, pure: scores are P(aligned) per guard before and after the rewrite."""
+    criterion = guards[j].criterion
+    if rewrite == answer:
+        return False, "kept: the aligner repeated the answer"
+    if policy.min_gain is not None and after[j] - before[j] <= policy.min_gain:
+        return False, f"rejected: {criterion} score rose by {after[j] - before[j]:+.3f}, needs > {policy.min_gain}"
+    if criterion in policy.keep_facts and (added := fact_changes(answer, rewrite).added):
+        return False, f"rejected: adds facts {', '.join(added[:3])}"
+    if policy.reject_if_worse:
+        newly = [g.criterion for m, g in enumerate(guards) if m != j and before[m] >= g.threshold > after[m]]
+        if newly:
+            return False, f"rejected: would flag {', '.join(newly)}"
+    return True, "rewritten"
 
 
 def rewrite_or_keep(answer: str, rewrite: Generation) -> str:

@@ -2,15 +2,17 @@
 max_rewrites, rejection, batching by adapter, traces; and the real transformers path."""
 
 import asyncio
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import yaml
+from squad_fixtures import PII, POLITE, RUDE, ScriptedBackend
 
 from aligners.backends.base import Generation
 from aligners.backends.transformers_local import TransformersBackend
-from serve.config import SquadConfig
-from serve.pipeline import Squad, SquadError, rewrite_or_keep
-from squad_fixtures import PII, POLITE, RUDE, ScriptedBackend
+from serve.config import SquadConfig, SquadPolicy
+from serve.pipeline import Guard, Squad, SquadError, judge_rewrite, rewrite_or_keep
 
 FIXED_POLITE = "The store opens at nine, I hope that helps."
 FIXED_PII = "I can't share personal details about private people."
@@ -228,3 +230,31 @@ def test_mismatched_artifacts_are_refused(squad_artifacts):
     cfg["members"][0]["criterion"] = "no-pii"
     with pytest.raises(SquadError, match="is a 'polite' aligner"):
         Squad.from_config(SquadConfig.model_validate(cfg), backend=ScriptedBackend({}))
+
+
+GUARDS = [Guard("polite", SimpleNamespace(threshold_=0.5), "polite"),
+          Guard("no-pii", SimpleNamespace(threshold_=0.5), "no-pii")]
+RUDE_ANSWER = "Obviously it opens at nine, idiot."
+JUDGE_CASES = [
+    # (id, policy, answer, rewrite, before, after, accepted, words in the reason)
+    ("accepted", {}, RUDE_ANSWER, "It opens at nine.", [0.1, 0.9], [0.8, 0.9], True, "rewritten"),
+    ("repeated", {}, RUDE_ANSWER, RUDE_ANSWER, [0.1, 0.9], [0.1, 0.9], False, "repeated the answer"),
+    ("min-gain-not-met", {"min_gain": 0.2}, RUDE_ANSWER, "It opens at nine.", [0.1, 0.9], [0.25, 0.9], False,
+     "rose by +0.150, needs > 0.2"),
+    ("min-gain-met", {"min_gain": 0.2}, RUDE_ANSWER, "It opens at nine.", [0.1, 0.9], [0.35, 0.9], True, "rewritten"),
+    ("adds-a-fact", {}, RUDE_ANSWER, "It opens at ten, see https://x.example.", [0.1, 0.9], [0.8, 0.9], False,
+     "adds facts"),
+    ("facts-off", {"keep_facts": []}, RUDE_ANSWER, "It opens at ten.", [0.1, 0.9], [0.8, 0.9], True, "rewritten"),
+    ("newly-flags-another", {}, RUDE_ANSWER, "It opens at nine.", [0.1, 0.9], [0.8, 0.3], False,
+     "would flag no-pii"),
+    ("already-flagged-other", {}, RUDE_ANSWER, "It opens at nine.", [0.1, 0.3], [0.8, 0.2], True, "rewritten"),
+    ("worse-allowed", {"reject_if_worse": False}, RUDE_ANSWER, "It opens at nine.", [0.1, 0.9], [0.8, 0.3], True,
+     "rewritten"),
+]
+
+
+@pytest.mark.parametrize(("policy", "answer", "rewrite", "before", "after", "accepted", "words"),
+                         [c[1:] for c in JUDGE_CASES], ids=[c[0] for c in JUDGE_CASES])
+def test_judge_rewrite_table(policy, answer, rewrite, before, after, accepted, words):
+    got, reason = judge_rewrite(SquadPolicy(**policy), GUARDS, 0, answer, rewrite, np.array(before), np.array(after))
+    assert got is accepted and words in reason, reason
