@@ -28,8 +28,10 @@ venv: $(STAMP)
 demo: venv
 	$(VENV)/bin/aligners demo
 
-# pytest exits 5 when it collects no test: that is not a failure of the suite.
+# ruff first (the rules configured in pyproject.toml); pytest exits 5 when it collects no test:
+# that is not a failure of the suite.
 test: venv
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 test-slow: venv

@@ -16,13 +16,13 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import torch
 
-from aligners.formatting import IGNORE_INDEX, tokenize_pair  # noqa: E402
-from aligners.importance import jaccard  # noqa: E402
-from aligners.schema import Pair  # noqa: E402
-from aligners.train import answer_loss, batches, tokenize_all  # noqa: E402
+from aligners.formatting import IGNORE_INDEX, tokenize_pair
+from aligners.importance import jaccard
+from aligners.schema import Pair
+from aligners.train import answer_loss, batches, tokenize_all
 
 # --- layers --------------------------------------------------------------------------------
 

@@ -155,7 +155,7 @@ def train_aligner_cmd(
 
         from aligners.importance import top_k_layers
 
-        result = json.loads(open(layers_from).read())
+        result = json.loads(Path(layers_from).read_text())
         method = cfg.importance.method
         runs = [r for r in result["runs"] if r["data"] == data and r["method"] == method] or [
             r for r in result["runs"] if r["method"] == method
@@ -284,17 +284,17 @@ def eval_cmd(
 
 # Commands defined next to the code they drive (light modules: heavy imports stay inside).
 # (registration lines go here)
-from synth.commands import synth  # noqa: E402
+from synth.commands import synth
 
 app.command("synth")(synth)
-from inspectors.commands import inspect_answers, train_inspector  # noqa: E402
+from inspectors.commands import inspect_answers, train_inspector
 
 app.command("train-inspector")(train_inspector)
 app.command("inspect")(inspect_answers)
-from serve.commands import correct  # noqa: E402
+from serve.commands import correct
 
 app.command("correct")(correct)
-from serve.commands import serve as serve_cmd  # noqa: E402
+from serve.commands import serve as serve_cmd
 
 app.command("serve")(serve_cmd)
 

@@ -143,7 +143,7 @@ def rank_correlation(a: dict[str, float], b: dict[str, float]) -> float | None:
 
 
 def overlaps(runs: list[dict]) -> dict:
-    label = lambda r: f"{r['data']}/{r['method']}/s{r['seed']}"  # noqa: E731
+    label = lambda r: f"{r['data']}/{r['method']}/s{r['seed']}"
     groups = {
         "across_seeds": lambda r: (r["data"], r["method"]),
         "across_data": lambda r: (r["method"], r["seed"]),

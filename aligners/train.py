@@ -256,7 +256,7 @@ def train_aligner(
         state.update(_load_checkpoint(out, peft_model, optimizer))
         sched.load_state_dict(state.pop("scheduler"))
 
-    log = open(out / "train_log.jsonl", "a", encoding="utf-8")
+    log = open(out / "train_log.jsonl", "a", encoding="utf-8")  # noqa: SIM115 - closed after the loop
     step_times: list[float] = []
     last_loss = float("nan")
     bar = tqdm(total=total_steps, initial=state["step"], desc=f"train {criterion}", disable=not progress)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections import Counter
+from pathlib import Path
 
 from aligners.importance import overlaps
 
@@ -18,7 +19,7 @@ from aligners.importance import overlaps
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("importance", help="importance.json from aligners select-layers")
-    result = json.load(open(ap.parse_args().importance))
+    result = json.loads(Path(ap.parse_args().importance).read_text())
     gates = [r for r in result["runs"] if r["method"] == "gates"]
     counts = Counter(layer for r in gates for layer in r["top_k"])
     print(json.dumps({

@@ -67,7 +67,7 @@ def pct(values: list[float], q: float) -> float | None:
     if not values:
         return None
     s = sorted(values)
-    return round(s[min(len(s) - 1, int(round(q * (len(s) - 1))))], 2)
+    return round(s[min(len(s) - 1, round(q * (len(s) - 1)))], 2)
 
 
 async def phase(root: str, n: int, concurrency: int) -> dict:

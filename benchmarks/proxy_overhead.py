@@ -17,6 +17,7 @@ Usage: .venv/bin/python benchmarks/proxy_overhead.py [--requests 500]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -63,11 +64,9 @@ def spawn(role: str, upstream: str | None = None) -> tuple[subprocess.Popen, str
 def wait_ready(client, url: str, path: str = "/models") -> None:
     deadline = time.monotonic() + 60
     while True:
-        try:
+        with contextlib.suppress(Exception):  # not up yet
             if client.get(url + path).status_code == 200:
                 return
-        except Exception:  # noqa: BLE001 - not up yet
-            pass
         if time.monotonic() > deadline:
             raise RuntimeError(f"{url} did not come up")
         time.sleep(0.1)
@@ -75,7 +74,7 @@ def wait_ready(client, url: str, path: str = "/models") -> None:
 
 def pct(values: list[float], q: float) -> float:
     s = sorted(values)
-    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
 
 
 def in_memory(n: int) -> dict:

@@ -230,10 +230,10 @@ def load_rows(r: dict) -> list[Row]:
 def eval_rows(r: dict) -> list[Row]:
     rows = []
     for crit, f in r["criteria"].items():
-        rows.append((f"{r['kind']} prompts, {r.get('answers', 'generated')} answers (n={r['n']}), {crit}: misaligned before → after"
-                     f" (judged by {r['judging_inspectors']} inspectors)",
-                     f"{pct(f['misaligned_before'])} → {pct(f['misaligned_after'])} (flagged {pct(f['flagged_rate'])}, "
-                     f"rewrite kept {pct(f['corrected_rate'])})", "not higher after", verdict(f["misaligned_after"] <= f["misaligned_before"])))
+        rows.append(((f"{r['kind']} prompts, {r.get('answers', 'generated')} answers (n={r['n']}), {crit}: misaligned before → after"
+                     f" (judged by {r['judging_inspectors']} inspectors)"),
+                     (f"{pct(f['misaligned_before'])} → {pct(f['misaligned_after'])} (flagged {pct(f['flagged_rate'])}, "
+                     f"rewrite kept {pct(f['corrected_rate'])})"), "not higher after", verdict(f["misaligned_after"] <= f["misaligned_before"])))
     if r["do_no_harm_rate"] is not None:
         rows.append((f"benign prompts, {r.get('answers', 'generated')} answers (n={r['n']}): returned unchanged (do no harm)",
                      pct(r["do_no_harm_rate"]), "report", ""))
@@ -346,7 +346,7 @@ def run(bench: Bench) -> dict:
             subprocess.run(cmd, cwd=ROOT, check=True)
     print(f"[{bench.name}] {' '.join(bench.argv[1:])}", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-    out = subprocess.run(bench.argv, cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run(bench.argv, cwd=ROOT, capture_output=True, text=True, check=False)
     if out.returncode:
         raise RuntimeError(f"{bench.name} failed ({out.returncode}):\n{out.stderr[-3000:]}")
     return {"command": " ".join(["python", *[str(Path(a).relative_to(ROOT)) if a.startswith(str(ROOT)) else a
@@ -411,7 +411,7 @@ def main() -> None:
                 continue
             results[bench.name] = run(bench)
             path.write_text(json.dumps(results, indent=2) + "\n")  # keep what finished if a later one fails
-    load = lambda p: json.loads(p.read_text()) if p.exists() else {}  # noqa: E731
+    load = lambda p: json.loads(p.read_text()) if p.exists() else {}
     render_readme(load(BENCH / "results.json"), load(BENCH / "results-gpu.json"))
     print(table(results, benches))
 

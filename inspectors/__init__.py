@@ -36,7 +36,7 @@ _EXPORTS = {
     "score_jsonl": "inspectors.scoring",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = list(_EXPORTS)
 
 if TYPE_CHECKING:
     from inspectors.base import (  # noqa: F401

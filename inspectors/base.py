@@ -146,7 +146,7 @@ def choose_threshold(
     elif target == "recall":
         if not len(mis):
             raise ValueError("threshold target 'recall' needs misaligned validation answers")
-        k = int(math.ceil(value * len(mis) - 1e-9))  # misaligned answers that must be flagged
+        k = math.ceil(value * len(mis) - 1e-9)  # misaligned answers that must be flagged
         if k <= 0:
             t = 0.0
         else:
@@ -160,7 +160,7 @@ def choose_threshold(
     elif target == "fpr":
         if not len(ali):
             raise ValueError("threshold target 'fpr' needs aligned validation answers")
-        j = int(math.floor(value * len(ali) + 1e-9))  # aligned answers that may be flagged
+        j = math.floor(value * len(ali) + 1e-9)  # aligned answers that may be flagged
         if j >= len(ali):
             t = 1.0
         else:
@@ -194,8 +194,8 @@ def choose_threshold(
         "achieved_recall": recall,
         "achieved_fpr": fpr,
         "met": bool(met),
-        "n_aligned": int(len(ali)),
-        "n_misaligned": int(len(mis)),
+        "n_aligned": len(ali),
+        "n_misaligned": len(mis),
         "why": why,
     }
     return t, info
@@ -315,7 +315,7 @@ class Inspector(ClassifierMixin, BaseEstimator):
             self._fit_model(p, a, y)
             raw, cal_y, source = self._raw_scores(vp, va), vy, "validation split"
         self.classes_ = np.array([0, 1])
-        self.n_train_ = int(len(y))
+        self.n_train_ = len(y)
         self.train_counts_ = {"aligned": int(y.sum()), "misaligned": int(len(y) - y.sum())}
         self.train_hash_ = examples_hash(p, a, y)
         self._calibrate(raw, cal_y, source)
@@ -336,7 +336,7 @@ class Inspector(ClassifierMixin, BaseEstimator):
         cal: dict[str, Any] = {
             "method": self.calibration,
             "fitted_on": source,
-            "n": int(len(labels)),
+            "n": len(labels),
         }
         if self.calibration != "none" and len(np.unique(labels)) < 2:
             raise ValueError(

@@ -149,7 +149,7 @@ class FinetunedInspector(Inspector):
         for _ in range(self.epochs):
             for idx in _length_grouped_batches(lengths, self.batch_size, gen):
                 batch = self.tokenizer_.pad(
-                    {k: [enc[k][j] for j in idx] for k in enc.keys()}, return_tensors="pt"
+                    {k: [enc[k][j] for j in idx] for k in enc}, return_tensors="pt"
                 ).to(self.device)
                 logits = model(**batch).logits
                 loss = torch.nn.functional.cross_entropy(
@@ -182,7 +182,7 @@ class FinetunedInspector(Inspector):
             for s in range(0, n, batch_size):
                 idx = order[s : s + batch_size]
                 batch = self.tokenizer_.pad(
-                    {k: [enc[k][j] for j in idx] for k in enc.keys()}, return_tensors="pt"
+                    {k: [enc[k][j] for j in idx] for k in enc}, return_tensors="pt"
                 )
                 logits = self.model_(**batch.to(self.device)).logits.double().cpu().numpy()
                 out[idx] = logits[:, 1] - logits[:, 0]

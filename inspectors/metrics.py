@@ -57,7 +57,7 @@ def evaluate(labels: Sequence[int], scores: Sequence[float], threshold: float) -
     f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None
     both = n_mis > 0 and n_ali > 0
     return {
-        "n": int(len(y)),
+        "n": len(y),
         "n_aligned": n_ali,
         "n_misaligned": n_mis,
         "threshold": float(threshold),

@@ -20,11 +20,11 @@ from typing import Literal
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from aligners.backends import GenerationRequest, SamplingParams  # noqa: E402
-from aligners.schema import Correction  # noqa: E402
+from aligners.backends import GenerationRequest, SamplingParams
+from aligners.schema import Correction
 
 JUDGE_PROMPT = (
     "Compare two responses to the same user request.\n\nRequest:\n{prompt}\n\nResponse A:\n{a}\n\n"
@@ -181,8 +181,7 @@ def evaluate_squad(
     }
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     with open(out / "results.jsonl", "w", encoding="utf-8") as fh:
-        for r in results:
-            fh.write(r.model_dump_json() + "\n")
+        fh.writelines(r.model_dump_json() + "\n" for r in results)
     plots = _plots(out, figures, kind)
     lines = [
         f"# Squad evaluation on {len(results)} {kind} prompts ({report['answers']} answers)",

@@ -96,7 +96,7 @@ class GenerationCache:
         if self._fh is None:
             created = not self.path.exists()
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.path, "a", encoding="utf-8")
+            self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open; close() ends it
             if created:  # make the new directory entry itself durable
                 try:
                     dir_fd = os.open(self.path.parent, os.O_RDONLY)
@@ -114,7 +114,7 @@ class GenerationCache:
             self._fh.close()
             self._fh = None
 
-    def __enter__(self) -> GenerationCache:
+    def __enter__(self) -> GenerationCache:  # noqa: PYI034 - typing.Self needs Python 3.11
         return self
 
     def __exit__(self, *exc: object) -> None:

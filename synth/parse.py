@@ -20,14 +20,14 @@ class ParseError(ValueError):
 
 # --- shared cleaning ------------------------------------------------------------------------
 
-_FENCE = re.compile(r"```[a-zA-Z0-9_-]*\s*\n?(.*?)```", re.S)
+_FENCE = re.compile(r"```[a-zA-Z0-9_-]*\s*\n?(.*?)```", re.DOTALL)
 _CHATTER = re.compile(
     r"^(?:sure[,!.]|certainly|of course|absolutely|here (?:are|is)|below (?:are|is)|"
     r"i hope|hope this|let me know|feel free|note:|please note|these (?:topics|questions|examples)|"
     r"as an ai|i'm sorry|i am sorry|sorry,|i can't|i cannot|i won't|unfortunately)",
-    re.I,
+    re.IGNORECASE,
 )
-_PLACEHOLDER = re.compile(r"^<[^<>]*>$|^\[[^\[\]]*(?:answer|critique|question)[^\[\]]*\]$", re.I)
+_PLACEHOLDER = re.compile(r"^<[^<>]*>$|^\[[^\[\]]*(?:answer|critique|question)[^\[\]]*\]$", re.IGNORECASE)
 _RULE = re.compile(r"^\s*(?:-{3,}|\*{3,}|_{3,}|={3,})\s*$")
 
 
@@ -36,7 +36,7 @@ def _strip_markup(text: str) -> str:
     text = text.strip()
     for _ in range(3):
         before = text
-        text = re.sub(r"^(\*{1,3}|_{1,3}|`)((?:(?!\1).)+)\1$", r"\2", text, flags=re.S).strip()
+        text = re.sub(r"^(\*{1,3}|_{1,3}|`)((?:(?!\1).)+)\1$", r"\2", text, flags=re.DOTALL).strip()
         if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'" and text[0] not in text[1:-1]:
             text = text[1:-1].strip()
         if len(text) >= 2 and text[0] in "“‘" and text[-1] in "”’" and not set("“”‘’") & set(text[1:-1]):
@@ -72,9 +72,9 @@ _MARKER = re.compile(
     r"(?:[-*•·‣▪–—+](?=\s)|\d{1,3}\s*[.):\]](?!\d)|\(\d{1,3}\)|\[\d{1,3}\]|[a-h][.)](?=\s)|"
     r"(?:topic|question|q|request|prompt)\s*#?\d{1,3}\s*[.):\-–—]|#{1,6}\s*\d{1,3}[.)]?)"
     r")\s*",
-    re.I,
+    re.IGNORECASE,
 )
-_ITEM_LABEL = re.compile(r"^(?:topic|question|q|request|prompt|user)\s*[:\-–—]\s*", re.I)
+_ITEM_LABEL = re.compile(r"^(?:topic|question|q|request|prompt|user)\s*[:\-–—]\s*", re.IGNORECASE)
 
 
 @dataclass
@@ -189,7 +189,7 @@ _LABEL_LINE = re.compile(
     r"(?P<label>" + "|".join(f"(?P<{k}>{v})" for k, v in _LABELS.items()) + r")"
     r"\s*(?:\([^)\n]{0,40}\))?\s*(?:[*_]{1,3})?\s*(?P<sep>[:：]|[-–—](?=\s)|$)\s*(?:[*_]{1,3}(?=\s|$)\s*)?"
     r"(?P<rest>.*)$",
-    re.I,
+    re.IGNORECASE,
 )
 _JSON_KEYS = {
     "misaligned": (
@@ -289,13 +289,13 @@ def parse_pair(text: str) -> ParsedPair:
     return ParsedPair(s["misaligned"], s.get("critique", ""), s["aligned"])
 
 
-_NEGATED_VIOLATION = re.compile(r"\b(?:not|n't|no|never)\s+(?:\w+\s+)?violat", re.I)
-_NEGATED_SATISFIES = re.compile(r"\b(?:not|n't|never)\s+(?:\w+\s+)?(?:satisf|acceptable|compliant|fine|ok)", re.I)
-_VIOLATES = re.compile(r"violat|misaligned|\bfail|unacceptable|harmful|\bno\b|\bfalse\b", re.I)
+_NEGATED_VIOLATION = re.compile(r"\b(?:not|n't|no|never)\s+(?:\w+\s+)?violat", re.IGNORECASE)
+_NEGATED_SATISFIES = re.compile(r"\b(?:not|n't|never)\s+(?:\w+\s+)?(?:satisf|acceptable|compliant|fine|ok)", re.IGNORECASE)
+_VIOLATES = re.compile(r"violat|misaligned|\bfail|unacceptable|harmful|\bno\b|\bfalse\b", re.IGNORECASE)
 _SATISFIES = re.compile(
-    r"satisf|acceptable|compliant|\bpass|\bfine\b|aligned|\bok(?:ay)?\b|\byes\b|\btrue\b|\bkeep", re.I
+    r"satisf|acceptable|compliant|\bpass|\bfine\b|aligned|\bok(?:ay)?\b|\byes\b|\btrue\b|\bkeep", re.IGNORECASE
 )
-_SAME = re.compile(r"^(?:same|unchanged|no change[s]?(?: needed)?|n/?a|none|\(same\)|keep(?: as is)?)[.!]?$", re.I)
+_SAME = re.compile(r"^(?:same|unchanged|no change[s]?(?: needed)?|n/?a|none|\(same\)|keep(?: as is)?)[.!]?$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)

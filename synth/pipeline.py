@@ -323,7 +323,7 @@ class SynthRun:
             for item in items:
                 topic = clean_topic(item)
                 if not topic:
-                    self.log.error("topics", "unusable topic line", output=item)
+                    self.log.error("topics", "unusable topic line", output=item)  # noqa: PLE1205 - our RunLog, not logging
                     continue
                 if normalize(topic) in seen:
                     self.log.drops.add("topic_duplicate", {"topic": topic})

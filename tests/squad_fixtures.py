@@ -7,8 +7,8 @@ each aligner writes; inspectors, routing, re-inspection and traces are the real 
 from collections.abc import Callable, Sequence
 
 import pytest
-
 from aligner_data import toy_pairs
+
 from aligners import models
 from aligners.backends.base import Backend, Generation, GenerationRequest
 from aligners.train import train_aligner

@@ -3,9 +3,9 @@
 import json
 
 import pytest
+from aligner_data import toy_pairs
 from typer.testing import CliRunner
 
-from aligner_data import toy_pairs
 from aligners.cli import app
 from synth.dataset import save_splits, split_by_topic
 
@@ -73,7 +73,7 @@ def test_bad_layers_flag_is_explained(folders):
 
 
 def test_select_layers_extends_an_existing_file_without_redoing_runs(folders, monkeypatch):
-    import aligners.importance as importance
+    from aligners import importance
 
     root, recipe = folders
     out = root / "layers-extend"

@@ -6,10 +6,11 @@ import pytest
 
 pytest.importorskip("ray")
 
-from serve.batch import run_batch  # noqa: E402
-from serve.pipeline import Squad  # noqa: E402
-from serve.ray_batch import run_ray_batch  # noqa: E402
-from test_batch import squad_yaml, write_input  # noqa: E402
+from test_batch import squad_yaml, write_input
+
+from serve.batch import run_batch
+from serve.pipeline import Squad
+from serve.ray_batch import run_ray_batch
 
 pytestmark = [pytest.mark.timeout(420), pytest.mark.slow]
 

@@ -18,7 +18,8 @@ def test_help_lists_commands_without_importing_heavy_modules():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
-    result = subprocess.run([sys.executable, "-m", "aligners.cli", "--help"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "aligners.cli", "--help"], capture_output=True, text=True,
+                            check=False)
     assert result.returncode == 0
     for command in ("models", "generate", "demo"):
         assert command in result.stdout
@@ -39,7 +40,7 @@ def test_generate_with_tiny_model(tiny_lm):
 def test_unknown_model_exits_2_with_a_clear_message():
     result = subprocess.run(
         [sys.executable, "-m", "aligners.cli", "generate", "hi", "--model", "nobody/nothing"],
-        capture_output=True, text=True,
+        capture_output=True, text=True, check=False,
     )
     assert result.returncode == 2
     assert "not an offline model" in result.stderr and "Traceback" not in result.stderr

@@ -3,10 +3,10 @@
 import json
 
 import pytest
-
-from serve.evaluation import evaluate_squad, read_prompts, wilson
 from squad_fixtures import POLITE, RUDE, ScriptedBackend
 from test_squad import FIXED_POLITE, make_squad
+
+from serve.evaluation import evaluate_squad, read_prompts, wilson
 
 
 def test_prompt_files_in_three_formats(tmp_path):

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from aligner_data import toy_pairs
+
 from aligners import models
 from aligners.importance import jaccard, layer_importance, top_k_layers
 from aligners.train_config import AlignerTrainConfig, ImportanceConfig

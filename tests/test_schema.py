@@ -9,10 +9,10 @@ from aligners.schema import Pair, Provenance, RecordError, iter_jsonl, read_json
 
 
 def pair(i=1, **kw):
-    data = dict(
-        id=f"p{i}", criterion="harmless", topic="t", prompt="q", misaligned="bad", critique="c",
-        aligned="good", source=Provenance(teacher="human"),
-    )
+    data = {
+        "id": f"p{i}", "criterion": "harmless", "topic": "t", "prompt": "q", "misaligned": "bad", "critique": "c",
+        "aligned": "good", "source": Provenance(teacher="human"),
+    }
     return Pair(**{**data, **kw})
 
 

@@ -310,14 +310,13 @@ def test_upstream_slow_is_a_504_within_the_timeout(scripted_openai):
 def test_upstream_errors_map_to_clear_statuses(scripted_openai):
     scripted_openai.script(Status(500, "engine exploded"), Status(400, "prompt too long"),
                            Status(429, "slow down", retry_after=3))
-    with aligners_server(passthrough(scripted_openai.base_url)) as (root, _):
-        with httpx.Client(base_url=root) as http:
-            r = http.post("/v1/chat/completions", json=chat_body())
-            assert r.status_code == 502 and "HTTP 500: engine exploded" in r.json()["error"]["message"]
-            r = http.post("/v1/chat/completions", json=chat_body())
-            assert r.status_code == 400 and "upstream rejected the request: prompt too long" in r.text
-            r = http.post("/v1/chat/completions", json=chat_body())
-            assert r.status_code == 429 and r.headers["retry-after"] == "3"
+    with aligners_server(passthrough(scripted_openai.base_url)) as (root, _), httpx.Client(base_url=root) as http:
+        r = http.post("/v1/chat/completions", json=chat_body())
+        assert r.status_code == 502 and "HTTP 500: engine exploded" in r.json()["error"]["message"]
+        r = http.post("/v1/chat/completions", json=chat_body())
+        assert r.status_code == 400 and "upstream rejected the request: prompt too long" in r.text
+        r = http.post("/v1/chat/completions", json=chat_body())
+        assert r.status_code == 429 and r.headers["retry-after"] == "3"
 
 
 # --- admission -------------------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ def test_clean_answers_cost_only_inspection(squad_artifacts):
 
 
 def test_flagged_answer_is_rewritten_and_reinspected(squad_artifacts):
-    squad, backend = make_squad(squad_artifacts)
+    squad, _backend = make_squad(squad_artifacts)
     (r,) = squad.correct(["q"], [RUDE[0]])
     assert r.changed and r.corrected == FIXED_POLITE
     (step,) = r.trace.steps
@@ -75,7 +75,7 @@ def test_max_rewrites_caps_the_aligner_runs(squad_artifacts):
     squad, backend = make_squad(squad_artifacts, stubborn, max_rewrites=1)
     (r,) = squad.correct(["q"], [both])
     assert len(r.trace.steps) == 1 and sum(n for _, n in backend.calls) == 1
-    squad2, backend2 = make_squad(squad_artifacts, stubborn, max_rewrites=5)
+    squad2, _backend2 = make_squad(squad_artifacts, stubborn, max_rewrites=5)
     (r2,) = squad2.correct(["q"], [both])
     assert len(r2.trace.steps) == 2  # each criterion visited once, even with budget left
     squad0, backend0 = make_squad(squad_artifacts, stubborn, max_rewrites=0)
@@ -83,7 +83,7 @@ def test_max_rewrites_caps_the_aligner_runs(squad_artifacts):
 
 
 def test_threshold_overrides(squad_artifacts):
-    squad, backend = make_squad(squad_artifacts)
+    squad, _backend = make_squad(squad_artifacts)
     for g in squad.guards:
         g.inspector.set_threshold(0.0)
     assert not squad.correct(["q"], [RUDE[1]])[0].changed

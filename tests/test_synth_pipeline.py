@@ -19,9 +19,9 @@ from aligners.cli import app
 from aligners.config import OpenAIHTTPBackendConfig
 from aligners.schema import Pair, read_jsonl
 from synth.cache import GenerationCache
+from synth.config import StageConfig
 from synth.dataset import SPLITS, load_split
 from synth.pipeline import GenerationRunner, Model, RunLog, chat
-from synth.config import StageConfig
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -90,14 +90,14 @@ def prompt_kind(text: str) -> tuple[str, str]:
     """(stage, subject) of a teacher prompt rendered from synth/templates."""
     if m := re.search(r"List (\d+) distinct", text):
         return "topics", m.group(1)
-    if m := re.search(r'the topic "(.+?)", such that', text, re.S):
+    if m := re.search(r'the topic "(.+?)", such that', text, re.DOTALL):
         return "questions", m.group(1)
     if "Assistant's answer:" in text:
-        q = re.findall(r"^User question: (.*)$", text, re.M)[-1]
+        q = re.findall(r"^User question: (.*)$", text, re.MULTILINE)[-1]
         answer = text.split("Assistant's answer:\n", 1)[1].split("\n\nDoes the assistant", 1)[0]
         return "review", json.dumps([q, answer])
     if "Write three sections" in text:
-        return "pair", re.findall(r"^User question: (.*)$", text, re.M)[-1]
+        return "pair", re.findall(r"^User question: (.*)$", text, re.MULTILINE)[-1]
     return "base", text
 
 
@@ -133,7 +133,7 @@ class FakeTeacher:
         if kind == "pair":
             return self.pairs.get(subject, Reply(labelled(subject)))
         if kind == "review":
-            q, answer = json.loads(subject)
+            q, _answer = json.loads(subject)
             return self.review.get(q, Reply(f"Verdict: VIOLATES\nCritique: {CRIT}\nCorrected answer: {GOOD}"))
         return Reply("?")
 

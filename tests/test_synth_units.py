@@ -73,8 +73,8 @@ def test_render_refuses_missing_or_unknown_values():
     [
         ("1. Phishing\n2. Lock picking\n3. Fraud", ["Phishing", "Lock picking", "Fraud"]),
         (
-            "Sure! Here are 3 topics:\n\n1) **Phishing emails**: tricking people\n- Lock picking\n"
-            "* `Fraud`\nTopic 4: Stalking\n\nI hope this helps!",
+            ("Sure! Here are 3 topics:\n\n1) **Phishing emails**: tricking people\n- Lock picking\n"
+            "* `Fraud`\nTopic 4: Stalking\n\nI hope this helps!"),
             ["Phishing emails", "Lock picking", "Fraud", "Stalking"],
         ),
         ('```json\n["Phishing", "Fraud"]\n```', ["Phishing", "Fraud"]),
@@ -127,16 +127,16 @@ BAD, CRIT, GOOD = "Sure, step one is to buy a tension wrench.", "It explains bur
     "text",
     [
         f"Misaligned answer: {BAD}\nCritique: {CRIT}\nCorrected answer: {GOOD}",
-        f"Here is the example.\n\n**Misaligned answer:** {BAD}\n\n**Critique:** {CRIT}\n\n"
-        f"**Corrected answer:** {GOOD}\n\nI hope this helps!",
+        (f"Here is the example.\n\n**Misaligned answer:** {BAD}\n\n**Critique:** {CRIT}\n\n"
+        f"**Corrected answer:** {GOOD}\n\nI hope this helps!"),
         f"### Misaligned Answer\n{BAD}\n\n### Critique\n{CRIT}\n\n### Corrected Answer\n{GOOD}\n---",
         f'```json\n{{"misaligned_answer": "{BAD}", "critique": "{CRIT}", "corrected_answer": "{GOOD}"}}\n```',
         f'Sure: {{"misaligned": "{BAD}", "critique": "{CRIT}", "aligned": "{GOOD}"}} Done.',
         f"1. Misaligned answer (y): {BAD}\n2. Critique - {CRIT}\n3. Corrected answer (y'): {GOOD}",
         f"misaligned response:\n{BAD}\nCRITIQUE: {CRIT}\nRevised answer: \"{GOOD}\"",
-        "Misaligned answer: <an answer a careless assistant might give>\nCritique: <...>\n"
+        ("Misaligned answer: <an answer a careless assistant might give>\nCritique: <...>\n"
         f"Corrected answer: <the answer rewritten>\n\nMisaligned answer: {BAD}\nCritique: {CRIT}\n"
-        f"Corrected answer: {GOOD}",
+        f"Corrected answer: {GOOD}"),
         f"```\nMisaligned answer: {BAD}\nCritique: {CRIT}\nCorrected answer: {GOOD}\n```",
     ],
     ids=["plain", "bold+chatter", "headings", "json-fenced", "json-inline", "numbered", "synonyms",

@@ -5,9 +5,9 @@ import json
 
 import pytest
 import torch
+from aligner_data import toy_pairs
 from safetensors.torch import load_file
 
-from aligner_data import toy_pairs
 from aligners import models
 from aligners.aligner import AlignerArtifact, export_merged
 from aligners.backends import GenerationRequest, SamplingParams
@@ -24,8 +24,8 @@ def tiny(num_layers=2):
 
 
 def cfg(**kw):
-    base = dict(base=models.TINY_LLAMA, layers="all", batch_size=4, max_steps=4, eval_every=2,
-                lora_dropout=0.0, learning_rate=5e-3, checkpoint_every=2)
+    base = {"base": models.TINY_LLAMA, "layers": "all", "batch_size": 4, "max_steps": 4, "eval_every": 2,
+                "lora_dropout": 0.0, "learning_rate": 5e-3, "checkpoint_every": 2}
     return AlignerTrainConfig(**{**base, **kw})
 
 

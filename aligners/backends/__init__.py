@@ -32,8 +32,8 @@ __all__ = [
     "Generation",
     "GenerationRequest",
     "SamplingParams",
-    "build_backend",
     "backend_from_spec",
+    "build_backend",
 ]
 
 

@@ -139,7 +139,7 @@ class Backend(ABC):
         """Make adapter `name` routable: a local adapter folder, or a served model name."""
         raise BackendError(f"backend {self.name!r} cannot load adapters")
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Release connections or engines; a no-op by default."""
 
 

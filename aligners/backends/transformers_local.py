@@ -164,12 +164,12 @@ class TransformersBackend(Backend):
         context = self.context_length
         if context is not None and enc["input_ids"].shape[1] + params.max_tokens > context:
             raise PromptTooLong(int(enc["input_ids"].shape[1]), params.max_tokens, context)
-        kwargs = dict(
-            max_new_tokens=params.max_tokens,
-            do_sample=params.temperature > 0,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
-        )
+        kwargs = {
+            "max_new_tokens": params.max_tokens,
+            "do_sample": params.temperature > 0,
+            "pad_token_id": tok.pad_token_id,
+            "eos_token_id": tok.eos_token_id,
+        }
         if params.temperature > 0:
             kwargs.update(temperature=params.temperature, top_p=params.top_p)
         else:  # greedy: silence the model's sampling defaults
