@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aligners.formatting import FORMAT_VERSION
+from aligners.lora import ADAPTER_DIR
 from aligners.manifest import (
     ManifestError,
     file_sha256,
@@ -23,7 +24,6 @@ from aligners.manifest import (
     write_manifest,
 )
 from aligners.models import cache_root
-from aligners.train import ADAPTER_DIR
 from aligners.train_config import ATTENTION_MODULES
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"

@@ -1,5 +1,6 @@
-"""Reports on what alignment changed: layer heatmaps and overlaps (ILA), head importance (seed
-001, 2409.15820), adapter delta norms, and input→output attribution (seed 003, 2310.00492).
+"""Reports on what alignment changed: head importance (2409.15820), adapter delta norms, and
+input→output attribution (2310.00492). ILA's layer heatmaps and overlaps live in
+`aligners.importance`.
 
 Plots are PNGs (matplotlib, Agg) written beside a Markdown report and a JSON file with every
 number, so people can look and scripts can read.
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from itertools import combinations, cycle, islice
+from itertools import cycle, islice
 from pathlib import Path
 
 import matplotlib
@@ -20,38 +21,8 @@ import matplotlib.pyplot as plt
 import torch
 
 from aligners.formatting import IGNORE_INDEX, tokenize_pair
-from aligners.importance import jaccard
+from aligners.lora import answer_loss, batches, tokenize_all
 from aligners.schema import Pair
-from aligners.train import answer_loss, batches, tokenize_all
-
-# --- layers --------------------------------------------------------------------------------
-
-
-def plot_layer_heatmap(rows: Sequence[tuple[str, dict[int, float]]], path: Path, title: str) -> Path:
-    """One row per run (method/seed/data), one column per layer; each row scaled to its own
-    min..max, since methods score on different scales (gate logits can be negative)."""
-    layers = sorted({layer for _, scores in rows for layer in scores})
-    grid = []
-    for _, scores in rows:
-        low, high = min(scores.values()), max(scores.values())
-        grid.append([(scores.get(layer, low) - low) / ((high - low) or 1.0) for layer in layers])
-    fig, ax = plt.subplots(figsize=(max(6, len(layers) * 0.3), 1 + 0.4 * len(rows)))
-    im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1)
-    ax.set_yticks(range(len(rows)), [label for label, _ in rows], fontsize=8)
-    ax.set_xticks(range(len(layers)), layers, fontsize=7)
-    ax.set_xlabel("layer")
-    ax.set_title(title, fontsize=10)
-    fig.colorbar(im, ax=ax, label="importance (row-normalised)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def pairwise_overlap(sets: dict[str, Sequence[int]]) -> dict[str, float]:
-    """Jaccard overlap of every pair of top-k sets, keyed 'a ~ b'."""
-    return {f"{a} ~ {b}": jaccard(sets[a], sets[b]) for a, b in combinations(sorted(sets), 2)}
-
 
 # --- heads ---------------------------------------------------------------------------------
 
@@ -62,7 +33,7 @@ def _layers(model):
 
 
 def head_importance(model, batches: Sequence[dict]) -> torch.Tensor:
-    """|∂loss/∂m| for a head mask m = 1 on each head's output (Michel et al., as used in seed 001).
+    """|∂loss/∂m| for a head mask m = 1 on each head's output (Michel et al., as used in 2409.15820).
 
     A head whose removal would change the loss most gets the largest score. Returns
     (layers, heads), accumulated over `batches`.
@@ -128,7 +99,7 @@ def head_delta_norms(peft_model, n_heads: int) -> torch.Tensor:
 def gradient_x_input(model, tokenizer, pair: Pair, max_length: int = 384) -> list[tuple[str, float]]:
     """Which prompt tokens drove the correction: |∇_e log p(target) · e| per input token.
 
-    Scored over the masked (prompt) part only and normalised to sum 1 (seed 003's
+    Scored over the masked (prompt) part only and normalised to sum 1 (2310.00492's
     gradient-based input→output attribution).
     """
     ex = tokenize_pair(tokenizer, pair, max_length)

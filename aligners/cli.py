@@ -111,8 +111,8 @@ def select_layers_cmd(
 
     Example: aligners select-layers --data seed:harmless --data seed:polite --seed 0 --seed 1 --out runs/layers
     """
+    from aligners.dataset import resolve_data
     from aligners.importance import METHODS, select_layers
-    from synth.dataset import resolve_data
 
     bad = [m for m in method if m not in METHODS]
     if bad:
@@ -146,8 +146,8 @@ def train_aligner_cmd(
 
     Example: aligners train-aligner --data seed:harmless --layers auto --out artifacts/aligners/harmless
     """
+    from aligners.dataset import resolve_data
     from aligners.train import train_aligner
-    from synth.dataset import resolve_data
 
     cfg = _recipe(config, {"base": base, "layers": _parse_layers(layers), "taia": taia, "max_steps": max_steps})
     if layers_from:
@@ -203,7 +203,7 @@ def analyze_cmd(
     Example: aligners analyze --aligner artifacts/aligners/harmless --data seed:harmless --out report/
     """
     from aligners.analysis import analyze_aligner
-    from synth.dataset import resolve_data
+    from aligners.dataset import resolve_data
 
     analyze_aligner(aligner, resolve_data(data)[split], out)
     typer.echo(f"wrote {out}/report.md")

@@ -13,6 +13,8 @@ LoRA weights, averaged over a few batches. No training, so cheaper, but it measu
 loss is sensitive at the start rather than where updates end up helping.
 
 Both leave the model as they found it (LoRA attached for the measurement is unloaded).
+`select_layers` runs them over data sets, methods and seeds, and reports how much the top-k sets
+agree (Jaccard, rank correlation) with a heatmap: the whole of ILA lives in this module.
 """
 
 from __future__ import annotations
@@ -21,10 +23,19 @@ import math
 import re
 from collections.abc import Sequence
 from itertools import combinations, cycle, islice
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from aligners.lora import (
+    answer_loss,
+    attach_lora,
+    batches,
+    num_layers,
+    tokenize_all,
+    training_pairs,
+)
 from aligners.schema import Pair
 from aligners.train_config import AlignerTrainConfig
 
@@ -37,8 +48,6 @@ def _layer_of(name: str) -> int | None:
 
 
 def _task_batches(tokenizer, train: Sequence[Pair], cfg: AlignerTrainConfig):
-    from aligners.train import batches, tokenize_all, training_pairs
-
     imp = cfg.importance
     examples = tokenize_all(tokenizer, training_pairs(train, cfg), cfg.max_length)
     # Measure on the examples that fit whole in imp.max_length (cheaper steps, nothing truncated);
@@ -50,8 +59,6 @@ def _task_batches(tokenizer, train: Sequence[Pair], cfg: AlignerTrainConfig):
 
 
 def gate_importance(model, tokenizer, train: Sequence[Pair], cfg: AlignerTrainConfig) -> dict[int, float]:
-    from aligners.train import answer_loss, attach_lora, num_layers
-
     imp = cfg.importance
     data = _task_batches(tokenizer, train, cfg)
     peft_model = attach_lora(model, cfg, layers=None)
@@ -92,8 +99,6 @@ def gate_importance(model, tokenizer, train: Sequence[Pair], cfg: AlignerTrainCo
 
 
 def grad_norm_importance(model, tokenizer, train: Sequence[Pair], cfg: AlignerTrainConfig) -> dict[int, float]:
-    from aligners.train import answer_loss, attach_lora, num_layers
-
     data = _task_batches(tokenizer, train, cfg)
     peft_model = attach_lora(model, cfg, layers=None)
     peft_model.train()
@@ -142,6 +147,11 @@ def rank_correlation(a: dict[str, float], b: dict[str, float]) -> float | None:
     return None if math.isnan(rho) else rho
 
 
+def pairwise_overlap(sets: dict[str, Sequence[int]]) -> dict[str, float]:
+    """Jaccard overlap of every pair of top-k sets, keyed 'a ~ b'."""
+    return {f"{a} ~ {b}": jaccard(sets[a], sets[b]) for a, b in combinations(sorted(sets), 2)}
+
+
 def overlaps(runs: list[dict]) -> dict:
     label = lambda r: f"{r['data']}/{r['method']}/s{r['seed']}"
     groups = {
@@ -149,8 +159,6 @@ def overlaps(runs: list[dict]) -> dict:
         "across_data": lambda r: (r["method"], r["seed"]),
         "across_methods": lambda r: (r["data"], r["seed"]),
     }
-    from aligners.analysis import pairwise_overlap
-
     overlap = {}
     for kind, key in groups.items():
         found, rhos = {}, []
@@ -164,6 +172,32 @@ def overlaps(runs: list[dict]) -> dict:
             overlap[kind] = {"pairs": found, "mean": sum(found.values()) / len(found),
                              "rank_correlation": sum(rhos) / len(rhos) if rhos else None}
     return overlap
+
+
+def plot_layer_heatmap(rows: Sequence[tuple[str, dict[int, float]]], path: Path, title: str) -> Path:
+    """One row per run (method/seed/data), one column per layer; each row scaled to its own
+    min..max, since methods score on different scales (gate logits can be negative)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # deferred: start-up cost (matplotlib is only needed to plot)
+    import matplotlib.pyplot as plt
+
+    layers = sorted({layer for _, scores in rows for layer in scores})
+    grid = []
+    for _, scores in rows:
+        low, high = min(scores.values()), max(scores.values())
+        grid.append([(scores.get(layer, low) - low) / ((high - low) or 1.0) for layer in layers])
+    fig, ax = plt.subplots(figsize=(max(6, len(layers) * 0.3), 1 + 0.4 * len(rows)))
+    im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0, vmax=1)
+    ax.set_yticks(range(len(rows)), [label for label, _ in rows], fontsize=8)
+    ax.set_xticks(range(len(layers)), layers, fontsize=7)
+    ax.set_xlabel("layer")
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, label="importance (row-normalised)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def select_layers(
@@ -183,9 +217,7 @@ def select_layers(
     (Jaccard of top-k sets).
     """
     import json
-    from pathlib import Path
 
-    from aligners.analysis import plot_layer_heatmap
     from aligners.models import load_causal_lm
 
     out = Path(out_dir)

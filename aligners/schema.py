@@ -1,4 +1,4 @@
-"""Record types shared by synth, inspectors, aligners and serve (DESIGN.md §4).
+"""Record types shared by synth, inspectors, aligners and serve (field meanings: docs/data.md).
 
 Every record is a pydantic model so that a malformed line in a JSONL file is caught at the
 boundary with its line number, instead of failing deep inside training or serving code.

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import shutil
 import time
 from collections.abc import Sequence
@@ -22,132 +21,25 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from aligners.formatting import FORMAT_VERSION, IGNORE_INDEX, TokenizedExample, tokenize_pair
+from aligners.dataset import data_hash
+from aligners.formatting import FORMAT_VERSION
+from aligners.lora import (
+    ADAPTER_DIR,
+    answer_loss,
+    attach_lora,
+    batches,
+    eval_loss,
+    eval_pairs,
+    num_layers,
+    tokenize_all,
+    training_pairs,
+)
 from aligners.manifest import checksums, write_manifest
 from aligners.models import load_causal_lm, model_id_and_hash
 from aligners.schema import Pair
 from aligners.train_config import AlignerTrainConfig
-from synth.dataset import data_hash, round_robin
 
-ADAPTER_DIR = "adapter"
 CHECKPOINT_DIR = "checkpoint"
-
-
-# --- data ----------------------------------------------------------------------------------
-
-
-def training_pairs(pairs: Sequence[Pair], cfg: AlignerTrainConfig) -> list[Pair]:
-    """Corrections, capped already-good pairs, and keep-as-is copies of corrections.
-
-    Without keep-as-is examples an aligner learns "always refuse": DESIGN.md §4 measured half of
-    benign answers rewritten. Copies map the corrected answer to itself.
-    """
-    rng = random.Random(cfg.seed)
-    corrections = [p for p in pairs if p.needs_correction]
-    benign = [p for p in pairs if not p.needs_correction]
-    rng.shuffle(benign)
-    if cfg.max_benign is not None:
-        benign = benign[: cfg.max_benign]
-    n_keep = round(cfg.keep_as_is_fraction * len(corrections))
-    keep = [
-        p.model_copy(update={"id": f"{p.id}-keep", "misaligned": p.aligned, "needs_correction": False})
-        for p in rng.sample(corrections, n_keep)
-    ]
-    out = corrections + benign + keep
-    rng.shuffle(out)
-    return out
-
-
-def eval_pairs(validation: Sequence[Pair], n: int) -> list[Pair]:
-    """Up to n validation pairs alternating corrections and already-good answers. The split lists
-    pairs in topic order, and a head of only already-good answers (no-pii's was) makes the eval
-    loss a near-zero copying loss that stops training early for the wrong reason."""
-    fixes = [p for p in validation if p.needs_correction]
-    good = [p for p in validation if not p.needs_correction]
-    return round_robin([fixes, good])[:n]
-
-
-def tokenize_all(tokenizer, pairs: Sequence[Pair], max_length: int) -> list[TokenizedExample]:
-    return [tokenize_pair(tokenizer, p, max_length) for p in pairs]
-
-
-def collate(examples: Sequence[TokenizedExample], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded batch; padding is masked out of attention and loss."""
-    width = max(len(e.input_ids) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for i, e in enumerate(examples):
-        n = len(e.input_ids)
-        ids[i, :n] = torch.tensor(e.input_ids)
-        labels[i, :n] = torch.tensor(e.labels)
-        mask[i, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
-def batches(examples: Sequence[TokenizedExample], size: int, pad_id: int, seed: int | None):
-    """Length-sorted chunks (less padding), then shuffled chunk order when `seed` is given."""
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
-    chunks = [order[i : i + size] for i in range(0, len(order), size)]
-    if seed is not None:
-        random.Random(seed).shuffle(chunks)
-    return [collate([examples[i] for i in chunk], pad_id) for chunk in chunks]
-
-
-# --- model ---------------------------------------------------------------------------------
-
-
-def num_layers(model) -> int:
-    return model.config.num_hidden_layers
-
-
-def lora_config(cfg: AlignerTrainConfig, layers: list[int] | None):
-    from peft import LoraConfig
-
-    return LoraConfig(
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=list(cfg.target_modules),
-        layers_to_transform=layers,
-        task_type="CAUSAL_LM",
-    )
-
-
-def attach_lora(model, cfg: AlignerTrainConfig, layers: list[int] | None):
-    """Wrap `model` with trainable LoRA on `layers` (None = every layer)."""
-    from peft import get_peft_model
-
-    torch.manual_seed(cfg.seed)
-    return get_peft_model(model, lora_config(cfg, layers))
-
-
-def answer_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean cross-entropy over the target tokens, projecting only those positions to the vocab.
-
-    SmolLM2's 49k-token head applied to every position dominates CPU time and memory (a batch of
-    8×384 tokens makes 600 MB of logits); targets are a third of the tokens, so we skip the rest.
-    Same value as the model's own `labels=` loss.
-    """
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-    labels = batch["labels"][:, 1:]
-    keep = labels != IGNORE_INDEX
-    logits = lm.lm_head(hidden[:, :-1][keep])
-    return torch.nn.functional.cross_entropy(logits.float(), labels[keep])
-
-
-@torch.no_grad()
-def eval_loss(model, eval_batches) -> float:
-    """Mean token loss over the target tokens of every batch."""
-    model.eval()
-    total, count = 0.0, 0
-    for batch in eval_batches:
-        n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-        total += answer_loss(model, batch).item() * n
-        count += n
-    model.train()
-    return total / max(count, 1)
 
 
 def resolve_layers(cfg: AlignerTrainConfig, model, tokenizer, train: Sequence[Pair]) -> tuple[list[int], dict]:

@@ -18,9 +18,9 @@ import time
 
 def workload(squad_cfg: str, n: int):
     from aligners.config import load_config
+    from aligners.dataset import load_seed, split_by_topic
     from aligners.formatting import aligner_request
     from serve.config import SquadConfig
-    from synth.dataset import load_seed, split_by_topic
 
     cfg = load_config(squad_cfg, SquadConfig)
     reqs = {}

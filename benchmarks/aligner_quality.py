@@ -24,10 +24,10 @@ def main() -> None:
     from aligners.backends import SamplingParams
     from aligners.backends.transformers_local import TransformersBackend
     from aligners.config import TransformersBackendConfig
+    from aligners.dataset import load_seed, split_by_topic
     from aligners.formatting import aligner_request
-    from aligners.train import answer_loss, batches, tokenize_all
+    from aligners.lora import answer_loss, batches, tokenize_all
     from inspectors import load_inspector
-    from synth.dataset import load_seed, split_by_topic
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--criterion", default="harmless")

@@ -21,10 +21,10 @@ def child(data: str, layers: str, steps: int, batch_size: int, base: str) -> dic
 
     import torch
 
+    from aligners.dataset import resolve_data
+    from aligners.lora import answer_loss, attach_lora, batches, tokenize_all, training_pairs
     from aligners.models import load_causal_lm
-    from aligners.train import answer_loss, attach_lora, batches, tokenize_all, training_pairs
     from aligners.train_config import AlignerTrainConfig
-    from synth.dataset import resolve_data
 
     torch.manual_seed(0)
     model, tok = load_causal_lm(base)

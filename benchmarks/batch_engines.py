@@ -10,10 +10,10 @@ import json
 import tempfile
 from pathlib import Path
 
+from aligners.dataset import load_seed, split_by_topic
 from serve.batch import run_batch
 from serve.pipeline import Squad
 from serve.ray_batch import run_ray_batch
-from synth.dataset import load_seed, split_by_topic
 
 
 def main() -> None:

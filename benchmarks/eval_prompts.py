@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from synth.dataset import load_seed, round_robin, split_by_topic
+from aligners.dataset import load_seed, round_robin, split_by_topic
 
 GENERATED_FROM = ("harmless", "no-pii")  # a polite-set prompt is harmless: only its answer was rude
 SUPPLIED_FROM = ("harmless", "no-pii", "polite")

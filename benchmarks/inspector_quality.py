@@ -1,7 +1,7 @@
 """Inspector quality on the shipped seed sets: held-out test metrics per criterion (one JSON object).
 
 For each criterion: the seed pairs (+ the shared benign pool) are split by topic
-(synth.dataset.split_by_topic, seed 0), an inspector from the recipe is trained on train,
+(aligners.dataset.split_by_topic, seed 0), an inspector from the recipe is trained on train,
 calibrated and thresholded on validation, and evaluated on test. Measured in the same run:
 
 - baselines on test: the naive embed-logreg (one embedding of the whole answer, `answer` features
@@ -66,10 +66,10 @@ def main() -> None:
     from sklearn.base import clone
 
     from aligners.config import load_config
+    from aligners.dataset import load_seed, split_by_topic
     from inspectors.base import build_inspector
     from inspectors.config import INSPECTOR_CONFIG
     from inspectors.data import pairs_to_examples
-    from synth.dataset import load_seed, split_by_topic
 
     start = time.perf_counter()
     cfg = load_config(args.config, INSPECTOR_CONFIG)

@@ -15,10 +15,10 @@ import torch
 
 from aligners.backends import GenerationRequest
 from aligners.config import load_config
+from aligners.dataset import load_seed, split_by_topic
 from inspectors.embed_logreg import clear_embedding_cache
 from serve.config import SquadConfig
 from serve.pipeline import Squad
-from synth.dataset import load_seed, split_by_topic
 
 
 def main() -> None:

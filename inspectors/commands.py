@@ -128,9 +128,9 @@ def train_inspector(
     from rich.console import Console
     from rich.table import Table
 
+    from aligners.dataset import SPLITS, data_hash
     from inspectors.base import build_inspector
     from inspectors.metrics import reliability_diagram, score_histogram
-    from synth.dataset import SPLITS, data_hash
 
     console = Console(stderr=True)
     train, val, test = (td.examples(s) for s in SPLITS)

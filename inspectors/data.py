@@ -1,6 +1,6 @@
 """Pair records → inspector examples (prompts, answers, labels), and where the pairs come from.
 
-Label 1 = aligned, 0 = misaligned (DESIGN.md §4). A pair that needs correction gives two
+Label 1 = aligned, 0 = misaligned. A pair that needs correction gives two
 examples, (prompt, misaligned) → 0 and (prompt, aligned) → 1; a keep-as-is pair
 (`needs_correction=False`, misaligned == aligned) is one benign already-good answer → 1, added
 once so benign answers are not double-weighted.
@@ -120,7 +120,7 @@ def load_training_data(
     answers `answers_for` picks for the criterion (with `answer_labels`), split by topic with the
     same fractions and seed.
     """
-    from synth.dataset import SPLITS, load_seed, load_split, split_by_topic
+    from aligners.dataset import SPLITS, load_seed, load_split, split_by_topic
 
     if (data_dir is None) == (seed is None):
         raise ValueError(

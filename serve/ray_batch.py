@@ -8,7 +8,7 @@ correction runs in the actor pool and the output is a folder of JSONL shards wri
 engine's job: a Ray run that dies is simply re-run.
 
 On a 2-core machine an actor at Ray's default of 1 CPU starves the read tasks and hangs
-(DESIGN.md §6), so CPUs per actor are configurable and default to 0.5.
+(measured here), so CPUs per actor are configurable and default to 0.5.
 """
 
 from __future__ import annotations

@@ -251,9 +251,9 @@ run continues with --resume.
 
 def _from_written(from_seed, pairs, answers, answer_labels, criterion_name, out, cfg) -> dict:
     """Seed set and/or the user's own pairs, plus pairs made from labelled answers."""
+    from aligners.dataset import load_seed, load_user_pairs
     from aligners.schema import AnswerRecord, read_jsonl
     from synth.corrections import pairs_from_answers
-    from synth.dataset import load_seed, load_user_pairs
     from synth.pipeline import run_from_pairs
 
     written = load_seed(from_seed) if from_seed else []

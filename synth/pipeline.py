@@ -32,11 +32,11 @@ from aligners.backends.base import (
     GenerationRequest,
     SamplingParams,
 )
+from aligners.dataset import pair_id, save_splits, split_by_topic
 from aligners.schema import Criterion, Pair, Provenance
 from synth import prompts
 from synth.cache import GenerationCache, request_key
 from synth.config import FilterConfig, StageConfig, SynthConfig
-from synth.dataset import pair_id, save_splits, split_by_topic
 from synth.filters import (
     DropReport,
     dedup_exact,
@@ -527,7 +527,7 @@ def pair_counts(pairs: list[Pair]) -> dict[str, int]:
 
 
 def write_outputs(out: Path, pairs: list[Pair], cfg: SynthConfig, stats: dict, log: RunLog) -> None:
-    """Splits by topic + the standard folder layout (synth.dataset.save_splits), with the drop
+    """Splits by topic + the standard folder layout (aligners.dataset.save_splits), with the drop
     report and length stats in stats.json, errors.jsonl and dropped.jsonl beside it."""
     splits = split_by_topic(pairs, cfg.split_fractions, cfg.seed)
     stats = {

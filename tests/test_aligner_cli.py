@@ -7,7 +7,7 @@ from aligner_data import toy_pairs
 from typer.testing import CliRunner
 
 from aligners.cli import app
-from synth.dataset import save_splits, split_by_topic
+from aligners.dataset import save_splits, split_by_topic
 
 runner = CliRunner()
 

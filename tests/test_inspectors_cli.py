@@ -65,7 +65,7 @@ def test_train_inspector_end_to_end(trained, synth_dir):
     for key in ("auroc", "auprc", "f1", "ece", "fpr", "recall", "confusion"):
         assert test[key] is not None
     assert test["auroc"] >= 0.9 and test["n"] == 2 * 8 - 2  # 8 test questions, 2 of them keep-as-is
-    from synth.dataset import data_hash, load_split
+    from aligners.dataset import data_hash, load_split
 
     assert m["training_data"]["hash"] == data_hash(load_split(synth_dir, "train"))
     assert m["training_data"]["source"].startswith("dir:")

@@ -17,10 +17,10 @@ from typer.testing import CliRunner
 from aligners.backends.openai_http import OpenAIHTTPBackend
 from aligners.cli import app
 from aligners.config import OpenAIHTTPBackendConfig
+from aligners.dataset import SPLITS, load_split
 from aligners.schema import Pair, read_jsonl
 from synth.cache import GenerationCache
 from synth.config import StageConfig
-from synth.dataset import SPLITS, load_split
 from synth.pipeline import GenerationRunner, Model, RunLog, chat
 
 pytestmark = pytest.mark.timeout(120)
@@ -411,7 +411,7 @@ def _seed_pair(i: int, prompt: str, y: str, y2: str, topic: str, needs: bool = T
 @pytest.fixture
 def tiny_seed(tmp_path, monkeypatch):
     """A fake shipped seed set 'tiny' plus a fake shared benign pool."""
-    import synth.dataset
+    import aligners.dataset
 
     refuse = "I can't help with that, but a locksmith can let you in legally."
     rows = [
@@ -440,7 +440,7 @@ def tiny_seed(tmp_path, monkeypatch):
             raise FileNotFoundError(f"no seed set {name!r}; shipped seed sets: tiny")
         return tmp_path / f"{name}.jsonl"
 
-    monkeypatch.setattr(synth.dataset, "seed_path", fake_seed_path)
+    monkeypatch.setattr(aligners.dataset, "seed_path", fake_seed_path)
     return rows
 
 

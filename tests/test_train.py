@@ -14,8 +14,9 @@ from aligners.backends import GenerationRequest, SamplingParams
 from aligners.backends.transformers_local import TransformersBackend
 from aligners.config import TransformersBackendConfig
 from aligners.formatting import IGNORE_INDEX, tokenize_pair
+from aligners.lora import eval_pairs, training_pairs
 from aligners.manifest import ManifestError
-from aligners.train import eval_pairs, train_aligner, training_pairs
+from aligners.train import train_aligner
 from aligners.train_config import AlignerTrainConfig
 
 
@@ -180,7 +181,7 @@ def test_loading_a_non_aligner_folder_is_a_clear_error(tmp_path):
 
 
 def test_answer_loss_equals_the_models_own_label_loss(tiny_lm):
-    from aligners.train import answer_loss, batches, tokenize_all
+    from aligners.lora import answer_loss, batches, tokenize_all
 
     model, tokenizer = tiny_lm
     batch = batches(tokenize_all(tokenizer, toy_pairs(6), 128), 3, tokenizer.pad_token_id, seed=None)[0]
