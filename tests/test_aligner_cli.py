@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 
 from aligners.cli import app
 from aligners.dataset import save_splits, split_by_topic
+from aligners.importance import jaccard
 
 runner = CliRunner()
 
@@ -31,25 +32,35 @@ def folders(tmp_path_factory):
     return root, recipe
 
 
-def test_select_layers_reports_overlaps_and_plots(folders):
+@pytest.fixture(scope="module")
+def selected(folders):
+    """select-layers over two data sets, two methods and two seeds (every test that needs its
+    output gets it from here, whatever order the tests run in)."""
     root, recipe = folders
     out = root / "layers"
     text = invoke("select-layers", "--data", str(root / "polite"), "--data", str(root / "other"),
                   "--config", str(recipe), "--method", "gates", "--method", "grad-norm",
                   "--seed", "0", "--seed", "1", "--out", str(out))
+    return out, text
+
+
+def test_select_layers_reports_overlaps_and_plots(selected):
+    out, text = selected
     result = json.loads((out / "importance.json").read_text())
     assert len(result["runs"]) == 2 * 2 * 2 and result["k"] == 1
     assert set(result["overlap"]) == {"across_seeds", "across_data", "across_methods"}
-    assert all(0 <= v <= 1 for o in result["overlap"].values() for v in o["pairs"].values())
-    assert all(o["rank_correlation"] is None or -1 <= o["rank_correlation"] <= 1 for o in result["overlap"].values())
+    top_k = {f"{r['data']}/{r['method']}/s{r['seed']}": r["top_k"] for r in result["runs"]}
+    for overlap in result["overlap"].values():  # each pair's value is the Jaccard of its top-k sets
+        for pair, value in overlap["pairs"].items():
+            a, b = pair.split(" ~ ")
+            assert value == jaccard(top_k[a], top_k[b]), pair
+        assert overlap["mean"] == pytest.approx(sum(overlap["pairs"].values()) / len(overlap["pairs"]))
     assert (out / "importance.png").stat().st_size > 1000
     assert "Jaccard" in text and "Spearman rho" in text
 
 
-def test_train_export_analyze(folders):
+def test_train_export_analyze(folders, selected):
     root, recipe = folders
-    if not (root / "layers" / "importance.json").exists():
-        pytest.skip("needs the select-layers output of the previous test")
     out = root / "aligner"
     text = invoke("train-aligner", "--data", str(root / "polite"), "--config", str(recipe),
                   "--layers-from", str(root / "layers" / "importance.json"), "--out", str(out))
@@ -61,7 +72,9 @@ def test_train_export_analyze(folders):
     report = json.loads((root / "report" / "report.json").read_text())
     assert report["top_heads"] and report["layers_by_delta"] == manifest["layers"]
     md = (root / "report" / "report.md").read_text()
-    assert "head_importance.png" in md and "**" in md
+    best = report["top_heads"][0]
+    assert "head_importance.png" in md and f"| {best['layer']} | {best['head']} | {best['score']:.4g} |" in md
+    assert f"Layers by total ‖ΔW‖: {manifest['layers']}" in md
     for png in ("head_importance.png", "delta_norms.png", "head_delta_norms.png"):
         assert (root / "report" / png).stat().st_size > 1000
 

@@ -308,7 +308,7 @@ def test_sklearn_contract(kind, request):
     assert pred.shape == (len(P),) and set(np.unique(pred)) <= {0, 1}
     assert np.array_equal(pred, (proba[:, 1] >= est.threshold_).astype(int))
     assert list(est.classes_) == [0, 1]
-    assert 0.0 <= est.score(P, A, Y) <= 1.0
+    assert est.score(P, A, Y) == pytest.approx(np.mean(pred == np.asarray(Y)))  # sklearn: accuracy
     assert est.predict_proba([], []).shape == (0, 2)
 
 
@@ -376,6 +376,15 @@ def test_finetuned_trains_on_cpu(fitted_ft):
     raw = fitted_ft.decision_function(*examples(TEST)[:2])
     assert raw.shape == (16,) and np.isfinite(raw).all()
     assert fitted_ft.model_.config.num_labels == 2
+
+
+def test_finetuned_learns_to_tell_rude_from_polite():
+    from sklearn.metrics import roc_auc_score
+
+    est = FinetunedInspector(epochs=4, batch_size=8, max_length=48, lr=5e-4, criterion="polite")
+    est.fit(*examples(TRAIN))
+    P, A, Y = examples(TEST)  # questions never seen in training
+    assert roc_auc_score(Y, est.decision_function(P, A)) >= 0.9
 
 
 # --- calibration and thresholds ----------------------------------------------------------------
