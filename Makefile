@@ -65,7 +65,7 @@ harvest-answers: venv
 ANSWERS := data/harvest-smollm2/answers.jsonl data/assistant-style/answers.jsonl
 # encoder feature rows kept between runs (inspectors/feature_store.py): each answer is encoded once
 FEATURE_CACHE := runs/feature-cache
-INSPECTOR_harmless := hidden-probe
+INSPECTOR_harmless := hidden-probe-deep
 INSPECTOR_no-pii := hidden-probe
 INSPECTOR_polite := hidden-probe
 starter-inspectors: venv

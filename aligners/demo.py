@@ -3,7 +3,7 @@
 SmolLM2 answers five prompts (generate mode): two harmful requests it complies with, a request
 for a private person's contact details, and two requests that sound sensitive but are fine. They
 come from the dev set's held-out topics, which no inspector or aligner trained on; the harmful
-two are among those whose answers the harmless inspector flags (it flags 37 % of harmful
+two are among those whose answers the harmless inspector flags (it flags 52 % of harmful
 answers at its threshold: README). Two more answers come "from another LLM" as supplied text
 (correct mode), since a small instruct model is rarely rude on its own. No network, no GPU.
 """

@@ -11,7 +11,8 @@ results.jsonl. `--per-group N` keeps a seeded sample of N answers per (source, c
 group for a quicker run. Prints one JSON object.
 
 Usage: .venv/bin/python benchmarks/squad_dev.py --squad configs/squad/default.yaml \\
-    --dev evals/dev/answers.jsonl --out runs/bench/dev [--per-group 40]
+    --dev evals/dev/answers.jsonl --out runs/bench/dev [--per-group 40] [--criteria harmless]
+    [--arms trained]
 """
 
 from __future__ import annotations
@@ -61,16 +62,22 @@ def main() -> None:
     ap.add_argument("--dev", default="evals/dev/answers.jsonl")
     ap.add_argument("--out", default="runs/bench/dev")
     ap.add_argument("--per-group", type=int, default=None)
+    ap.add_argument("--criteria", nargs="+", default=None,
+                    help="Only the dev answers labelled for these criteria (default: all).")
+    ap.add_argument("--arms", nargs="+", default=["trained", "prompted"], choices=["trained", "prompted"])
     args = ap.parse_args()
-    records = sample([r for r in read_jsonl(args.dev, AnswerRecord) if r.label_by == "hand"], args.per_group)
+    records = [r for r in read_jsonl(args.dev, AnswerRecord)
+               if r.label_by == "hand" and (args.criteria is None or r.criterion in args.criteria)]
+    records = sample(records, args.per_group)
     recipe = load_config(args.squad, SquadConfig)
     arms = {"trained": recipe, "prompted": recipe.with_prompted_aligners()}
-    reports = {name: run_arm(cfg, args.squad, records, Path(args.out) / name) for name, cfg in arms.items()}
-    gap = {source: {crit: round(100 * (f["made_right"]["rate"] - reports["prompted"]["groups"][source][crit]["made_right"]["rate"]), 1)
-                    for crit, f in crits.items() if f["made_right"]["n"]}
-           for source, crits in reports["trained"]["groups"].items()}
+    reports = {name: run_arm(arms[name], args.squad, records, Path(args.out) / name) for name in args.arms}
+    gap = {} if len(reports) < 2 else {
+        source: {crit: round(100 * (f["made_right"]["rate"] - reports["prompted"]["groups"][source][crit]["made_right"]["rate"]), 1)
+                 for crit, f in crits.items() if f["made_right"]["n"]}
+        for source, crits in reports["trained"]["groups"].items()}
     print(json.dumps({"benchmark": "squad_dev", "squad": args.squad, "dev": args.dev, "per_group": args.per_group,
-                      "answers": len(records), **reports, "made_right_gap_points": gap}, indent=2))
+                      "criteria": args.criteria, "answers": len(records), **reports, "made_right_gap_points": gap}, indent=2))
 
 
 if __name__ == "__main__":

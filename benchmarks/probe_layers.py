@@ -1,0 +1,97 @@
+"""Which SmolLM2 layers and pooling should a hidden-state probe read? One forward pass, many probes.
+
+The criterion's training data (seed pairs + labelled real answers, as `make starter-inspectors`
+builds it) and the dev set are encoded once at every layer in `--layers` with every pooling in
+`--poolings` (cached with ALIGNERS_FEATURE_CACHE, so a rerun or a later `train-inspector` on a
+subset of these layers can reuse the rows: a layer's hidden state does not depend on how deep
+the model runs). Then a logistic probe is fitted for each (layer set, pooling set, C) on the
+training split and scored on the validation split (training topics) and on the dev set (hand
+labels, held-out topics). Pick by validation AUROC, never by dev: the dev set only reports.
+
+Usage: ALIGNERS_FEATURE_CACHE=runs/feature-cache .venv/bin/python benchmarks/probe_layers.py \\
+    --criterion harmless > benchmarks/probe_layers/harmless.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+ANSWERS = ["data/harvest-smollm2/answers.jsonl", "data/assistant-style/answers.jsonl"]
+
+
+def recall_at_fpr(y: np.ndarray, score: np.ndarray, fpr: float = 0.05) -> float:
+    """Share of positives scored above the highest threshold that flags <= `fpr` of negatives."""
+    neg = np.sort(score[y == 0])[::-1]
+    return float((score[y == 1] > neg[int(np.floor(fpr * len(neg)))]).mean())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--criterion", default="harmless")
+    ap.add_argument("--layers", type=int, nargs="+", default=[6, 9, 12, 15, 18, 21, 24, 27, 30])
+    ap.add_argument("--poolings", nargs="+", default=["answer_mean", "answer_max", "last"])
+    ap.add_argument("--sets", nargs="*", default=["12,18,24", "15,21,27", "18,24", "12,18,24,30"],
+                    help="Layer sets to try besides each single layer (comma lists).")
+    ap.add_argument("--C", type=float, nargs="+", default=[0.002, 0.01, 0.05])
+    ap.add_argument("--dev", default="evals/dev/answers.jsonl")
+    args = ap.parse_args()
+
+    from sklearn.metrics import roc_auc_score
+
+    from inspectors.data import dev_set_examples, load_training_data
+    from inspectors.hidden_probe import HiddenProbeInspector
+    from inspectors.linear import fit_linear, linear_scores
+
+    td = load_training_data(seed=args.criterion, criterion=args.criterion,
+                            answer_files=[ROOT / f for f in ANSWERS], answer_labels="any")
+    splits = {"train": td.examples("train"), "validation": td.examples("validation"),
+              "dev": dev_set_examples(ROOT / args.dev, args.criterion)}
+    probe = HiddenProbeInspector(layers=args.layers, pooling=args.poolings)
+    t0 = time.perf_counter()
+    X = {name: probe.featurize(e.prompts, e.answers) for name, e in splits.items()}
+    encode_s = time.perf_counter() - t0
+    y = {name: (np.asarray(e.labels) == 0).astype(int) for name, e in splits.items()}  # 1 = misaligned
+    width = X["train"].shape[1] // (len(args.layers) * len(args.poolings))
+
+    def columns(layers: list[int], poolings: list[str]) -> list[int]:
+        out = []
+        for li, layer in enumerate(args.layers):
+            for pi, pool in enumerate(args.poolings):
+                if layer in layers and pool in poolings:
+                    start = (li * len(args.poolings) + pi) * width
+                    out.extend(range(start, start + width))
+        return out
+
+    layer_sets = [[layer] for layer in args.layers] + [[int(x) for x in s.split(",")] for s in args.sets]
+    pooling_sets = [[p] for p in args.poolings] + [["answer_mean", "answer_max"]]  # + the old default
+    runs = []
+    for layers, poolings, C in itertools.product(layer_sets, pooling_sets, args.C):
+        if not set(layers) <= set(args.layers):
+            continue
+        cols = columns(layers, poolings)
+        w = fit_linear(X["train"][:, cols], 1 - y["train"], C, 3000, 0)  # fitted on label 1 = aligned
+        scores = {name: -linear_scores(X[name][:, cols], w) for name in ("validation", "dev")}
+        runs.append({
+            "layers": layers, "pooling": poolings, "C": C,
+            "validation_auroc": round(roc_auc_score(y["validation"], scores["validation"]), 4),
+            "dev_auroc": round(roc_auc_score(y["dev"], scores["dev"]), 4),
+            "dev_recall_at_5pct_fpr": round(recall_at_fpr(y["dev"], scores["dev"]), 3),
+        })
+    best = max(runs, key=lambda r: r["validation_auroc"])
+    print(json.dumps({"benchmark": "probe_layers", "criterion": args.criterion,
+                      "examples": {k: len(v) for k, v in X.items()}, "encode_s": round(encode_s, 1),
+                      "chosen_by_validation": best, "runs": runs}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
