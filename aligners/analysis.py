@@ -146,7 +146,7 @@ def analyze_aligner(aligner_dir: Path | str, pairs: Sequence[Pair], out_dir: Pat
     """Write report.md, report.json and PNGs for a trained aligner on some of its data."""
     from peft import PeftModel
 
-    from aligners.aligner import AlignerArtifact
+    from aligners.artifact import AlignerArtifact
     from aligners.models import load_causal_lm
 
     art = AlignerArtifact.load(aligner_dir)

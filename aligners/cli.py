@@ -184,7 +184,7 @@ def export_cmd(
 
     Example: aligners export --aligner artifacts/aligners/harmless --merged --out runs/harmless-merged
     """
-    from aligners.aligner import export_merged
+    from aligners.artifact import export_merged
 
     if not merged:
         raise typer.BadParameter("only merged export exists: pass --merged")

@@ -33,7 +33,7 @@ def workload(squad_cfg: str, n: int):
 def child(variant: str, squad_cfg: str, n: int) -> dict:
     import torch
 
-    from aligners.aligner import AlignerArtifact, export_merged
+    from aligners.artifact import AlignerArtifact, export_merged
     from aligners.backends.transformers_local import TransformersBackend
     from aligners.config import TransformersBackendConfig
     from aligners.models import load_causal_lm

@@ -20,7 +20,7 @@ import torch
 
 
 def main() -> None:
-    from aligners.aligner import AlignerArtifact
+    from aligners.artifact import AlignerArtifact
     from aligners.backends import SamplingParams
     from aligners.backends.transformers_local import TransformersBackend
     from aligners.config import TransformersBackendConfig

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aligners.aligner import AlignerArtifact
+from aligners.artifact import AlignerArtifact
 from aligners.backends import Backend, Generation, GenerationRequest, SamplingParams, build_backend
 from aligners.config import ConfigError, load_config
 from aligners.facts import fact_changes

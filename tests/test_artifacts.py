@@ -19,7 +19,7 @@ from safetensors.torch import load_file as load_torch
 from safetensors.torch import save_file as save_torch
 from squad_fixtures import POLITE, RUDE
 
-from aligners.aligner import ADAPTER_WEIGHTS, AlignerArtifact
+from aligners.artifact import ADAPTER_WEIGHTS, AlignerArtifact
 from aligners.manifest import ManifestError, checksums, file_sha256
 from inspectors import load_inspector
 from inspectors.base import WEIGHTS

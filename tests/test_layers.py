@@ -20,7 +20,7 @@ LAYER_OF = {
     "aligners.train": "jobs",
     "aligners.importance": "jobs",
     "aligners.analysis": "jobs",
-    "aligners.aligner": "jobs",  # a trained aligner folder: manifest checks, TAIA view, merged export
+    "aligners.artifact": "jobs",  # a trained aligner folder: manifest checks, TAIA view, merged export
     "synth": "jobs",
     "inspectors": "jobs",
     "serve.config": "squad",

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from aligners.aligner import AlignerArtifact
+from aligners.artifact import AlignerArtifact
 from aligners.backends.transformers_local import TransformersBackend
 from aligners.config import TransformersBackendConfig, load_config
 from aligners.train_config import AlignerTrainConfig

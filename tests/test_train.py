@@ -9,7 +9,7 @@ from aligner_data import toy_pairs
 from safetensors.torch import load_file
 
 from aligners import models
-from aligners.aligner import AlignerArtifact, export_merged
+from aligners.artifact import AlignerArtifact, export_merged
 from aligners.backends import GenerationRequest, SamplingParams
 from aligners.backends.transformers_local import TransformersBackend
 from aligners.config import TransformersBackendConfig
