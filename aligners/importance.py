@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from aligners.atomic import write_text_atomic
 from aligners.lora import (
     answer_loss,
     attach_lora,
@@ -238,9 +239,7 @@ def select_layers(
         runs.append({"data": name, "method": method, "seed": seed,
                      "scores": {str(i): v for i, v in scores.items()}, "top_k": top_k_layers(scores, k)})
         result = {"base": cfg.base, "k": k, "runs": runs, "overlap": overlaps(runs)}
-        tmp = path.with_name(".importance.json.tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        tmp.replace(path)
+        write_text_atomic(path, json.dumps(result, indent=2) + "\n")
         plot_layer_heatmap(
             [(f"{r['data']}/{r['method']}/s{r['seed']}", {int(i): v for i, v in r["scores"].items()}) for r in runs],
             out / "importance.png", f"layer importance, top-{k} per run",

@@ -17,6 +17,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from aligners.atomic import write_text_atomic
+
 log = logging.getLogger("aligners.artifacts")
 
 MANIFEST = "manifest.json"
@@ -36,11 +38,8 @@ class ManifestError(ValueError):
 
 def write_manifest(folder: Path | str, data: dict[str, Any]) -> Path:
     """Write atomically (temp + rename), stamping the creation time."""
-    path = Path(folder) / MANIFEST
-    tmp = path.with_name(f".{MANIFEST}.tmp")
-    tmp.write_text(json.dumps({"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **data}, indent=2) + "\n")
-    tmp.replace(path)
-    return path
+    stamped = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **data}
+    return write_text_atomic(Path(folder) / MANIFEST, json.dumps(stamped, indent=2) + "\n")
 
 
 def read_manifest(folder: Path | str, kind: str, format_version: str | None = None) -> dict[str, Any]:

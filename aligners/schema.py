@@ -13,6 +13,8 @@ from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from aligners.atomic import atomic_open
+
 SCHEMA_VERSION = 1
 
 
@@ -252,13 +254,9 @@ def read_jsonl(path: Path | str, model: type[R]) -> list[R]:
 
 def write_jsonl(path: Path | str, records: Iterable[BaseModel]) -> int:
     """Write records atomically (temp file + rename), so a crash never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     n = 0
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with atomic_open(path) as fh:
         for rec in records:
             fh.write(rec.model_dump_json(exclude_none=False) + "\n")
             n += 1
-    tmp.replace(path)
     return n

@@ -37,6 +37,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
+from aligners.atomic import atomic_path, write_text_atomic
 from aligners.manifest import ManifestError, checksums, confined, refuse_nonfinite, verify_checksums
 from aligners.models import model_id_and_hash
 
@@ -483,18 +484,10 @@ class Inspector(ClassifierMixin, BaseEstimator):
         elif cal["method"] == "isotonic":
             tensors["calibration.isotonic.x"] = np.asarray(cal["x"], dtype=np.float64)
             tensors["calibration.isotonic.y"] = np.asarray(cal["y"], dtype=np.float64)
-        tmp = out / f".{WEIGHTS}.tmp"
-        save_file(
-            tensors,
-            str(tmp),
-            metadata={
-                "kind": "inspector",
-                "format_version": str(FORMAT_VERSION),
-                "type": self.type,
-            },
-        )
-        tmp.chmod(0o644)  # safetensors creates files owner-only; artifacts are meant to be shared
-        tmp.replace(out / WEIGHTS)
+        with atomic_path(out / WEIGHTS) as tmp:
+            meta = {"kind": "inspector", "format_version": str(FORMAT_VERSION), "type": self.type}
+            save_file(tensors, str(tmp), metadata=meta)
+            tmp.chmod(0o644)  # safetensors creates files owner-only; artifacts are meant to be shared
         files = {"weights": WEIGHTS, **self._save_model_files(out)}
         files["sha256"] = checksums(out, [
             p for p in out.rglob("*")
@@ -521,9 +514,7 @@ class Inspector(ClassifierMixin, BaseEstimator):
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "aligners_version": aligners.__version__,
         }
-        tmp = out / f".{MANIFEST}.tmp"
-        tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(out / MANIFEST)
+        write_text_atomic(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
         return out
 
     @classmethod

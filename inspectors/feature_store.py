@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from aligners.atomic import atomic_path
+
 ENV_VAR = "ALIGNERS_FEATURE_CACHE"
 
 
@@ -79,10 +81,8 @@ class FeatureStore:
         keys = [item_hash(x) for x in items]
         n = len(list(self.folder.glob("shard-*.safetensors")))
         shard = self.folder / f"shard-{n:05d}-{keys[0][:8]}.safetensors"
-        tmp = shard.with_suffix(".tmp")
-        save_file({"rows": np.stack(rows).astype(np.float32)}, str(tmp),
-                  metadata={"keys": json.dumps(keys)})
-        os.replace(tmp, shard)
+        with atomic_path(shard) as tmp:
+            save_file({"rows": np.stack(rows).astype(np.float32)}, str(tmp), metadata={"keys": json.dumps(keys)})
         self._index_shard(shard)
 
 

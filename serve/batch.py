@@ -28,6 +28,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from aligners.atomic import write_lines_atomic
 from aligners.manifest import file_sha256
 from aligners.schema import iter_json_objects
 from serve.pipeline import Squad
@@ -84,15 +85,6 @@ def validate_line(line: Line, max_chars: int) -> tuple[BatchInput | None, str | 
     if size > max_chars:
         return None, f"oversize: prompt+response is {size} characters (limit {max_chars})"
     return rec, None
-
-
-def _write_atomic(path: Path, lines: list[str]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.writelines(line + "\n" for line in lines)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
 
 
 class ResumeError(ValueError):
@@ -224,7 +216,7 @@ def run_batch(
                           "to the input; delete it and run again")
     else:
         parts.mkdir(parents=True, exist_ok=True)
-        _write_atomic(parts / PLAN, [json.dumps(plan)])
+        write_lines_atomic(parts / PLAN, [json.dumps(plan)])
     done = _verified_chunks(parts) if resume else {}
     n_chunks = (len(lines) + chunk_size - 1) // chunk_size
     t0 = time.perf_counter()
@@ -238,8 +230,8 @@ def run_batch(
             valid, errors = _validated(chunk, max_chars)
             results = correct_chunk(squad, valid)
             out_part, err_part = _part_files(parts, k)
-            _write_atomic(err_part, errors)
-            _write_atomic(out_part, [json.dumps(r, ensure_ascii=False) for r in results])
+            write_lines_atomic(err_part, errors)
+            write_lines_atomic(out_part, [json.dumps(r, ensure_ascii=False) for r in results])
             hashes = {f.name: file_sha256(f) for f in (out_part, err_part)}
             journal.write(json.dumps({"chunk": k, "records": len(results), "errors": len(errors), "sha256": hashes}) + "\n")
             journal.flush()
@@ -261,10 +253,10 @@ def run_batch(
 def _commit(out: Path, errors_path: Path, done_path: Path, outputs: list[str], errs: list[str],
             plan: dict[str, Any]) -> None:
     """OUT and its errors file, then the completion record that lets `--resume` check them."""
-    _write_atomic(out, outputs)
-    _write_atomic(errors_path, errs)
+    write_lines_atomic(out, outputs)
+    write_lines_atomic(errors_path, errs)
     record = {"plan": plan, "records": len(outputs), "errors": len(errs), "output_sha256": file_sha256(out)}
-    _write_atomic(done_path, [json.dumps(record)])
+    write_lines_atomic(done_path, [json.dumps(record)])
 
 
 def _check_or_repair(squad: Squad, lines: list[Line], plan: dict[str, Any], out: Path, errors_path: Path,

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aligners.atomic import write_lines_atomic
 from aligners.backends.base import (
     Backend,
     BackendError,
@@ -550,10 +551,7 @@ def write_outputs(out: Path, pairs: list[Pair], cfg: SynthConfig, stats: dict, l
 
 
 def write_json_lines(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    tmp.replace(path)
+    write_lines_atomic(path, (json.dumps(row, ensure_ascii=False) for row in rows))
 
 
 def run_from_pairs(
