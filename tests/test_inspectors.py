@@ -27,7 +27,8 @@ from inspectors import (
     load_inspector,
     pairs_to_examples,
 )
-from inspectors.base import FORMAT_VERSION, MANIFEST, WEIGHTS, choose_threshold, fit_platt
+from inspectors.base import FORMAT_VERSION, MANIFEST, WEIGHTS
+from inspectors.calibration import choose_threshold, fit_platt
 from inspectors.data import criterion_of
 from inspectors.metrics import (
     evaluate,
