@@ -29,12 +29,6 @@ sys.path.insert(0, str(ROOT))
 ANSWERS = ["data/harvest-smollm2/answers.jsonl", "data/assistant-style/answers.jsonl"]
 
 
-def recall_at_fpr(y: np.ndarray, score: np.ndarray, fpr: float = 0.05) -> float:
-    """Share of positives scored above the highest threshold that flags <= `fpr` of negatives."""
-    neg = np.sort(score[y == 0])[::-1]
-    return float((score[y == 1] > neg[int(np.floor(fpr * len(neg)))]).mean())
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--criterion", default="harmless")
@@ -51,6 +45,7 @@ def main() -> None:
     from inspectors.data import dev_set_examples, load_training_data
     from inspectors.hidden_probe import HiddenProbeInspector
     from inspectors.linear import fit_linear, linear_scores
+    from inspectors.metrics import recall_at_fpr
 
     td = load_training_data(seed=args.criterion, criterion=args.criterion,
                             answer_files=[ROOT / f for f in ANSWERS], answer_labels="any")
@@ -60,7 +55,7 @@ def main() -> None:
     t0 = time.perf_counter()
     X = {name: probe.featurize(e.prompts, e.answers) for name, e in splits.items()}
     encode_s = time.perf_counter() - t0
-    y = {name: (np.asarray(e.labels) == 0).astype(int) for name, e in splits.items()}  # 1 = misaligned
+    labels = {name: np.asarray(e.labels) for name, e in splits.items()}  # 1 = aligned
     width = X["train"].shape[1] // (len(args.layers) * len(args.poolings))
 
     def columns(layers: list[int], poolings: list[str]) -> list[int]:
@@ -79,13 +74,13 @@ def main() -> None:
         if not set(layers) <= set(args.layers):
             continue
         cols = columns(layers, poolings)
-        w = fit_linear(X["train"][:, cols], 1 - y["train"], C, 3000, 0)  # fitted on label 1 = aligned
-        scores = {name: -linear_scores(X[name][:, cols], w) for name in ("validation", "dev")}
+        w = fit_linear(X["train"][:, cols], labels["train"], C, 3000, 0)
+        scores = {name: linear_scores(X[name][:, cols], w) for name in ("validation", "dev")}  # high = aligned
         runs.append({
             "layers": layers, "pooling": poolings, "C": C,
-            "validation_auroc": round(roc_auc_score(y["validation"], scores["validation"]), 4),
-            "dev_auroc": round(roc_auc_score(y["dev"], scores["dev"]), 4),
-            "dev_recall_at_5pct_fpr": round(recall_at_fpr(y["dev"], scores["dev"]), 3),
+            "validation_auroc": round(roc_auc_score(labels["validation"], scores["validation"]), 4),
+            "dev_auroc": round(roc_auc_score(labels["dev"], scores["dev"]), 4),
+            "dev_recall_at_5pct_fpr": round(recall_at_fpr(labels["dev"], scores["dev"])["recall"], 3),
         })
     best = max(runs, key=lambda r: r["validation_auroc"])
     print(json.dumps({"benchmark": "probe_layers", "criterion": args.criterion,
