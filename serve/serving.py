@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import re
 import threading
 import time
@@ -43,7 +42,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 from pydantic import BaseModel, ValidationError
 
 from aligners.backends.base import (
@@ -54,7 +52,7 @@ from aligners.backends.base import (
     SamplingParams,
     cancel_scope,
 )
-from aligners.backends.openai_http import error_text as _error_text
+from aligners.backends.openai_client import OpenAIClient, OpenAIServerError, parse_completion
 from aligners.config import OpenAIHTTPBackendConfig
 from aligners.schema import Correction
 from serve.metrics import ServerMetrics
@@ -137,154 +135,86 @@ class Cancelled(Exception):
 
 
 class Upstream:
-    """A pooled async client for one OpenAI-compatible server (vLLM, llama.cpp, OpenAI).
+    """The proxy's upstream: one `OpenAIClient` plus what a proxy adds on top.
 
-    Keep-alive connections make the proxy hop cost about a millisecond. No retries: the
-    client's own SDK retries (the official one retries 429/5xx), and a retry here would stack
-    its timeout on top of the client's. Every failure becomes a `ServingError`: unreachable →
-    502, no answer within `timeout_s` → 504, upstream 4xx/5xx → 400/401/429/502 (see `_refused`).
+    It forwards the client's key (`upstream_key: passthrough`) or uses its own, and maps every
+    failure to a `ServingError` for the proxy's client: unreachable → 502, no answer within
+    `timeout_s` → 504, upstream 4xx/5xx → 400/401/429/502 (see `_serving_error`). No retries:
+    the client's own SDK retries (the official one retries 429/5xx), and a retry here would
+    stack its timeout on top of the client's.
     """
 
     def __init__(self, base_url: str, model: str, *, key: str | None = None, passthrough: bool = False,
                  timeout_s: float = 60.0, connections: int = 64):
-        self.base_url = base_url.rstrip("/")
         self.model = model
         self.key = key
         self.passthrough = passthrough
-        self.timeout_s = timeout_s
-        self.connections = connections
-        self._client: httpx.AsyncClient | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.api = OpenAIClient(base_url, timeout_s=timeout_s, connections=connections)
 
-    def client(self) -> httpx.AsyncClient:
-        """The pooled client of the running loop (an httpx client is bound to its loop)."""
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._loop is not loop:
-            limits = httpx.Limits(max_connections=self.connections, max_keepalive_connections=self.connections)
-            self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.timeout_s), limits=limits)
-            self._loop = loop
-        return self._client
+    @property
+    def base_url(self) -> str:
+        return self.api.base_url
 
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        await self.api.aclose()
 
     def _headers(self, authorization: str | None) -> dict[str, str]:
         if self.passthrough:
             return {"Authorization": authorization} if authorization else {}
         return {"Authorization": f"Bearer {self.key}"} if self.key else {}
 
-    async def post(self, path: str, body: dict[str, Any], authorization: str | None) -> dict[str, Any]:
-        """POST and decode the JSON answer, within `timeout_s` in total."""
-        url = self.base_url + path
+    async def answers(self, path: str, body: dict[str, Any], authorization: str | None,
+                      chat: bool) -> list[BaseAnswer]:
+        """POST one request; its choices as answers, the response's token counts spread over them."""
         try:
-            resp = await asyncio.wait_for(
-                self.client().post(url, json=body, headers=self._headers(authorization)), self.timeout_s
-            )
-        except (asyncio.TimeoutError, httpx.TimeoutException):
-            raise self._timeout(url) from None
-        except httpx.TransportError as exc:
-            raise self._unreachable(url, exc) from None
-        if resp.status_code >= 400:
-            raise self._refused(url, resp.status_code, resp.headers, resp.text)
-        try:
-            data = resp.json()
-        except ValueError:
-            raise ServingError(502, f"upstream {url} answered with a body that is not JSON: {resp.text[:200]!r}",
-                               type="upstream_error", code="upstream_bad_response") from None
-        if not isinstance(data, dict):
-            raise ServingError(502, f"upstream {url} answered with JSON that is not an object",
-                               type="upstream_error", code="upstream_bad_response")
-        return data
+            done = parse_completion(await self.api.post(path, body, self._headers(authorization)), chat,
+                                    self.base_url + path)
+        except OpenAIServerError as exc:
+            raise self._serving_error(exc) from None
+        out = [BaseAnswer(c.text, c.finish_reason) for c in done.choices]
+        for i, a in enumerate(out):
+            a.completion_tokens = done.completion_tokens // len(out) + (1 if i < done.completion_tokens % len(out) else 0)
+        out[0].prompt_tokens = done.prompt_tokens
+        return out
 
     async def stream(self, path: str, body: dict[str, Any], authorization: str | None,
                      chat: bool) -> AsyncIterator[tuple[str, str | None]]:
-        """POST with `stream: true`; yields (text piece, finish_reason or None) as they arrive.
-        An upstream that ignores `stream` and answers JSON yields its whole text at once.
-        Leaving the loop early (client gone) closes the upstream connection, which stops its
-        generation."""
-        url = self.base_url + path
+        """(text piece, finish_reason or None) as they arrive; leaving early stops the upstream."""
         try:
-            async with self.client().stream("POST", url, json={**body, "stream": True},
-                                            headers=self._headers(authorization)) as resp:
-                if resp.status_code >= 400:
-                    text = (await resp.aread()).decode("utf-8", "replace")
-                    raise self._refused(url, resp.status_code, resp.headers, text)
-                if not resp.headers.get("content-type", "").startswith("text/event-stream"):
-                    data = json.loads(await resp.aread())
-                    for ans in _answers_of(data, chat, url):
-                        yield ans.text, ans.finish_reason
-                    return
-                async for line in resp.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    payload = line[5:].strip()
-                    if payload == "[DONE]":
-                        return
-                    event = json.loads(payload)
-                    if "error" in event:
-                        raise ServingError(502, f"upstream {url} failed mid-stream: {_error_text(event)}",
-                                           type="upstream_error", code="upstream_error")
-                    for ch in event.get("choices") or []:
-                        piece = (ch.get("delta") or {}).get("content") if chat else ch.get("text")
-                        yield piece or "", ch.get("finish_reason")
-        except (asyncio.TimeoutError, httpx.TimeoutException):
-            raise self._timeout(url) from None
-        except httpx.TransportError as exc:
-            raise self._unreachable(url, exc) from None
-        except ValueError as exc:  # json
-            raise ServingError(502, f"upstream {url} sent a malformed stream event: {exc}",
-                               type="upstream_error", code="upstream_bad_response") from None
+            async with contextlib.aclosing(self.api.stream(path, body, chat, self._headers(authorization))) as events:
+                async for event in events:
+                    yield event
+        except OpenAIServerError as exc:
+            raise self._serving_error(exc) from None
 
-    def _timeout(self, url: str) -> ServingError:
-        return ServingError(504, f"upstream {url} did not answer within {self.timeout_s:g} s "
-                            "(request_timeout_s)", type="upstream_timeout", code="upstream_timeout")
-
-    def _unreachable(self, url: str, exc: Exception) -> ServingError:
-        if isinstance(exc, httpx.ConnectError):
-            return ServingError(502, f"upstream {url} is unreachable ({type(exc).__name__}: {exc})",
+    def _serving_error(self, exc: OpenAIServerError) -> ServingError:
+        """What an upstream failure means to our client: its own fault stays a 4xx, ours is a 5xx."""
+        url, msg = exc.url, exc.detail
+        if exc.kind == "timeout":
+            return ServingError(504, f"upstream {url} did not answer within {self.api.timeout_s:g} s "
+                                "(request_timeout_s)", type="upstream_timeout", code="upstream_timeout")
+        if exc.kind == "unreachable":
+            return ServingError(502, f"upstream {url} is unreachable ({msg})",
                                 type="upstream_error", code="upstream_unavailable")
-        return ServingError(502, f"the connection to upstream {url} failed ({type(exc).__name__}: {exc})",
-                            type="upstream_error", code="upstream_error")
-
-    def _refused(self, url: str, status: int, headers: httpx.Headers, text: str) -> ServingError:
-        """Map an upstream error status to ours: the client's fault stays a 4xx, ours is a 502."""
-        msg = _error_text(text)
-        if status == 429:
-            retry = headers.get("retry-after")
+        if exc.kind == "connection":
+            return ServingError(502, f"the connection to upstream {url} failed ({msg})",
+                                type="upstream_error", code="upstream_error")
+        if exc.kind == "stream_error":
+            return ServingError(502, f"upstream {url} failed mid-stream: {msg}",
+                                type="upstream_error", code="upstream_error")
+        if exc.kind == "bad_response":
+            return ServingError(502, f"upstream {url} {msg}", type="upstream_error", code="upstream_bad_response")
+        if exc.status == 429:
             return ServingError(429, f"upstream is rate limiting: {msg}", type="rate_limit_error",
-                                code="upstream_rate_limited", headers={"Retry-After": retry} if retry else None)
-        if status in (401, 403) and self.passthrough:
-            return ServingError(status, f"upstream refused the forwarded key: {msg}",
+                                code="upstream_rate_limited",
+                                headers={"Retry-After": exc.retry_after} if exc.retry_after else None)
+        if exc.status in (401, 403) and self.passthrough:
+            return ServingError(exc.status, f"upstream refused the forwarded key: {msg}",
                                 type="invalid_request_error", code="upstream_auth")
-        if status in (400, 413, 422):
+        if exc.status in (400, 413, 422):
             return ServingError(400, f"upstream rejected the request: {msg}", code="upstream_bad_request")
-        return ServingError(502, f"upstream {url} answered HTTP {status}: {msg}",
+        return ServingError(502, f"upstream {url} answered HTTP {exc.status}: {msg}",
                             type="upstream_error", code="upstream_error")
-
-
-def _answers_of(data: dict[str, Any], chat: bool, url: str) -> list[BaseAnswer]:
-    """The choices of an OpenAI response, in index order; a missing field is a 502."""
-    choices = data.get("choices")
-    if not isinstance(choices, list) or not choices:
-        raise ServingError(502, f"upstream {url} answered without `choices`", type="upstream_error",
-                           code="upstream_bad_response")
-    out = []
-    for ch in sorted(choices, key=lambda c: c.get("index", 0) if isinstance(c, dict) else 0):
-        text = (ch.get("message") or {}).get("content") if chat else ch.get("text")
-        if not isinstance(text, str):
-            where = "choices[].message.content" if chat else "choices[].text"
-            raise ServingError(502, f"upstream {url} answered without text in `{where}`",
-                               type="upstream_error", code="upstream_bad_response")
-        out.append(BaseAnswer(text, "length" if ch.get("finish_reason") == "length" else "stop"))
-    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
-    # completion tokens are reported per response: spread them over its choices
-    total = int(usage.get("completion_tokens") or 0)
-    for i, a in enumerate(out):
-        a.completion_tokens = total // len(out) + (1 if i < total % len(out) else 0)
-    out[0].prompt_tokens = int(usage.get("prompt_tokens") or 0)
-    return out
 
 
 # --- the serving class -------------------------------------------------------------------------------
@@ -487,18 +417,18 @@ class AlignersServing:
     async def _generate_upstream(self, path: str, body: dict[str, Any], n: int, ctx: RequestContext,
                                  chat: bool) -> tuple[list[BaseAnswer], int]:
         """n answers for one input; servers that ignore `n` (llama.cpp) get extra calls."""
-        data = await self.upstream.post(path, {**body, **({"n": n} if n > 1 else {})}, ctx.authorization)
-        answers = _answers_of(data, chat, self.upstream.base_url + path)[:n]
+        answers = (await self.upstream.answers(path, {**body, **({"n": n} if n > 1 else {})},
+                                               ctx.authorization, chat))[:n]
         prompt_tokens = answers[0].prompt_tokens
         if len(answers) < n:
-            more = await asyncio.gather(*[self.upstream.post(path, body, ctx.authorization)
+            more = await asyncio.gather(*[self.upstream.answers(path, body, ctx.authorization, chat)
                                           for _ in range(n - len(answers))])
-            answers += [_answers_of(d, chat, self.upstream.base_url + path)[0] for d in more]
+            answers += [m[0] for m in more]
         return answers, prompt_tokens
 
     async def _generate_chat(self, req: ChatCompletionRequest, ctx: RequestContext) -> tuple[list[BaseAnswer], UsageInfo]:
         t0 = time.perf_counter()
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text} for m in req.messages]
+        messages = _role_mapped(req)
         if self.upstream is not None:
             body = {**self._upstream_body(req), "messages": messages}
             answers, prompt_tokens = await self._generate_upstream("/chat/completions", body, req.n, ctx, True)
@@ -585,56 +515,43 @@ class AlignersServing:
     # --- POST /v1/chat/completions --------------------------------------------------------------------
 
     async def chat(self, req: ChatCompletionRequest, ctx: RequestContext | None = None) -> Served | Streamed:
-        ctx = ctx or RequestContext()
-        t0 = time.perf_counter()
-        self._check(req, req.n)
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        if req.stream and req.aligners.stream_mode == "live":
-            events = await self._start_live(self._live(req, ctx, chat=True, include_usage=include_usage))
-            return Streamed(events, {"x-aligners-squad": "on" if self.squad else "off",
-                                     "x-aligners-stream-mode": "live"})
-        answers, usage = await self._generate_chat(req, ctx)
-        t_gen = time.perf_counter() - t0
-        prompt = req.inspected_prompt()
-        results = await self._correct([prompt] * len(answers), [a.text for a in answers])
-        info = self._details(results, answers, req.aligners.return_original)
-        texts, finish = self._finish(info, answers, results, t0, t_gen)
-        headers = self._headers(info)
-        if req.stream:
-            info.stream_mode = "buffered"
-            return Streamed(self._replay(req.model, texts, finish, info, usage, ctx, True, include_usage), headers)
-        body = ChatCompletionResponse(
-            model=req.model, usage=usage, aligners=info if req.aligners.details else None,
-            choices=[ChatChoice(index=i, message=ResponseMessage(content=t), finish_reason=f)
-                     for i, (t, f) in enumerate(zip(texts, finish, strict=True))])
-        return Served(body, headers)
+        return await self._serve(req, ctx or RequestContext(), chat=True)
 
     # --- POST /v1/completions -------------------------------------------------------------------------
 
     async def completion(self, req: CompletionRequest, ctx: RequestContext | None = None) -> Served | Streamed:
-        ctx = ctx or RequestContext()
+        return await self._serve(req, ctx or RequestContext(), chat=False)
+
+    async def _serve(self, req: ChatCompletionRequest | CompletionRequest, ctx: RequestContext,
+                     chat: bool) -> Served | Streamed:
+        """One path for both endpoints: generate, correct, answer as JSON or as an SSE stream."""
         t0 = time.perf_counter()
-        self._check(req, len(req.prompts) * req.n)
+        self._check(req, req.n if chat else len(req.prompts) * req.n)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         if req.stream and req.aligners.stream_mode == "live":
-            events = await self._start_live(self._live(req, ctx, chat=False, include_usage=include_usage))
+            events = await self._start_live(self._live(req, ctx, chat=chat, include_usage=include_usage))
             return Streamed(events, {"x-aligners-squad": "on" if self.squad else "off",
                                      "x-aligners-stream-mode": "live"})
-        answers, usage = await self._generate_completion(req, ctx)
+        answers, usage = await (self._generate_chat(req, ctx) if chat else self._generate_completion(req, ctx))
         t_gen = time.perf_counter() - t0
-        prompts = [p for p in req.prompts for _ in range(req.n)]
-        results = await self._correct(prompts, [a.text for a in answers], param="prompt")
+        prompts = [req.inspected_prompt()] * len(answers) if chat else [p for p in req.prompts for _ in range(req.n)]
+        results = await self._correct(prompts, [a.text for a in answers], param="messages" if chat else "prompt")
         info = self._details(results, answers, req.aligners.return_original)
         texts, finish = self._finish(info, answers, results, t0, t_gen)
         headers = self._headers(info)
         if req.stream:
             info.stream_mode = "buffered"
-            return Streamed(self._replay(req.model, texts, finish, info, usage, ctx, False, include_usage), headers)
-        body = CompletionResponse(
-            model=req.model, usage=usage, aligners=info if req.aligners.details else None,
-            choices=[CompletionChoice(index=i, text=t, finish_reason=f)
-                     for i, (t, f) in enumerate(zip(texts, finish, strict=True))])
-        return Served(body, headers)
+            return Streamed(self._replay(req.model, texts, finish, info, usage, ctx, chat, include_usage), headers)
+        details = info if req.aligners.details else None
+        pairs = enumerate(zip(texts, finish, strict=True))
+        if chat:
+            return Served(ChatCompletionResponse(
+                model=req.model, usage=usage, aligners=details,
+                choices=[ChatChoice(index=i, message=ResponseMessage(content=t), finish_reason=f) for i, (t, f) in pairs]),
+                headers)
+        return Served(CompletionResponse(
+            model=req.model, usage=usage, aligners=details,
+            choices=[CompletionChoice(index=i, text=t, finish_reason=f) for i, (t, f) in pairs]), headers)
 
     # --- streaming ------------------------------------------------------------------------------------
 
@@ -683,8 +600,7 @@ class AlignersServing:
         try:
             if self.upstream is not None:
                 if chat:
-                    messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text}
-                                for m in req.messages]
+                    messages = _role_mapped(req)
                     path, body = "/chat/completions", {**self._upstream_body(req), "messages": messages}
                 else:
                     path, body = "/completions", {**self._upstream_body(req), "prompt": prompt}
@@ -782,6 +698,12 @@ class AlignersServing:
 # --- helpers ------------------------------------------------------------------------------------------
 
 _PIECE = re.compile(r"\s*\S+\s*|\s+")
+
+
+def _role_mapped(req: ChatCompletionRequest) -> list[dict[str, str]]:
+    """The chat as plain role/content dicts; `developer` (OpenAI's newer name) becomes `system`,
+    which every OpenAI-compatible server and chat template knows."""
+    return [{"role": "system" if m.role == "developer" else m.role, "content": m.text} for m in req.messages]
 
 
 def pieces(text: str) -> list[str]:

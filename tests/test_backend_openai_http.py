@@ -228,7 +228,7 @@ def test_malformed_response_is_a_clear_error(scripted_openai, body, expected):
 
 def test_completion_without_text_is_a_clear_error(scripted_openai):
     scripted_openai.script(Garbage('{"choices": [{"index": 0}]}'))
-    with pytest.raises(BackendError, match=r"choices\[0\]\.text"):
+    with pytest.raises(BackendError, match=r"choices\[\]\.text"):
         backend(scripted_openai.base_url).generate([GenerationRequest(prompt="p")])
 
 
