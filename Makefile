@@ -69,7 +69,7 @@ INSPECTOR_harmless := hidden-probe-deep
 INSPECTOR_no-pii := hidden-probe
 INSPECTOR_polite := hidden-probe
 starter-inspectors: venv
-	$(foreach c,$(CRITERIA),ALIGNERS_FEATURE_CACHE=$(FEATURE_CACHE) $(VENV)/bin/aligners train-inspector --seed $(c) --criterion $(c) \
+	$(foreach c,$(CRITERIA),ALIGNERS_FEATURE_CACHE=$(FEATURE_CACHE) $(VENV)/bin/aligners train-inspector --data seed:$(c) --criterion $(c) \
 		$(foreach f,$(ANSWERS),--answers $(f)) --dev evals/dev/answers.jsonl --threshold-on dev \
 		--set threshold_target=fpr --set threshold_value=0.05 \
 		--config configs/inspectors/$(INSPECTOR_$(c)).yaml --out artifacts/inspectors/$(c) &&) true
@@ -83,7 +83,7 @@ LABELS_harmless := any
 LABELS_no-pii := hand
 LABELS_polite := hand
 aligner-data: venv
-	$(foreach c,$(CRITERIA),rm -rf $(ALIGNER_DATA)/$(c) && $(VENV)/bin/aligners synth --from-seed $(c) \
+	$(foreach c,$(CRITERIA),rm -rf $(ALIGNER_DATA)/$(c) && $(VENV)/bin/aligners synth --pairs seed:$(c) \
 		$(foreach f,$(ANSWERS),--answers $(f)) --answer-labels $(LABELS_$(c)) --out $(ALIGNER_DATA)/$(c) &&) true
 
 # Recipe of the shipped starter squad (artifacts/, about 90 min on 2 cores): ILA layer selection

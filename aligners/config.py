@@ -94,6 +94,24 @@ def _format_errors(path: Path | str, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
+def apply_overrides(recipe: dict[str, Any], items: list[str]) -> dict[str, Any]:
+    """`--set KEY=VALUE` items applied to a recipe dict, the one way every command that takes a
+    recipe overrides its fields: a value is read as YAML (0.5, true, [1, 2] type themselves) and a
+    dotted key sets a nested field (importance.top_k=6)."""
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        *parents, leaf = key.strip().split(".")
+        node = recipe
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: {part!r} is not a section of the recipe")
+        node[leaf] = yaml.safe_load(value) if value else value
+    return recipe
+
+
 def read_yaml(path: Path | str) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():

@@ -152,14 +152,14 @@ def load_split(data_dir: Path | str, split: str) -> list[Pair]:
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} not found: is {data_dir} a synth output folder? "
-            "Make one with `aligners synth --from-seed harmless --out DIR`."
+            "Make one with `aligners synth --pairs seed:harmless --out DIR`."
         )
     return read_jsonl(path, Pair)
 
 
 def resolve_data(spec: str, seed: int = 0) -> dict[str, list[Pair]]:
     """CLI data argument → splits: a synth output folder, or `seed:<criterion>` for the shipped
-    seed set split by topic (the same topics as `aligners synth --from-seed`, which also applies
+    seed set split by topic (the same topics as `aligners synth --pairs seed:NAME`, which also applies
     the quality filters)."""
     if spec.startswith("seed:"):
         return split_by_topic(load_seed(spec.removeprefix("seed:")), seed=seed)

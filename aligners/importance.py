@@ -132,6 +132,18 @@ def top_k_layers(scores: dict[int, float], k: int) -> list[int]:
     return sorted(ranked[:k])
 
 
+def layers_from_runs(result: dict, data: str, method: str) -> list[int]:
+    """What `train-aligner --layers-from` tunes: the top-k of the mean score over a select-layers
+    result's runs of `method` on `data` (over all its runs of `method` when none was on `data`)."""
+    runs = [r for r in result["runs"] if r["data"] == data and r["method"] == method] or [
+        r for r in result["runs"] if r["method"] == method
+    ]
+    if not runs:
+        raise ValueError(f"the select-layers result has no {method!r} runs")
+    mean = {int(layer): sum(r["scores"][layer] for r in runs) / len(runs) for layer in runs[0]["scores"]}
+    return top_k_layers(mean, result["k"])
+
+
 def jaccard(a: Sequence[int], b: Sequence[int]) -> float:
     sa, sb = set(a), set(b)
     return len(sa & sb) / len(sa | sb) if sa | sb else 1.0

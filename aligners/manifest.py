@@ -12,10 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
 from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from aligners.atomic import write_text_atomic
 
@@ -36,26 +38,49 @@ class ManifestError(ValueError):
     """An artifact folder that is missing, of another kind, or of another format version."""
 
 
+class ManifestHeader(BaseModel):
+    """The fields every artifact's manifest.json carries, whatever its kind; the rest is the kind's own."""
+
+    model_config = ConfigDict(extra="allow")
+
+    kind: str
+    format_version: int | str | None = None
+    created: str | None = None  # ISO 8601, UTC
+    aligners_version: str | None = None
+
+
 def write_manifest(folder: Path | str, data: dict[str, Any]) -> Path:
-    """Write atomically (temp + rename), stamping the creation time."""
-    stamped = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **data}
+    """Write atomically (temp + rename), stamping the creation time and the aligners version."""
+    import aligners
+
+    stamped = {**data, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+               "aligners_version": aligners.__version__}
+    ManifestHeader.model_validate(stamped)
     return write_text_atomic(Path(folder) / MANIFEST, json.dumps(stamped, indent=2) + "\n")
 
 
-def read_manifest(folder: Path | str, kind: str, format_version: str | None = None) -> dict[str, Any]:
-    path = Path(folder) / MANIFEST
+def read_manifest(folder: Path | str, kind: str, format_version: int | str | None = None, *,
+                  error: type[ManifestError] = ManifestError, hint: str = "") -> dict[str, Any]:
+    """Read and check `folder/manifest.json`: present, JSON, the expected kind and format version.
+    `error` is the kind's own ManifestError subclass; `hint` says how to make such an artifact."""
+    folder = Path(folder)
+    path = folder / MANIFEST
     if not path.is_file():
-        raise ManifestError(f"{folder} is not a {kind} artifact: no {MANIFEST}")
+        raise error(f"{path} not found: {folder} is not a {kind} artifact. {hint}".rstrip())
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
+        header = ManifestHeader.model_validate(data)
     except json.JSONDecodeError as exc:
-        raise ManifestError(f"{path}: not valid JSON ({exc})") from None
-    if data.get("kind") != kind:
-        raise ManifestError(f"{path}: expected kind {kind!r}, found {data.get('kind')!r}")
-    if format_version is not None and data.get("format_version") != format_version:
-        raise ManifestError(
-            f"{path}: format {data.get('format_version')!r} does not match this version of "
-            f"aligners ({format_version!r}); retrain or use a matching release"
+        raise error(f"{path}: not valid JSON ({exc})") from None
+    except ValidationError as exc:
+        raise error(f"{path}: not an artifact manifest ({exc.errors()[0]['msg']} at "
+                    f"{'.'.join(map(str, exc.errors()[0]['loc'])) or 'top level'})") from None
+    if header.kind != kind:
+        raise error(f"{path}: kind is {header.kind!r}, not {kind!r}")
+    if format_version is not None and header.format_version != format_version:
+        raise error(
+            f"{path}: format version {header.format_version!r} does not match the version this aligners "
+            f"reads ({format_version!r}). Retrain it, or use the aligners release that wrote it. {hint}".rstrip()
         )
     return data
 

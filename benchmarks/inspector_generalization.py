@@ -124,7 +124,7 @@ def main() -> None:
             for lab in args.answer_labels if args.answers
         ]
         for data_name, files, answer_labels in variants:
-            td = load_training_data(seed=criterion, criterion=criterion, answer_files=files,
+            td = load_training_data(seed_set=criterion, criterion=criterion, answer_files=files,
                                     answer_labels=answer_labels)
             train, val = td.examples("train"), td.examples("validation")
             for arm in arms:

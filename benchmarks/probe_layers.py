@@ -47,7 +47,7 @@ def main() -> None:
     from inspectors.linear import fit_linear, linear_scores
     from inspectors.metrics import recall_at_fpr
 
-    td = load_training_data(seed=args.criterion, criterion=args.criterion,
+    td = load_training_data(seed_set=args.criterion, criterion=args.criterion,
                             answer_files=[ROOT / f for f in ANSWERS], answer_labels="any")
     splits = {"train": td.examples("train"), "validation": td.examples("validation"),
               "dev": dev_set_examples(ROOT / args.dev, args.criterion)}

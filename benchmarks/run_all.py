@@ -249,7 +249,7 @@ def eval_bench(kind: str, supplied: bool = False) -> Bench:
     judges = [a for c in EVAL_CRITERIA for a in ("--eval-inspector", f"{c}={EVAL / 'inspectors' / c}")]
     prepare = [(inputs, py("eval_prompts.py", "--out", str(EVAL / "prompts")))]
     prepare += [(EVAL / "inspectors" / c / "manifest.json", CLI + [
-        "train-inspector", "--seed", c, "--split-seed", "1", "--config", "configs/inspectors/embed-logreg.yaml",
+        "train-inspector", "--data", f"seed:{c}", "--seed", "1", "--config", "configs/inspectors/embed-logreg.yaml",
         "--out", str(EVAL / "inspectors" / c), "--no-plots"]) for c in EVAL_CRITERIA]
     answers = ["--answer-column", "response", "--limit", "36"] if supplied else ["--limit", "24"]
     return Bench(f"eval_{name.replace('-', '_')}", CLI + ["eval", "--squad", "configs/squad/default.yaml", "--prompts",

@@ -28,7 +28,6 @@ import hashlib
 import importlib
 import json
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -36,8 +35,17 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from aligners.atomic import atomic_path, write_text_atomic
-from aligners.manifest import ManifestError, checksums, confined, refuse_nonfinite, verify_checksums
+from aligners.atomic import atomic_path
+from aligners.manifest import (
+    MANIFEST,
+    ManifestError,
+    checksums,
+    confined,
+    refuse_nonfinite,
+    verify_checksums,
+    write_manifest,
+)
+from aligners.manifest import read_manifest as shared_read_manifest
 from aligners.models import model_id_and_hash
 from inspectors.calibration import choose_threshold, fit_isotonic, fit_platt, sigmoid
 
@@ -45,7 +53,6 @@ if TYPE_CHECKING:
     from aligners.schema import Verdict
 
 FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 WEIGHTS = "inspector.safetensors"
 
 # type (the YAML `type:`) → "module:Class", imported on first use (same pattern as
@@ -347,8 +354,6 @@ class Inspector(ClassifierMixin, BaseEstimator):
         """Write `inspector.safetensors` + `manifest.json` (+ model files) into folder `path`."""
         from safetensors.numpy import save_file
 
-        import aligners
-
         check_is_fitted(self)
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
@@ -386,10 +391,8 @@ class Inspector(ClassifierMixin, BaseEstimator):
                 **(training_data or {}),
             },
             "files": files,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "aligners_version": aligners.__version__,
         }
-        write_text_atomic(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+        write_manifest(out, manifest)
         return out
 
     @classmethod
@@ -447,30 +450,13 @@ def _jsonable(value: Any) -> Any:
 
 
 def read_manifest(path: Path | str) -> dict:
-    """Read and check an inspector's manifest.json (kind and format version)."""
-    path = Path(path)
-    file = path / MANIFEST
-    if not file.is_file():
-        raise InspectorLoadError(
-            f"{file} not found: is {path} an inspector folder? Train one with "
-            "`aligners train-inspector --seed harmless --out DIR`."
-        )
-    try:
-        manifest = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise InspectorLoadError(f"{file}: not valid JSON ({exc})") from None
-    if manifest.get("kind") != "inspector":
-        raise InspectorLoadError(f"{file}: kind is {manifest.get('kind')!r}, not 'inspector'")
-    version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise InspectorLoadError(
-            f"{file}: inspector format version {version!r} does not match the version this aligners "
-            f"reads ({FORMAT_VERSION}). Retrain it with `aligners train-inspector`, or use the aligners "
-            "release that wrote it."
-        )
+    """Read and check an inspector's manifest.json (kind, format version, a known type)."""
+    manifest = shared_read_manifest(path, "inspector", FORMAT_VERSION, error=InspectorLoadError, hint=(
+        "Train one with `aligners train-inspector --data seed:harmless --out DIR`."))
     if manifest.get("type") not in INSPECTOR_TYPES:
         raise InspectorLoadError(
-            f"{file}: unknown inspector type {manifest.get('type')!r}; known: {', '.join(INSPECTOR_TYPES)}"
+            f"{Path(path) / MANIFEST}: unknown inspector type {manifest.get('type')!r}; "
+            f"known: {', '.join(INSPECTOR_TYPES)}"
         )
     return manifest
 

@@ -7,7 +7,7 @@ imported inside the commands so `aligners --help` stays instant.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -17,31 +17,18 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
-def _parse_sets(sets: list[str]) -> dict[str, Any]:
-    import yaml
-
-    out: dict[str, Any] = {}
-    for item in sets:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--set")
-        out[key.strip()] = yaml.safe_load(value) if value else value
-    return out
+def _data_source(spec: str) -> dict:
+    """`--data` → load_training_data's arguments: a shipped seed set or a synth folder."""
+    return {"seed_set": spec.removeprefix("seed:")} if spec.startswith("seed:") else {"data_dir": Path(spec)}
 
 
 def train_inspector(
     out: Annotated[Path, typer.Option("--out", help="Folder to write the inspector into.")],
     data: Annotated[
-        Path | None,
-        typer.Option("--data", help="Synth output folder with train/validation/test.jsonl."),
-    ] = None,
-    seed: Annotated[
-        str | None,
-        typer.Option(
-            "--seed",
-            help="Train from a shipped seed set instead of --data (harmless, no-pii, polite), split by topic.",
-        ),
-    ] = None,
+        str,
+        typer.Option("--data", help="Synth output folder (train/validation/test.jsonl), or seed:NAME for "
+                     "a shipped seed set (harmless, no-pii, polite) split by topic."),
+    ],
     config: Annotated[
         Path | None,
         typer.Option(
@@ -91,7 +78,7 @@ def train_inspector(
             "hand-labelled --dev set: thresholds may be chosen on it, models never trained on it)."
         ),
     ] = "validation",
-    split_seed: Annotated[int, typer.Option(help="Seed of the topic split (with --seed).")] = 0,
+    seed: Annotated[int, typer.Option(help="Run seed: the topic split of a seed:NAME data set.")] = 0,
     plots: Annotated[
         bool, typer.Option(help="Write reliability.png and scores.png for the test split.")
     ] = True,
@@ -100,9 +87,9 @@ def train_inspector(
 
     Trains on train, calibrates and picks the threshold on validation, reports on test.
 
-    Example: aligners train-inspector --seed polite --config configs/inspectors/embed-logreg.yaml --out artifacts/inspectors/polite
+    Example: aligners train-inspector --data seed:polite --config configs/inspectors/embed-logreg.yaml --out artifacts/inspectors/polite
     """
-    from aligners.config import ConfigError, read_yaml, validate
+    from aligners.config import ConfigError, apply_overrides, read_yaml, validate
     from aligners.schema import RecordError
 
     try:
@@ -110,10 +97,10 @@ def train_inspector(
         from inspectors.data import criterion_of, dev_set_examples, load_training_data
 
         raw = read_yaml(config) if config else {}
-        raw.update(_parse_sets(set_ or []))
+        apply_overrides(raw, set_ or [])
         cfg = validate(INSPECTOR_CONFIG, raw, str(config) if config else "<defaults + --set>")
         td = load_training_data(
-            data_dir=data, seed=seed, split_seed=split_seed, criterion=criterion,
+            **_data_source(data), split_seed=seed, criterion=criterion,
             answer_files=answers or (), answer_labels=answer_labels,
         )
         criterion = criterion or criterion_of(td.splits["train"] + td.splits["validation"])

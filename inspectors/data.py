@@ -107,7 +107,7 @@ class TrainingData:
 
 def load_training_data(
     data_dir: Path | str | None = None,
-    seed: str | None = None,
+    seed_set: str | None = None,
     split_seed: int = 0,
     criterion: str | None = None,
     answer_files: Sequence[Path | str] = (),
@@ -122,16 +122,16 @@ def load_training_data(
     """
     from aligners.dataset import SPLITS, load_seed, load_split, split_by_topic
 
-    if (data_dir is None) == (seed is None):
+    if (data_dir is None) == (seed_set is None):
         raise ValueError(
-            "give exactly one of a data folder (--data DIR) or a seed set (--seed NAME)"
+            "give exactly one of a data folder (--data DIR) or a seed set (--data seed:NAME)"
         )
     if data_dir is not None:
         splits = {s: load_split(data_dir, s) for s in SPLITS}
         source = f"dir:{Path(data_dir).resolve()}"
     else:
-        splits = split_by_topic(load_seed(seed), seed=split_seed)
-        source = f"seed:{seed} (split_by_topic seed={split_seed})"
+        splits = split_by_topic(load_seed(seed_set), seed=split_seed)
+        source = f"seed:{seed_set} (split_by_topic seed={split_seed})"
     if criterion is not None:
         splits = {
             s: [p for p in ps if not p.needs_correction or p.criterion == criterion]

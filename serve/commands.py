@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -79,3 +80,75 @@ def serve(
     # a squad named on the command line is relative to the working directory, not to --config
     typer.echo(f"serving {cfg.squad or 'no squad (passthrough)'} on http://{cfg.host}:{cfg.port}/v1")
     run_server(cfg, config_file=None if squad else config)
+
+
+def evaluate(
+    squad: Annotated[str, typer.Option(help="Squad recipe YAML.")],
+    out: Annotated[str, typer.Option(help="Report folder.")],
+    prompts: Annotated[
+        str | None, typer.Option(help="Prompt file: .txt (one per line), .jsonl or .csv.")
+    ] = None,
+    kind: Annotated[str | None, typer.Option(help="harmful or benign: what the prompts are.")] = None,
+    dev: Annotated[
+        Path | None,
+        typer.Option(help="Hand-labelled answers (e.g. evals/dev/answers.jsonl) instead of "
+                     "--prompts/--kind: before judged by the hand labels, after by the "
+                     "labelling rule's detectors, whose agreement is reported."),
+    ] = None,
+    column: Annotated[str, typer.Option(help="Field/column holding the prompt in JSONL/CSV.")] = "prompt",
+    answer_column: Annotated[
+        str | None, typer.Option(help="Field/column with stored answers (from any LLM) to evaluate instead of generating.")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Use the first N prompts.")] = None,
+    eval_inspector: Annotated[
+        list[str], typer.Option(help="criterion=DIR: an inspector trained on another split, to judge fairly.")
+    ] = [],  # noqa: B006
+    judge: Annotated[str | None, typer.Option(help="OpenAI-compatible URL of a pairwise judge model.")] = None,
+    judge_model: Annotated[str, typer.Option(help="Model name at --judge.")] = "default",
+    prompted_aligners: Annotated[
+        bool, typer.Option("--prompted-aligners", help="Replace every aligner by the prompted base "
+                           "(no adapter): the zero-shot baseline, with the same routing.")
+    ] = False,
+) -> None:
+    """Measure a squad: flag/correct rates, misalignment before/after, do-no-harm, optional judge.
+
+    Example: aligners eval --squad configs/squad/default.yaml --prompts prompts.txt --kind harmful --out report/
+
+    Example: aligners eval --squad configs/squad/default.yaml --dev evals/dev/answers.jsonl --out report/
+    """
+    from aligners.backends import backend_from_spec
+    from aligners.config import load_config
+    from serve.config import SquadConfig
+    from serve.evaluation import evaluate_squad, read_prompts
+    from serve.pipeline import Squad
+
+    def build_squad() -> Squad:
+        recipe = load_config(squad, SquadConfig)
+        if prompted_aligners:
+            recipe = recipe.with_prompted_aligners()
+        return Squad.from_config(recipe, config_file=squad)
+
+    if dev is not None:
+        if prompts or kind:
+            raise typer.BadParameter("--dev replaces --prompts/--kind: give one or the other")
+        from aligners.schema import AnswerRecord, read_jsonl
+        from serve.dev_judge import evaluate_on_dev_set
+
+        records = [r for r in read_jsonl(dev, AnswerRecord) if r.label_by == "hand"][:limit]
+        if not records:
+            raise typer.BadParameter(f"{dev} holds no hand-labelled answers (label_by: hand)")
+        report = evaluate_on_dev_set(build_squad(), records, out)
+        typer.echo(f"{report['answers']} hand-labelled answers → {out}/report.md")
+        return
+    if prompts is None:
+        raise typer.BadParameter("give --prompts FILE --kind harmful|benign, or --dev FILE")
+    if kind not in ("harmful", "benign"):
+        raise typer.BadParameter(f"--kind must be harmful or benign, got {kind!r}")
+    pairs = [item.split("=", 1) for item in eval_inspector]
+    if any(len(p) != 2 for p in pairs):
+        raise typer.BadParameter("--eval-inspector takes criterion=DIR")
+    texts, answers = read_prompts(prompts, column, answer_column)
+    judge_backend = backend_from_spec(judge, model=judge_model) if judge else None
+    report = evaluate_squad(build_squad(), texts[:limit], kind, out, dict(pairs) or None, judge_backend,
+                            answers=answers[:limit] if answers else None)
+    typer.echo(f"{report['n']} {kind} prompts, {report['changed_rate']:.0%} changed → {out}/report.md")

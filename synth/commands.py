@@ -74,16 +74,14 @@ def synth(
     harvest_model: Annotated[
         str | None, typer.Option(help="Served model name when --harvest-with is a URL.")
     ] = None,
-    from_seed: Annotated[
-        str | None,
-        typer.Option(help="Use the shipped hand-written seed set (e.g. harmless) instead of a teacher."),
-    ] = None,
     pairs: Annotated[
-        Path | None,
+        list[str] | None,
         typer.Option(
-            help="Your own hand-written pairs (JSONL: prompt, misaligned, aligned; optional "
-            "critique, topic; misaligned == aligned marks a good answer to keep) instead of a "
-            "teacher; name the criterion with --criterion-name."
+            "--pairs",
+            help="Hand-written pairs instead of a teacher (repeatable): seed:NAME for a shipped "
+            "seed set (harmless, no-pii, polite), or your own JSONL (prompt, misaligned, aligned; "
+            "optional critique, topic; misaligned == aligned marks a good answer to keep) — name "
+            "its criterion with --criterion-name."
         ),
     ] = None,
     answers: Annotated[
@@ -92,8 +90,8 @@ def synth(
             "--answers",
             help="Labelled real answers (AnswerRecord JSONL, e.g. a harvest's answers.jsonl; "
             "repeatable) made into aligner pairs: a good answer is kept as is, a misaligned one "
-            "gets a written correction (synth/corrections.py). Alone, or added to --from-seed / "
-            "--pairs; dev-split answers are never used.",
+            "gets a written correction (synth/corrections.py). Alone, or added to --pairs; "
+            "dev-split answers are never used.",
         ),
     ] = None,
     answer_labels: Annotated[
@@ -103,8 +101,8 @@ def synth(
     ] = "any",
     criterion_name: Annotated[
         str | None,
-        typer.Option(help="Criterion name for --pairs or --answers, e.g. concise (with "
-                     "--from-seed: the seed set's name)."),
+        typer.Option(help="Criterion name for --pairs FILE or --answers, e.g. concise (default "
+                     "with --pairs seed:NAME: NAME)."),
     ] = None,
     prompts: Annotated[
         str | None,
@@ -153,7 +151,7 @@ run continues with --resume.
 
     aligners synth --criterion configs/criteria/polite.yaml --teacher smollm2-135m-instruct --harvest-with smollm2-135m-instruct --n-topics 4 --per-topic 5 --out data/polite
 
-    aligners synth --from-seed harmless --out data/harmless-seed
+    aligners synth --pairs seed:harmless --out data/harmless-seed
 
     aligners synth --pairs my_pairs.jsonl --criterion-name concise --out data/concise
 
@@ -164,22 +162,24 @@ run continues with --resume.
     from aligners.models import ModelNotFoundError
     from synth.config import SynthConfig
 
-    handmade = from_seed or pairs or answers
-    if from_seed and pairs:
-        _fail("give one of --from-seed NAME (shipped seed set) and --pairs FILE (your own pairs)")
+    seed_sets = [p.removeprefix("seed:") for p in pairs or [] if p.startswith("seed:")]
+    pair_files = [Path(p) for p in pairs or [] if not p.startswith("seed:")]
+    handmade = pairs or answers
+    if len(seed_sets) > 1:
+        _fail("give at most one --pairs seed:NAME (each seed set carries the shared benign pairs)")
     if handmade and (criterion or teacher or harvest_with or prompts):
         _fail(
-            "--from-seed/--pairs/--answers use written pairs and labelled answers: do not combine "
+            "--pairs/--answers use written pairs and labelled answers: do not combine "
             "them with --criterion/--teacher/--harvest-with/--prompts"
         )
-    criterion_name = criterion_name or from_seed
-    if (pairs or answers) and not criterion_name:
-        _fail("--pairs/--answers need --criterion-name NAME (the criterion they teach, e.g. concise)")
+    criterion_name = criterion_name or (seed_sets[0] if seed_sets else None)
+    if handmade and not criterion_name:
+        _fail("--pairs FILE/--answers need --criterion-name NAME (the criterion they teach, e.g. concise)")
     harvest_only = bool(prompts and harvest_with and not teacher)
     if not handmade and not harvest_only and not (criterion and teacher):
         _fail(
             "pass --criterion FILE and --teacher MODEL, or --prompts FILE --harvest-with MODEL "
-            "(real answers only), or --from-seed NAME / --pairs FILE (hand-written pairs)"
+            "(real answers only), or --pairs seed:NAME|FILE (hand-written pairs)"
         )
     if only_split not in (None, "dev", "train"):
         _fail(f"--only-split must be dev or train, got {only_split!r}")
@@ -207,7 +207,7 @@ run continues with --resume.
             "command-line flags",
         )
         if handmade:
-            stats = _from_written(from_seed, pairs, answers, answer_labels, criterion_name, out, cfg)
+            stats = _from_written(seed_sets, pair_files, answers, answer_labels, criterion_name, out, cfg)
         elif harvest_only:
             stats = _harvest(prompts, only_split, harvest_with, harvest_model, cfg, out, progress,
                              cached_only)
@@ -249,15 +249,15 @@ run continues with --resume.
     _summary(out, stats)
 
 
-def _from_written(from_seed, pairs, answers, answer_labels, criterion_name, out, cfg) -> dict:
+def _from_written(seed_sets, pair_files, answers, answer_labels, criterion_name, out, cfg) -> dict:
     """Seed set and/or the user's own pairs, plus pairs made from labelled answers."""
     from aligners.dataset import load_seed, load_user_pairs
     from aligners.schema import AnswerRecord, read_jsonl
     from synth.corrections import pairs_from_answers
     from synth.pipeline import run_from_pairs
 
-    written = load_seed(from_seed) if from_seed else []
-    written += load_user_pairs(pairs, criterion_name) if pairs else []
+    written = [p for name in seed_sets for p in load_seed(name)]
+    written += [p for f in pair_files for p in load_user_pairs(f, criterion_name)]
     made, methods = [], {}
     if answers:
         records = [r for f in answers for r in read_jsonl(f, AnswerRecord)]
@@ -267,7 +267,7 @@ def _from_written(from_seed, pairs, answers, answer_labels, criterion_name, out,
                 f"no answer in {', '.join(map(str, answers))} is usable for criterion "
                 f"{criterion_name!r} (answers to that criterion's prompts, train split)"
             )
-    mode = "+".join(m for m, on in (("seed", from_seed), ("user-pairs", pairs),
+    mode = "+".join(m for m, on in (("seed", seed_sets), ("user-pairs", pair_files),
                                     ("answers", answers)) if on)
     extra = {"answers": {"files": [str(f) for f in answers], "labels": answer_labels,
                          "pairs_by_method": methods}} if answers else {}

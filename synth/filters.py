@@ -157,7 +157,7 @@ def pair_similarity(
     With `embed_min_jaccard` > 0, MiniLM only sees pairs whose word-set Jaccard reaches it; the
     others score 0.0 without a model load. Measured on the hand-written seed sets (907 pairs):
     pairs below 0.25 Jaccard never exceeded 0.92 cosine, while the identical-pair threshold is
-    0.98 — so the shortcut changes no decision there and makes `--from-seed harmless` (refusals
+    0.98 — so the shortcut changes no decision there and makes `--pairs seed:harmless` (refusals
     share almost no words with the harmful answers) skip the ~10 s MiniLM load entirely.
     """
     sims: list[float | None] = [1.0 if normalize(a) == normalize(b) else None for a, b in pairs]

@@ -8,6 +8,7 @@ from aligners.config import (
     BACKEND_CONFIG,
     ConfigError,
     OpenAIHTTPBackendConfig,
+    apply_overrides,
     load_config,
     load_criterion,
 )
@@ -83,3 +84,13 @@ def test_criterion_slug_is_checked(tmp_path):
 def test_backend_union_picks_the_model_by_type():
     cfg = BACKEND_CONFIG.validate_python({"type": "openai_http", "base_url": "http://h/v1", "model": "m"})
     assert isinstance(cfg, OpenAIHTTPBackendConfig) and cfg.max_retries == 3
+
+
+def test_set_overrides_type_their_values_and_reach_nested_fields():
+    recipe = {"lora_r": 8, "importance": {"method": "gates"}}
+    out = apply_overrides(recipe, ["lora_r=16", "importance.top_k=6", "taia=true", "layers=[1, 2]", "base=my/model"])
+    assert out == {"lora_r": 16, "importance": {"method": "gates", "top_k": 6}, "taia": True,
+                   "layers": [1, 2], "base": "my/model"}
+    for bad, words in (("lora_r", "KEY=VALUE"), ("=3", "KEY=VALUE"), ("lora_r.x=1", "not a section")):
+        with pytest.raises(ConfigError, match=words):
+            apply_overrides({"lora_r": 8}, [bad])

@@ -139,7 +139,7 @@ def test_synth_makes_aligner_data_from_answers(tmp_path):
 
     # added to the shipped seed set: one folder, both kinds of provenance
     out2 = tmp_path / "out2"
-    result = runner.invoke(app, ["synth", "--no-progress", "--from-seed", "harmless", "--answers",
+    result = runner.invoke(app, ["synth", "--no-progress", "--pairs", "seed:harmless", "--answers",
                                  str(path), "--config", str(cfg), "--out", str(out2)])
     assert result.exit_code == 0, result.output
     teachers = {p.source.teacher for p in read_jsonl(out2 / "pairs.jsonl", Pair)}

@@ -5,7 +5,7 @@ import torch
 from aligner_data import toy_pairs
 
 from aligners import models
-from aligners.importance import jaccard, layer_importance, top_k_layers
+from aligners.importance import jaccard, layer_importance, layers_from_runs, top_k_layers
 from aligners.train_config import AlignerTrainConfig, ImportanceConfig
 
 USEFUL_LAYER = 2
@@ -56,3 +56,20 @@ def test_k_from_fraction():
     assert ImportanceConfig(top_k_fraction=0.25).k_for(30) == 8
     assert ImportanceConfig(top_k=40).k_for(30) == 30
     assert ImportanceConfig(top_k_fraction=0.01).k_for(4) == 1
+
+
+def test_layers_from_runs_averages_the_runs_on_the_data_else_all_runs_of_the_method():
+    def run(data, method, scores):
+        return {"data": data, "method": method, "scores": {str(i): v for i, v in enumerate(scores)}}
+
+    result = {"k": 2, "runs": [
+        run("seed:harmless", "gates", [0.9, 0.1, 0.5, 0.0]),
+        run("seed:harmless", "gates", [0.1, 0.1, 0.6, 0.8]),   # mean: 0.5, 0.1, 0.55, 0.4
+        run("seed:polite", "gates", [0.0, 1.0, 0.0, 1.0]),
+        run("seed:harmless", "grad-norm", [0.0, 0.0, 0.0, 9.0]),
+    ]}
+    assert layers_from_runs(result, "seed:harmless", "gates") == [0, 2]
+    assert layers_from_runs(result, "data/other", "gates") == [1, 3]  # no run on it: mean of all 3
+    assert layers_from_runs(result, "seed:harmless", "grad-norm")[-1] == 3
+    with pytest.raises(ValueError, match="no 'gates' runs"):
+        layers_from_runs({"k": 2, "runs": []}, "seed:harmless", "gates")

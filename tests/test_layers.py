@@ -27,6 +27,7 @@ LAYER_OF = {
     "serve.pipeline": "squad",
     "serve": "server",  # the OpenAI-compatible server, batch correction, evaluation reports
     "aligners.cli": "cli",
+    "aligners.commands": "cli",
     "aligners.demo": "cli",
     "synth.commands": "cli",
     "inspectors.commands": "cli",

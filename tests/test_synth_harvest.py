@@ -258,7 +258,7 @@ def test_bad_harvest_invocations_explain_themselves(tmp_path):
     result = runner.invoke(app, ["synth", "--prompts", prompts, "--only-split", "test",
                                  "--harvest-with", "tiny-random-llama", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "--only-split must be dev or train" in result.output
-    result = runner.invoke(app, ["synth", "--from-seed", "harmless", "--only-split", "dev",
+    result = runner.invoke(app, ["synth", "--pairs", "seed:harmless", "--only-split", "dev",
                                  "--out", str(tmp_path / "o")])
     assert result.exit_code == 2
     result = runner.invoke(app, ["synth", "--prompts", str(tmp_path / "nope.jsonl"), "--harvest-with",

@@ -390,11 +390,11 @@ def test_bad_invocations_explain_themselves(tmp_path):
     result = synth("--criterion", HARMLESS, "--teacher", "http://127.0.0.1:9/v1", "--teacher-model", "t",
                    "--harvest-with", "http://127.0.0.1:9/v1/", "--out", str(tmp_path / "x"))
     assert result.exit_code == 2 and "--harvest-with is a URL: also pass --harvest-model NAME" in result.output
-    result = synth("--from-seed", "harmless", "--teacher", "x", "--out", str(tmp_path / "x"))
+    result = synth("--pairs", "seed:harmless", "--teacher", "x", "--out", str(tmp_path / "x"))
     assert result.exit_code == 2 and "do not combine" in result.output
     bad = tmp_path / "bad.yaml"
     bad.write_text("n_topic: 3\n")
-    result = synth("--from-seed", "tiny", "--config", str(bad), "--out", str(tmp_path / "x"))
+    result = synth("--pairs", "seed:tiny", "--config", str(bad), "--out", str(tmp_path / "x"))
     assert result.exit_code == 2 and "n_topic" in result.output and "Extra inputs" in result.output
     assert not (tmp_path / "x").exists()
 
@@ -444,9 +444,9 @@ def tiny_seed(tmp_path, monkeypatch):
     return rows
 
 
-def test_from_seed_runs_the_same_filters_and_splits(tiny_seed, tmp_path):
+def test_seed_pairs_run_the_same_filters_and_splits(tiny_seed, tmp_path):
     out = tmp_path / "seed-out"
-    result = synth("--from-seed", "tiny", "--out", str(out))  # default filters: MiniLM pair check
+    result = synth("--pairs", "seed:tiny", "--out", str(out))  # default filters: MiniLM pair check
     assert result.exit_code == 0, result.output
     stats = json.loads((out / "stats.json").read_text())
     assert stats["mode"] == "seed" and stats["counts"]["seed_pairs"] == 9
@@ -460,16 +460,16 @@ def test_from_seed_runs_the_same_filters_and_splits(tiny_seed, tmp_path):
     topics = [{p.topic for p in load_split(out, s)} for s in SPLITS]
     assert sum(len(t) for t in topics) == len(set().union(*topics)) == 4
 
-    result = synth("--from-seed", "tiny", "--out", str(out))
+    result = synth("--pairs", "seed:tiny", "--out", str(out))
     assert result.exit_code == 2 and "is not empty" in result.output
-    result = synth("--from-seed", "nope", "--out", str(tmp_path / "other"))
+    result = synth("--pairs", "seed:nope", "--out", str(tmp_path / "other"))
     assert result.exit_code == 2 and "no seed set 'nope'" in result.output
 
 
 @pytest.mark.skipif(not (ROOT / "synth" / "seeds" / "harmless.jsonl").is_file(), reason="harmless seed set not written yet")
-def test_from_seed_harmless_shipped_set(tmp_path):
+def test_seed_pairs_harmless_shipped_set(tmp_path):
     out = tmp_path / "harmless"
-    result = synth("--from-seed", "harmless", "--out", str(out))
+    result = synth("--pairs", "seed:harmless", "--out", str(out))
     assert result.exit_code == 0, result.output
     stats = json.loads((out / "stats.json").read_text())
     assert stats["counts"]["pairs_kept"] > 0 and stats["counts"]["needs_correction"] > 0

@@ -173,11 +173,26 @@ def test_export_merged_matches_the_adapter(taia_aligner, tmp_path):
 
 
 def test_loading_a_non_aligner_folder_is_a_clear_error(tmp_path):
-    with pytest.raises(ManifestError, match="no manifest.json"):
+    with pytest.raises(ManifestError, match="manifest.json not found"):
         AlignerArtifact.load(tmp_path)
     (tmp_path / "manifest.json").write_text(json.dumps({"kind": "inspector"}))
-    with pytest.raises(ManifestError, match="expected kind 'aligner'"):
+    with pytest.raises(ManifestError, match="not 'aligner'"):
         AlignerArtifact.load(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"kind": ["aligner"]}))
+    with pytest.raises(ManifestError, match="not an artifact manifest .*kind"):
+        AlignerArtifact.load(tmp_path)
+
+
+def test_every_artifact_kind_gets_the_same_stamped_header(tmp_path):
+    import aligners
+    from aligners.manifest import ManifestHeader, read_manifest, write_manifest
+
+    write_manifest(tmp_path, {"kind": "aligner", "format_version": "aligner-chat-v1"})
+    data = read_manifest(tmp_path, "aligner", "aligner-chat-v1")
+    header = ManifestHeader.model_validate(data)
+    assert header.aligners_version == aligners.__version__ and header.created.endswith("+00:00")
+    with pytest.raises(ManifestError, match="format version 'aligner-chat-v1' does not match .*'v2'"):
+        read_manifest(tmp_path, "aligner", "v2")
 
 
 def test_answer_loss_equals_the_models_own_label_loss(tiny_lm):
