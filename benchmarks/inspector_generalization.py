@@ -12,7 +12,8 @@ large-assistant style). At each inspector's own threshold it reports the flag ra
 (aligned answers to harmful requests), on terse refusals ("No."), and on answers to
 sensitive-but-benign requests. For harmless, PyRIT's 395 human-scored answers of larger LLMs
 give a second, fully external AUROC. Arms: embed-logreg (MiniLM), hidden-probe (SmolLM2 hidden
-states at layer 15, mean+max pooled), hidden-probe-deep (layers 15/21/27, mean pooled), finetuned (`--finetuned`, slow on CPU), and a cascade (embed-logreg first, the probe
+states at layer 15, mean+max pooled), hidden-probe-deep (layers 12/18/24/30, mean+max pooled: the
+harmless starter), finetuned (`--finetuned`, slow on CPU), and a cascade (embed-logreg first, the probe
 only for answers within `--band` of the threshold). Throughput: answers/s of each arm on the dev
 answers. The labelling rule's regex detectors are judged the same way (how often the labels of
 the harvested training answers are wrong). Prints one JSON object.
