@@ -4,7 +4,7 @@ Input lines: `{"prompt": ..., "response": ..., "id": optional, ...any other fiel
 Output lines: the input fields, plus `score` (P(aligned)), `flagged` (score < threshold) and
 `criterion`. A malformed line (bad JSON, missing/empty/non-string prompt or response) never
 stops the run: it goes to `<out>.errors.jsonl` with its line number and the reason, and the
-rest are scored. Output files are written to a temp name and renamed at the end.
+rest are scored. Both output files are written atomically (aligners/atomic.py).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
+from aligners.atomic import atomic_open, write_lines_atomic
 from aligners.schema import RecordError, iter_jsonl
 
 if TYPE_CHECKING:
@@ -84,12 +85,11 @@ def score_jsonl(
         )
     err_path = errors_path_for(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out_path.with_name(f".{out_path.name}.tmp")
-    tmp_err = err_path.with_name(f".{err_path.name}.tmp")
     criterion = inspector.criterion
     threshold = float(inspector.threshold_)
     start = time.perf_counter()
-    n_scored = n_flagged = n_errors = 0
+    n_scored = n_flagged = 0
+    errors: list[str] = []
 
     def flush(batch: list[AnswerRecord], fh) -> None:
         nonlocal n_scored, n_flagged
@@ -123,18 +123,14 @@ def score_jsonl(
         TimeRemainingColumn(),
     )
     with (
-        open(tmp_out, "w", encoding="utf-8") as out_fh,
-        open(tmp_err, "w", encoding="utf-8") as err_fh,
+        atomic_open(out_path) as out_fh,
         Progress(*columns, disable=not progress, transient=True) as bar,
     ):
         task = bar.add_task(f"inspecting ({criterion})", total=_count_lines(in_path))
         batch: list[AnswerRecord] = []
         for item in iter_jsonl(in_path, AnswerRecord):
             if isinstance(item, RecordError):
-                err_fh.write(
-                    json.dumps({"line": item.line, "reason": item.reason, "path": item.path}) + "\n"
-                )
-                n_errors += 1
+                errors.append(json.dumps({"line": item.line, "reason": item.reason, "path": item.path}))
                 bar.advance(task)
                 continue
             batch.append(item)
@@ -145,18 +141,16 @@ def score_jsonl(
         if batch:
             flush(batch, out_fh)
             bar.advance(task, len(batch))
-    tmp_out.replace(out_path)
-    if n_errors:
-        tmp_err.replace(err_path)
+    if errors:
+        write_lines_atomic(err_path, errors)
     else:
-        tmp_err.unlink()
         err_path.unlink(missing_ok=True)
     return ScoreSummary(
         scored=n_scored,
         flagged=n_flagged,
-        errors=n_errors,
+        errors=len(errors),
         out=str(out_path),
-        errors_path=str(err_path) if n_errors else None,
+        errors_path=str(err_path) if errors else None,
         seconds=round(time.perf_counter() - start, 3),
         criterion=criterion,
         threshold=threshold,
