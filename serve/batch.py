@@ -157,19 +157,19 @@ def output_record(rec: BatchInput, correction) -> dict[str, Any]:
 
 
 def correct_chunk(squad: Squad, records: list[BatchInput]) -> list[dict[str, Any]]:
-    """Correct one chunk: supplied responses as they are; missing ones are generated, and
-    `squad.generate` corrects them in the same call."""
-    results: list[Any] = [None] * len(records)
+    """Correct one chunk in one squad call: supplied responses as they are, missing ones answered
+    by the base first (`Squad.answer`), so every answer is inspected and corrected exactly once."""
+    responses = [r.response for r in records]
     missing = [i for i, r in enumerate(records) if r.response is None]
-    given = [i for i, r in enumerate(records) if r.response is not None]
     if missing:
-        for i, c in zip(missing, squad.generate([records[i].prompt for i in missing]), strict=True):
-            results[i] = c
-    if given:
-        corrections = squad.correct([records[i].prompt for i in given], [records[i].response for i in given])
-        for i, c in zip(given, corrections, strict=True):
-            results[i] = c
-    return [output_record(r, c) for r, c in zip(records, results, strict=True)]
+        t0 = time.perf_counter()
+        for i, text in zip(missing, squad.answer([records[i].prompt for i in missing]), strict=True):
+            responses[i] = text
+        gen_s = (time.perf_counter() - t0) / len(missing)
+    corrections = squad.correct([r.prompt for r in records], responses)
+    for i in missing:
+        corrections[i].trace.timings["generate_s"] = gen_s
+    return [output_record(r, c) for r, c in zip(records, corrections, strict=True)]
 
 
 def _validated(lines: list[Line], max_chars: int) -> tuple[list[BatchInput], list[str]]:

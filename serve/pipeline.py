@@ -14,6 +14,7 @@ the OpenAI-compatible server and batch correction both call this class.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -170,15 +171,19 @@ class Squad:
             for i in range(len(prompts))
         ]
 
-    def generate(self, prompts: Sequence[str], params: SamplingParams | None = None) -> list[Correction]:
-        """Answer prompts with the base model, then correct the answers."""
+    def answer(self, prompts: Sequence[str], params: SamplingParams | None = None) -> list[str]:
+        """The base model's answers, uncorrected (for callers that correct them with other answers)."""
         if self.base is None:
             raise SquadError("this squad has base: none; use correct(prompts, answers)")
-        t0 = time.perf_counter()
         params = params or self.config.policy.base_params
-        outs = self.base.generate([GenerationRequest.chat(p, params=params) for p in prompts])
+        return [o.text for o in self.base.generate([GenerationRequest.chat(p, params=params) for p in prompts])]
+
+    def generate(self, prompts: Sequence[str], params: SamplingParams | None = None) -> list[Correction]:
+        """Answer prompts with the base model, then correct the answers."""
+        t0 = time.perf_counter()
+        answers = self.answer(prompts, params)
         gen_s = (time.perf_counter() - t0) / max(1, len(prompts))
-        results = self.correct(prompts, [o.text for o in outs])
+        results = self.correct(prompts, answers)
         for r in results:
             r.trace.timings["generate_s"] = gen_s
         return results
@@ -198,7 +203,7 @@ class Squad:
         streams the result; the first chunk arrives after the squad has finished.
         """
         result = (await self.agenerate([prompt], params))[0]
-        for chunk in _chunks(result.corrected):
+        for chunk in word_pieces(result.corrected):
             yield chunk
 
     def close(self) -> None:
@@ -236,10 +241,12 @@ def rewrite_or_keep(answer: str, rewrite: Generation) -> str:
     return rewrite.text.strip()
 
 
-def _chunks(text: str) -> list[str]:
-    """Split on spaces keeping them, so the chunks join back to exactly `text`."""
-    parts = text.split(" ")
-    return [p + " " for p in parts[:-1]] + [parts[-1]] if text else []
+_PIECE = re.compile(r"\s*\S+\s*|\s+")
+
+
+def word_pieces(text: str) -> list[str]:
+    """Word-sized stream pieces (whitespace kept, newlines included) that join back to exactly `text`."""
+    return _PIECE.findall(text)
 
 
 def _load_aligner(backend: Backend, cfg: SquadConfig, member: SquadMember, config_file: Path | None) -> str | None:

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -56,6 +55,7 @@ from aligners.backends.openai_client import OpenAIClient, OpenAIServerError, par
 from aligners.config import OpenAIHTTPBackendConfig
 from aligners.schema import Correction
 from serve.metrics import ServerMetrics
+from serve.pipeline import word_pieces
 from serve.protocol import (
     AlignersInfo,
     ChatChoice,
@@ -563,7 +563,7 @@ class AlignersServing:
         for i, text in enumerate(texts):
             if chat:
                 yield sse(chat_chunk(cid, created, model, i, {"role": "assistant", "content": ""}))
-            for piece in pieces(text):
+            for piece in word_pieces(text):
                 if await ctx.disconnected():
                     self.metrics.error("client_disconnected")
                     return
@@ -608,7 +608,7 @@ class AlignersServing:
             else:
                 answers, _ = await (self._generate_chat(req, ctx) if chat else self._generate_completion(req, ctx))
                 finish_reason = answers[0].finish_reason
-                base_pieces = contextlib.aclosing(_aiter((p, None) for p in pieces(answers[0].text)))
+                base_pieces = contextlib.aclosing(_aiter((p, None) for p in word_pieces(answers[0].text)))
             async with base_pieces as stream:
                 async for piece, fin in stream:
                     if started and await ctx.disconnected():
@@ -697,18 +697,10 @@ class AlignersServing:
 
 # --- helpers ------------------------------------------------------------------------------------------
 
-_PIECE = re.compile(r"\s*\S+\s*|\s+")
-
-
 def _role_mapped(req: ChatCompletionRequest) -> list[dict[str, str]]:
     """The chat as plain role/content dicts; `developer` (OpenAI's newer name) becomes `system`,
     which every OpenAI-compatible server and chat template knows."""
     return [{"role": "system" if m.role == "developer" else m.role, "content": m.text} for m in req.messages]
-
-
-def pieces(text: str) -> list[str]:
-    """Word-sized stream pieces that join back to exactly `text`."""
-    return _PIECE.findall(text)
 
 
 async def _aiter(items) -> AsyncIterator:

@@ -213,5 +213,11 @@ def test_missing_responses_are_generated_and_corrected_once(squad, tmp_path, mon
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps({"id": i, "prompt": "q"}) + "\n" for i in range(3)) +
                    json.dumps({"id": 3, "prompt": "q", "response": RUDE[0]}) + "\n")
+    answered = []
+    real_answer = squad.answer
+    monkeypatch.setattr(squad, "answer", lambda prompts, *a: answered.append(len(prompts)) or real_answer(prompts, *a))
     run_batch(squad, src, tmp_path / "out.jsonl", progress=False)
-    assert sorted(calls) == [1, 3]  # the generated three inside generate(), the supplied one alone
+    assert answered == [3] and calls == [4]  # the base answers the three once; one correct() for all four
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == [0, 1, 2, 3] and rows[3]["response"] == RUDE[0]
+    assert all(r["response"] for r in rows[:3])

@@ -25,9 +25,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from openai_scripted import Delay, Reply, Status, serve_app
 
 from serve.app import build_app
+from serve.pipeline import word_pieces
 from serve.protocol import chat_chunk, completion_chunk, sse
 from serve.server_config import ServerConfig
-from serve.serving import pieces
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -85,7 +85,7 @@ class SSEUpstream:
                 try:
                     if chat:
                         yield sse(chat_chunk("up", 0, body["model"], 0, {"role": "assistant", "content": ""}))
-                    for i, piece in enumerate(pieces(self.text)):
+                    for i, piece in enumerate(word_pieces(self.text)):
                         if i == self.fail_after:
                             raise RuntimeError("upstream died mid-stream")  # uvicorn drops the connection
                         await asyncio.sleep(self.delay)
