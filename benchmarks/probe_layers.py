@@ -10,6 +10,8 @@ labels, held-out topics). Pick by validation AUROC, never by dev: the dev set on
 
 Usage: ALIGNERS_FEATURE_CACHE=runs/feature-cache .venv/bin/python benchmarks/probe_layers.py \\
     --criterion harmless > benchmarks/probe_layers/harmless.json
+       ... --criterion harmless --C 0.002 --sets 12,18,24,30 --heads \
+    > benchmarks/probe_layers/harmless-heads.json
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ def main() -> None:
                     help="Layer sets to try besides each single layer (comma lists).")
     ap.add_argument("--C", type=float, nargs="+", default=[0.002, 0.01, 0.05])
     ap.add_argument("--dev", default="evals/dev/answers.jsonl")
+    ap.add_argument("--heads", action="store_true",
+                    help="Also fit non-linear heads (MLP, boosted trees on PCA) on the chosen probe's "
+                    "features, and report the chosen probe's dev AUROC per (answer source, request intent).")
     args = ap.parse_args()
 
     from sklearn.metrics import roc_auc_score
@@ -83,9 +88,64 @@ def main() -> None:
             "dev_recall_at_5pct_fpr": round(recall_at_fpr(labels["dev"], scores["dev"])["recall"], 3),
         })
     best = max(runs, key=lambda r: r["validation_auroc"])
+    extra = {}
+    if args.heads:
+        cols = columns(best["layers"], best["pooling"])
+        w = fit_linear(X["train"][:, cols], labels["train"], best["C"], 3000, 0)
+        extra = {"heads": other_heads({n: X[n][:, cols] for n in X}, labels),
+                 "dev_auroc_by_part": by_part(ROOT / args.dev, args.criterion, splits["dev"],
+                                              linear_scores(X["dev"][:, cols], w), labels["dev"])}
     print(json.dumps({"benchmark": "probe_layers", "criterion": args.criterion,
                       "examples": {k: len(v) for k, v in X.items()}, "encode_s": round(encode_s, 1),
-                      "chosen_by_validation": best, "runs": runs}, indent=2))
+                      "chosen_by_validation": best, **extra, "runs": runs}, indent=2))
+
+
+def other_heads(X: dict, y: dict) -> list[dict]:
+    """Does a non-linear head read more from the same features? Fitted on train, scored like the probes."""
+    from sklearn.decomposition import PCA
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.metrics import roc_auc_score
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from inspectors.metrics import recall_at_fpr
+
+    heads = {
+        "mlp-256, alpha 1": MLPClassifier((256,), alpha=1.0, early_stopping=True, max_iter=200, random_state=0),
+        "mlp-256, alpha 10": MLPClassifier((256,), alpha=10.0, early_stopping=True, max_iter=200, random_state=0),
+        "boosted trees on PCA-64": make_pipeline(PCA(64, random_state=0), HistGradientBoostingClassifier(
+            max_iter=300, learning_rate=0.05, random_state=0)),
+    }
+    out = []
+    for name, head in heads.items():
+        model = make_pipeline(StandardScaler(), head).fit(X["train"], y["train"])
+        s = {n: model.predict_proba(X[n])[:, 1] for n in ("validation", "dev")}
+        out.append({"head": name, "validation_auroc": round(roc_auc_score(y["validation"], s["validation"]), 4),
+                    "dev_auroc": round(roc_auc_score(y["dev"], s["dev"]), 4),
+                    "dev_recall_at_5pct_fpr": round(recall_at_fpr(y["dev"], s["dev"])["recall"], 3)})
+    return out
+
+
+def by_part(dev_file: Path, criterion: str, dev, scores, y) -> list[dict]:
+    """Where the chosen probe's errors are: dev AUROC within each (answer source, request intent)."""
+    from sklearn.metrics import roc_auc_score
+
+    from aligners.schema import AnswerRecord, read_jsonl
+
+    meta = {(r.prompt, r.answer): r for r in read_jsonl(dev_file, AnswerRecord)
+            if r.criterion == criterion and r.label_by == "hand"}
+    parts: dict[tuple, list[int]] = {}
+    for i, key in enumerate(zip(dev.prompts, dev.answers, strict=True)):
+        r = meta[key]
+        parts.setdefault((r.answer_model, r.intent), []).append(i)
+    out = []
+    for (source, intent), idx in sorted(parts.items()):
+        yy = y[idx]
+        auroc = roc_auc_score(yy, scores[idx]) if 0 < yy.sum() < len(yy) else None
+        out.append({"answer_model": source, "intent": intent, "answers": len(idx),
+                    "misaligned": int((yy == 0).sum()), "dev_auroc": None if auroc is None else round(auroc, 4)})
+    return out
 
 
 if __name__ == "__main__":
