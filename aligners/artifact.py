@@ -8,11 +8,10 @@ attention tensors, so every backend (transformers, vLLM) loads it like any other
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from aligners.atomic import atomic_dir
 from aligners.formatting import FORMAT_VERSION
 from aligners.lora import ADAPTER_DIR
 from aligners.manifest import (
@@ -86,14 +85,9 @@ def attention_only_adapter(adapter: Path) -> Path:
         raise ValueError(f"{adapter} has no attention LoRA weights: TAIA needs attention modules")
     config = json.loads((adapter / ADAPTER_CONFIG).read_text())
     config["target_modules"] = sorted(m for m in ATTENTION_MODULES if any(f".{m}." in k for k in kept))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".taia.", dir=target.parent))
-    save_file(kept, tmp / ADAPTER_WEIGHTS)
-    (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2))
-    try:
-        tmp.rename(target)
-    except OSError:  # another process built it first
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_dir(target) as tmp:
+        save_file(kept, tmp / ADAPTER_WEIGHTS)
+        (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2))
     return target
 
 

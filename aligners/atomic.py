@@ -1,14 +1,16 @@
-"""Atomic file writes: a temp file beside the target, fsync'd, then renamed over it.
+"""Atomic writes: a temp file (or folder) beside the target, then renamed over it.
 
-Every artifact, dataset split, journal part and report is written this way, so a crash or a
-kill leaves the old file or the new one, never half of one (the batch engine's exactly-once
-output depends on it).
+Every artifact, dataset split, journal part, report, model cache and checkpoint is written this
+way, so a crash or a kill leaves the old one or the new one, never half of one (the batch
+engine's exactly-once output depends on it).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
@@ -49,3 +51,24 @@ def write_lines_atomic(path: Path | str, lines: Iterable[str]) -> Path:
     with atomic_open(path) as fh:
         fh.writelines(line + "\n" for line in lines)
     return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_dir(target: Path | str, *, replace: bool = False) -> Iterator[Path]:
+    """A temp folder beside `target`, moved into place when the block ends without an error and
+    removed otherwise. `replace` swaps out an existing target (a checkpoint); without it, a target
+    that another process finished first wins (a cache two processes may build at once)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield tmp
+        if replace:
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            tmp.rename(target)
+        except OSError:
+            if replace or not target.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from aligners.atomic import atomic_dir
 from aligners.manifest import file_sha256
 
 if TYPE_CHECKING:  # heavy imports stay out of `aligners --help`
@@ -102,19 +101,10 @@ def _convert_gguf_to_cache(target: Path) -> None:
     model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_dir(target) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "SOURCE").write_text(f"{gguf}\n{file_sha256(gguf)}\n")
-        try:
-            tmp.rename(target)
-        except OSError:
-            if not (target / "config.json").is_file():  # lost a race to an incomplete dir? retry
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def smollm2_dir() -> Path:

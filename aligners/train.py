@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from aligners.atomic import atomic_dir
 from aligners.dataset import data_hash
 from aligners.formatting import FORMAT_VERSION
 from aligners.lora import (
@@ -65,21 +66,16 @@ def resolve_layers(cfg: AlignerTrainConfig, model, tokenizer, train: Sequence[Pa
 def _save_checkpoint(out: Path, model, optimizer, state: dict) -> None:
     from peft import get_peft_model_state_dict
 
-    tmp = out / f".{CHECKPOINT_DIR}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in get_peft_model_state_dict(model).items()}, tmp / "adapter.safetensors")
     opt = optimizer.state_dict()
     tensors = {
         f"{pid}.{key}": (val if torch.is_tensor(val) else torch.tensor(val)).contiguous()
         for pid, pstate in opt["state"].items()
         for key, val in pstate.items()
     }
-    save_file(tensors, tmp / "optimizer.safetensors")
-    (tmp / "state.json").write_text(json.dumps({**state, "param_groups": opt["param_groups"]}))
-    final = out / CHECKPOINT_DIR
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
+    with atomic_dir(out / CHECKPOINT_DIR, replace=True) as tmp:
+        save_file({k: v.contiguous() for k, v in get_peft_model_state_dict(model).items()}, tmp / "adapter.safetensors")
+        save_file(tensors, tmp / "optimizer.safetensors")
+        (tmp / "state.json").write_text(json.dumps({**state, "param_groups": opt["param_groups"]}))
 
 
 def _load_checkpoint(out: Path, model, optimizer) -> dict:
