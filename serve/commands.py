@@ -21,13 +21,22 @@ def correct(
     actors: Annotated[int, typer.Option(min=1, help="Ray: squads in the actor pool.")] = 2,
     cpus_per_actor: Annotated[float, typer.Option(help="Ray: CPUs reserved per actor (0.5 on 2-core hosts).")] = 0.5,
     ray_address: Annotated[str | None, typer.Option(help="Ray: cluster address; default starts a local Ray.")] = None,
+    pairs_out: Annotated[str | None, typer.Option(help="Also write every changed answer as a preference pair "
+                                                  "(prompt, chosen, rejected + criteria and scores), .jsonl or "
+                                                  ".parquet, ready for datasets and trl's DPOTrainer.")] = None,
 ) -> None:
     """Correct stored answers with a squad; resumable after a crash, bad records to an errors file.
 
     Example: aligners correct --squad configs/squad/default.yaml --in answers.jsonl --out corrected.jsonl
+
+    Example: aligners correct --squad configs/squad/default.yaml --in answers.jsonl --out corrected.jsonl --pairs-out pairs.parquet
     """
     if (input_file is None) == (dataset is None):
         raise typer.BadParameter("give exactly one of --in FILE or --dataset DIR")
+    from serve.pairs import PAIR_FORMATS, pairs_from_batch_output, write_pairs
+
+    if pairs_out is not None and not pairs_out.endswith(PAIR_FORMATS):
+        raise typer.BadParameter(f"--pairs-out must end in {' or '.join(PAIR_FORMATS)}, got {pairs_out!r}")
     source = input_file or dataset
     if engine == "ray":
         from serve.ray_batch import run_ray_batch
@@ -46,6 +55,8 @@ def correct(
             raise typer.BadParameter(str(exc)) from None
     else:
         raise typer.BadParameter(f"--engine must be local or ray, got {engine!r}")
+    if pairs_out is not None:
+        summary["preference_pairs"] = write_pairs(pairs_from_batch_output(out), pairs_out)
     typer.echo(" ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in summary.items()))
 
 

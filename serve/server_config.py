@@ -45,6 +45,10 @@ class ServerConfig(StrictModel):
         "that cannot be resolved (VAR unset or empty) stops start-up: never silently open.",
     )
     metrics_open: bool = Field(default=False, description="Serve /metrics without a key.")
+    pairs_log: str | None = Field(
+        default=None, pattern=r"\.jsonl$", description="Append every changed answer as a preference pair (prompt, chosen, "
+        "rejected, criteria, scores) to this .jsonl file, for datasets and trl's DPOTrainer.",
+    )
     max_body_bytes: int = Field(default=1_000_000, ge=1024, description="Larger bodies get 413.")
     max_tokens_limit: int = Field(default=4096, ge=1, description="Larger max_tokens get 400.")
     max_n: int = Field(default=8, ge=1, description="Largest `n` (choices per request).")

@@ -55,6 +55,7 @@ from aligners.backends.openai_client import OpenAIClient, OpenAIServerError, par
 from aligners.config import OpenAIHTTPBackendConfig
 from aligners.schema import Correction
 from serve.metrics import ServerMetrics
+from serve.pairs import PairLog
 from serve.pipeline import word_pieces
 from serve.protocol import (
     AlignersInfo,
@@ -236,6 +237,7 @@ class AlignersServing:
         if self.upstream is None and squad is None:
             raise ValueError("passthrough mode (no squad) needs an upstream")
         self.model_name = self._base_name()
+        self.pairs_log = PairLog(config.pairs_log) if config.pairs_log else None
         self._alock = asyncio.Lock()  # orders waiters without tying up worker threads
         self._tlock = threading.Lock()  # held by the worker thread itself (see `_locked`)
         if squad is not None:
@@ -410,6 +412,8 @@ class AlignersServing:
         except BackendError as exc:
             raise ServingError(502, f"an aligner failed: {exc}", type="upstream_error", code="aligner_failed") from None
         self.metrics.corrections(results)
+        if self.pairs_log is not None:
+            self.pairs_log.write(results)
         return results
 
     # --- generation ---------------------------------------------------------------------------------

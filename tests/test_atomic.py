@@ -2,7 +2,13 @@
 
 import pytest
 
-from aligners.atomic import atomic_dir, atomic_open, atomic_path, write_lines_atomic, write_text_atomic
+from aligners.atomic import (
+    atomic_dir,
+    atomic_open,
+    atomic_path,
+    write_lines_atomic,
+    write_text_atomic,
+)
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temp(tmp_path):
