@@ -326,7 +326,7 @@ def _render(result: Served | Streamed) -> Response:
 
 def _context(request: Request) -> RequestContext:
     return RequestContext(authorization=request.headers.get("authorization"),
-                          disconnected=request.is_disconnected)
+                          policy=request.headers.get("x-aligners-policy"), disconnected=request.is_disconnected)
 
 
 def build_app(config: ServerConfig, *, squad=None, serving: AlignersServing | None = None,

@@ -49,6 +49,8 @@ class ServerMetrics:
                                ["criterion"], registry=r)
         self.corrected = Counter("aligners_corrected", "Rewrites kept, per criterion.",
                                  ["criterion"], registry=r)
+        self.shadow = Counter("aligners_shadow_would_correct", "Rewrites a shadow-mode request would have "
+                              "kept (the answer went out unchanged), per criterion.", ["criterion"], registry=r)
         self.in_flight = Gauge("aligners_in_flight", "Requests being processed.", registry=r)
         self.queued = Gauge("aligners_queued", "Requests waiting for a processing slot.", registry=r)
 
@@ -57,6 +59,7 @@ class ServerMetrics:
         for c in criteria:
             self.flagged.labels(c)
             self.corrected.labels(c)
+            self.shadow.labels(c)
         for s in STAGES:
             self.stage.labels(s)
 
@@ -69,19 +72,21 @@ class ServerMetrics:
     def observe(self, stage: str, seconds: float) -> None:
         self.stage.labels(stage).observe(seconds)
 
-    def corrections(self, results: Sequence[Correction]) -> None:
-        """Flag/correct counts and inspect/align time of one request's squad run."""
+    def corrections(self, results: Sequence[Correction], shadow: bool = False) -> None:
+        """Flag/correct counts and inspect/align time of one request's squad run; in shadow mode
+        the kept rewrites count as `aligners_shadow_would_correct` (nothing was changed)."""
         inspect_s = align_s = 0.0
+        kept = self.shadow if shadow else self.corrected
         for r in results:
             self.answers.inc()
-            if r.changed:
+            if r.changed and not shadow:
                 self.changed.inc()
             for v in r.trace.initial:
                 if v.flagged:
                     self.flagged.labels(v.criterion).inc()
             for step in r.trace.steps:
                 if step.accepted:
-                    self.corrected.labels(step.criterion).inc()
+                    kept.labels(step.criterion).inc()
             inspect_s += r.trace.timings.get("inspect_s", 0.0)
             align_s += r.trace.timings.get("align_s", 0.0)
         if results:

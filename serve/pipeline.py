@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,10 +44,11 @@ class Guard:
     criterion: str
     inspector: object  # inspectors.Inspector (sklearn API)
     adapter: str | None
+    threshold_override: float | None = None  # one request's own threshold (per-request policy)
 
     @property
     def threshold(self) -> float:
-        return float(self.inspector.threshold_)
+        return float(self.inspector.threshold_ if self.threshold_override is None else self.threshold_override)
 
 
 class Squad:
@@ -90,34 +91,51 @@ class Squad:
 
     # --- inspection -------------------------------------------------------------------------
 
-    def inspect(self, prompts: Sequence[str], answers: Sequence[str]) -> np.ndarray:
-        """P(aligned), shape (n_answers, n_criteria), in `self.guards` order."""
-        if not prompts:
-            return np.zeros((0, len(self.guards)))
-        size = self.config.policy.inspect_batch_size
-        return np.column_stack([g.inspector.score_answers(prompts, answers, batch_size=size) for g in self.guards])
+    def guards_for(self, criteria: Sequence[str] | None = None,
+                   thresholds: Mapping[str, float] | None = None) -> list[Guard]:
+        """The members one request runs: `criteria` (default all, in squad order) with `thresholds`
+        overriding their inspectors' own; an unknown criterion is a SquadError naming the known ones."""
+        known = [g.criterion for g in self.guards]
+        unknown = sorted(set(criteria or ()) - set(known) | set(thresholds or {}) - set(known))
+        if unknown:
+            raise SquadError(f"unknown criteria {unknown}; this squad has {known}")
+        chosen = [g for g in self.guards if criteria is None or g.criterion in criteria]
+        return [replace(g, threshold_override=thresholds[g.criterion]) if thresholds and g.criterion in thresholds
+                else g for g in chosen]
 
-    def _verdicts(self, row: np.ndarray) -> list[Verdict]:
-        return [Verdict(criterion=g.criterion, score=float(s), threshold=g.threshold) for g, s in zip(self.guards, row, strict=True)]
+    def inspect(self, prompts: Sequence[str], answers: Sequence[str], guards: Sequence[Guard] | None = None) -> np.ndarray:
+        """P(aligned), shape (n_answers, n_criteria), in `guards` (default: all members) order."""
+        guards = self.guards if guards is None else guards
+        if not prompts or not guards:
+            return np.zeros((len(prompts), len(guards)))
+        size = self.config.policy.inspect_batch_size
+        return np.column_stack([g.inspector.score_answers(prompts, answers, batch_size=size) for g in guards])
+
+    @staticmethod
+    def _verdicts(row: np.ndarray, guards: Sequence[Guard]) -> list[Verdict]:
+        return [Verdict(criterion=g.criterion, score=float(s), threshold=g.threshold) for g, s in zip(guards, row, strict=True)]
 
     # --- correction -------------------------------------------------------------------------
 
-    def _next_guard(self, row: np.ndarray, visited: set[int]) -> int | None:
-        flagged = [j for j, g in enumerate(self.guards) if j not in visited and row[j] < g.threshold]
+    def _next_guard(self, row: np.ndarray, visited: set[int], guards: Sequence[Guard]) -> int | None:
+        flagged = [j for j, g in enumerate(guards) if j not in visited and row[j] < g.threshold]
         if not flagged:
             return None
         if self.config.policy.order == "config":
             return flagged[0]
         return min(flagged, key=lambda j: row[j])
 
-    def correct(self, prompts: Sequence[str], answers: Sequence[str], ids: Sequence[str | None] | None = None) -> list[Correction]:
-        """Correct supplied answers (from any LLM); nothing is generated for clean ones."""
+    def correct(self, prompts: Sequence[str], answers: Sequence[str], ids: Sequence[str | None] | None = None,
+                *, criteria: Sequence[str] | None = None, thresholds: Mapping[str, float] | None = None) -> list[Correction]:
+        """Correct supplied answers (from any LLM); nothing is generated for clean ones. `criteria`
+        and `thresholds` narrow and tune the squad for this call (see `guards_for`)."""
         if len(prompts) != len(answers):
             raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
+        guards = self.guards_for(criteria, thresholds)
         policy = self.config.policy
         t_start = time.perf_counter()
         current = list(answers)
-        scores = self.inspect(prompts, current)
+        scores = self.inspect(prompts, current, guards)
         initial = scores.copy()
         timings = [{"inspect_s": 0.0, "align_s": 0.0} for _ in prompts]
         inspect_share = (time.perf_counter() - t_start) / max(1, len(prompts))
@@ -131,13 +149,13 @@ class Squad:
             for i in range(len(prompts)):
                 if rewrites[i] >= policy.max_rewrites:
                     continue
-                j = self._next_guard(scores[i], visited[i])
+                j = self._next_guard(scores[i], visited[i], guards)
                 if j is not None:
                     groups.setdefault(j, []).append(i)
             if not groups:
                 break
             for j, members in groups.items():
-                guard = self.guards[j]
+                guard = guards[j]
                 t0 = time.perf_counter()
                 outs = self.backend.generate([
                     aligner_request(guard.criterion, prompts[i], current[i], guard.adapter, policy.aligner_params)
@@ -146,11 +164,11 @@ class Squad:
                 align_s = time.perf_counter() - t0
                 t1 = time.perf_counter()
                 candidates = [rewrite_or_keep(current[i], o) for o, i in zip(outs, members, strict=True)]
-                new_scores = self.inspect([prompts[i] for i in members], candidates)
+                new_scores = self.inspect([prompts[i] for i in members], candidates, guards)
                 rescore_s = time.perf_counter() - t1
                 for k, i in enumerate(members):
                     before, after = scores[i].copy(), new_scores[k]
-                    accepted, reason = judge_rewrite(policy, self.guards, j, current[i], candidates[k], before, after)
+                    accepted, reason = judge_rewrite(policy, guards, j, current[i], candidates[k], before, after)
                     if accepted:
                         current[i], scores[i] = candidates[k], after
                     visited[i].add(j)
@@ -166,7 +184,8 @@ class Squad:
             Correction(
                 id=ids[i], prompt=prompts[i], original=answers[i], corrected=current[i],
                 changed=current[i] != answers[i],
-                trace=Trace(initial=self._verdicts(initial[i]), steps=steps[i], final=self._verdicts(scores[i]), timings=timings[i]),
+                trace=Trace(initial=self._verdicts(initial[i], guards), steps=steps[i],
+                            final=self._verdicts(scores[i], guards), timings=timings[i]),
             )
             for i in range(len(prompts))
         ]

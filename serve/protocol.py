@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -76,8 +76,25 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, protected_namespaces=())
 
 
-class AlignersOptions(_Request):
+Mode = Literal["enforce", "shadow", "off"]
+
+
+class PolicyOptions(_Request):
+    """How the squad treats one request: a named policy in the server config, or per request."""
+
+    mode: Mode | None = Field(
+        default=None, description="enforce (default): return the corrected answer. shadow: return the "
+        "original, with the verdicts and what the squad would have written. off: no squad at all.")
+    criteria: list[str] | None = Field(default=None, description="Only these criteria run (default: all).")
+    thresholds: dict[str, Annotated[float, Field(gt=0, lt=1)]] | None = Field(
+        default=None, description="Per-criterion thresholds on P(aligned), replacing the inspectors' own.")
+
+
+class AlignersOptions(PolicyOptions):
     """Our extension, sent as the extra body field `aligners`."""
+
+    policy: str | None = Field(default=None, description="A named policy of the server config (or the "
+                               "`x-aligners-policy` header); the fields above override it.")
 
     return_original: bool = Field(
         default=False, description="Include each choice's uncorrected base text in `aligners`."
@@ -384,7 +401,8 @@ class ChoiceDetails(BaseModel):
     scores: ScoreSet | None = None
     steps: list[StepInfo] = Field(default_factory=list)
     original: str | None = Field(default=None, description="Base text; only with return_original.")
-    # live streaming only: the corrected text and whether it replaces what was streamed
+    # live streaming: the corrected text and whether it replaces what was streamed;
+    # shadow mode: the text the squad would have returned
     corrected: str | None = None
     replaces_streamed: bool | None = None
 
@@ -393,7 +411,10 @@ class AlignersInfo(BaseModel):
     """The extra top-level `aligners` field of every completion response."""
 
     squad: bool = Field(description="False in passthrough mode (no squad configured).")
+    mode: Mode = "enforce"
     changed: bool = False
+    would_change: bool | None = Field(default=None, description="shadow mode: the squad would have changed "
+                                      "an answer (see each choice's `corrected`).")
     applied: list[str] = Field(default_factory=list, description="Union over choices.")
     stream_mode: Literal["buffered", "live"] | None = None
     choices: list[ChoiceDetails] = Field(default_factory=list)

@@ -15,6 +15,7 @@ from pathlib import Path
 from pydantic import Field, model_validator
 
 from aligners.config import StrictModel
+from serve.protocol import PolicyOptions
 
 
 class ServerConfig(StrictModel):
@@ -45,6 +46,10 @@ class ServerConfig(StrictModel):
         "that cannot be resolved (VAR unset or empty) stops start-up: never silently open.",
     )
     metrics_open: bool = Field(default=False, description="Serve /metrics without a key.")
+    policies: dict[str, PolicyOptions] = Field(
+        default_factory=dict, description="Named squad policies (mode, criteria, thresholds) a request "
+        "selects with `aligners.policy` or the `x-aligners-policy` header.",
+    )
     pairs_log: str | None = Field(
         default=None, pattern=r"\.jsonl$", description="Append every changed answer as a preference pair (prompt, chosen, "
         "rejected, criteria, scores) to this .jsonl file, for datasets and trl's DPOTrainer.",

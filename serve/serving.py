@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -59,6 +60,7 @@ from serve.pairs import PairLog
 from serve.pipeline import word_pieces
 from serve.protocol import (
     AlignersInfo,
+    AlignersOptions,
     ChatChoice,
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -71,6 +73,7 @@ from serve.protocol import (
     InspectResult,
     ModelCard,
     ModelList,
+    PolicyOptions,
     ResponseMessage,
     ScoreSet,
     ServingError,
@@ -101,6 +104,7 @@ class RequestContext:
     """What the serving layer needs to know about the HTTP request, without HTTP objects."""
 
     authorization: str | None = None  # the client's Authorization header (upstream_key: passthrough)
+    policy: str | None = None  # the x-aligners-policy header: a named policy of the server config
     disconnected: Callable[[], Awaitable[bool]] = _never_disconnected
 
 
@@ -403,15 +407,39 @@ class AlignersServing:
             raise ServingError(502, f"base model failed: {exc}", type="upstream_error", code="generation_failed") from None
         return [BaseAnswer(o.text, o.finish_reason, o.completion_tokens, o.prompt_tokens) for o in outs]
 
+    def _policy(self, options: AlignersOptions, ctx: RequestContext) -> PolicyOptions:
+        """The request's squad policy: the named one (body field, else header), then its own fields."""
+        name = options.policy or ctx.policy
+        named = PolicyOptions()
+        if name is not None:
+            if name not in self.config.policies:
+                known = ", ".join(sorted(self.config.policies)) or "none configured"
+                raise invalid(f"unknown policy {name!r}; this server's policies: {known}", "aligners.policy",
+                              "unknown_policy")
+            named = self.config.policies[name]
+        policy = PolicyOptions(
+            mode=options.mode or named.mode or "enforce",
+            criteria=options.criteria if options.criteria is not None else named.criteria,
+            thresholds={**(named.thresholds or {}), **(options.thresholds or {})} or None)
+        if self.squad is not None:
+            unknown = sorted((set(policy.criteria or ()) | set(policy.thresholds or {})) - set(self.criteria))
+            if unknown:
+                raise invalid(f"unknown criteria {unknown}; this squad has {self.criteria}", "aligners.criteria",
+                              "unknown_criterion")
+        return policy
+
     async def _correct(self, prompts: Sequence[str], answers: Sequence[str],
-                       ids: Sequence[str | None] | None = None, param: str = "messages") -> list[Correction] | None:
-        if self.squad is None:
+                       ids: Sequence[str | None] | None = None, param: str = "messages",
+                       policy: PolicyOptions | None = None) -> list[Correction] | None:
+        policy = policy or PolicyOptions(mode="enforce")
+        if self.squad is None or policy.mode == "off":
             return None
+        correct = functools.partial(self.squad.correct, criteria=policy.criteria, thresholds=policy.thresholds)
         try:
-            results = await self._run_model("correction", param, self.squad.correct, list(prompts), list(answers), ids)
+            results = await self._run_model("correction", param, correct, list(prompts), list(answers), ids)
         except BackendError as exc:
             raise ServingError(502, f"an aligner failed: {exc}", type="upstream_error", code="aligner_failed") from None
-        self.metrics.corrections(results)
+        self.metrics.corrections(results, shadow=policy.mode == "shadow")
         if self.pairs_log is not None:
             self.pairs_log.write(results)
         return results
@@ -465,14 +493,15 @@ class AlignersServing:
     # --- squad details ------------------------------------------------------------------------------
 
     def _details(self, results: list[Correction] | None, answers: list[BaseAnswer], return_original: bool,
-                 live: bool = False) -> AlignersInfo:
+                 live: bool = False, mode: str = "enforce") -> AlignersInfo:
         if results is None:
-            return AlignersInfo(squad=False, choices=[ChoiceDetails(index=i, changed=False, flagged=[], applied=[])
-                                                      for i in range(len(answers))])
+            return AlignersInfo(squad=self.squad is not None, mode=mode, choices=[
+                ChoiceDetails(index=i, changed=False, flagged=[], applied=[]) for i in range(len(answers))])
+        shadow = mode == "shadow"
         choices = []
         for i, r in enumerate(results):
             choices.append(ChoiceDetails(
-                index=i, changed=r.changed,
+                index=i, changed=r.changed and not shadow,
                 flagged=[v.criterion for v in r.trace.initial if v.flagged],
                 applied=[s.criterion for s in r.trace.steps if s.accepted],
                 scores=ScoreSet(before={v.criterion: v.score for v in r.trace.initial},
@@ -481,13 +510,14 @@ class AlignersServing:
                 steps=[StepInfo(criterion=s.criterion, score_before=s.score_before, score_after=s.score_after,
                                 accepted=s.accepted, reason=s.reason) for s in r.trace.steps],
                 original=r.original if return_original else None,
-                corrected=r.corrected if (live and r.changed) else None,
+                corrected=r.corrected if ((live or shadow) and r.changed) else None,
                 replaces_streamed=r.changed if live else None,
             ))
         applied: list[str] = []
         for c in choices:
             applied += [a for a in c.applied if a not in applied]
-        return AlignersInfo(squad=True, changed=any(c.changed for c in choices), applied=applied, choices=choices)
+        return AlignersInfo(squad=True, mode=mode, changed=any(c.changed for c in choices), applied=applied,
+                            choices=choices, would_change=any(r.changed for r in results) if shadow else None)
 
     @staticmethod
     def _headers(info: AlignersInfo) -> dict[str, str]:
@@ -496,7 +526,10 @@ class AlignersServing:
             flagged += [f for f in c.flagged if f not in flagged]
         return {
             "x-aligners-squad": "on" if info.squad else "off",
+            "x-aligners-mode": info.mode,
             "x-aligners-changed": "true" if info.changed else "false",
+            **({"x-aligners-would-change": "true" if info.would_change else "false"}
+               if info.would_change is not None else {}),
             "x-aligners-applied": ",".join(info.applied),
             "x-aligners-flagged": ",".join(flagged),
             **({"x-aligners-time-ms": f"{info.timings_ms['total']:.1f}"} if "total" in info.timings_ms else {}),
@@ -531,7 +564,11 @@ class AlignersServing:
         """One path for both endpoints: generate, correct, answer as JSON or as an SSE stream."""
         t0 = time.perf_counter()
         self._check(req, req.n if chat else len(req.prompts) * req.n)
+        policy = self._policy(req.aligners, ctx)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        if req.stream and req.aligners.stream_mode == "live" and policy.mode != "enforce":
+            raise invalid(f"stream_mode `live` runs in enforce mode only; {policy.mode} mode streams buffered",
+                          "aligners.stream_mode")
         if req.stream and req.aligners.stream_mode == "live":
             events = await self._start_live(self._live(req, ctx, chat=chat, include_usage=include_usage))
             return Streamed(events, {"x-aligners-squad": "on" if self.squad else "off",
@@ -539,9 +576,10 @@ class AlignersServing:
         answers, usage = await (self._generate_chat(req, ctx) if chat else self._generate_completion(req, ctx))
         t_gen = time.perf_counter() - t0
         prompts = [req.inspected_prompt()] * len(answers) if chat else [p for p in req.prompts for _ in range(req.n)]
-        results = await self._correct(prompts, [a.text for a in answers], param="messages" if chat else "prompt")
-        info = self._details(results, answers, req.aligners.return_original)
-        texts, finish = self._finish(info, answers, results, t0, t_gen)
+        results = await self._correct(prompts, [a.text for a in answers], param="messages" if chat else "prompt",
+                                      policy=policy)
+        info = self._details(results, answers, req.aligners.return_original, mode=policy.mode)
+        texts, finish = self._finish(info, answers, results if policy.mode == "enforce" else None, t0, t_gen)
         headers = self._headers(info)
         if req.stream:
             info.stream_mode = "buffered"

@@ -258,3 +258,17 @@ JUDGE_CASES = [
 def test_judge_rewrite_table(policy, answer, rewrite, before, after, accepted, words):
     got, reason = judge_rewrite(SquadPolicy(**policy), GUARDS, 0, answer, rewrite, np.array(before), np.array(after))
     assert got is accepted and words in reason, reason
+
+
+def test_one_call_can_narrow_the_criteria_and_tune_thresholds(squad_artifacts):
+    squad, backend = make_squad(squad_artifacts)
+    (only_pii,) = squad.correct(["q"], [RUDE[0]], criteria=["no-pii"])
+    assert not only_pii.changed and backend.calls == []  # polite does not run: the rude answer stays
+    assert [v.criterion for v in only_pii.trace.initial] == ["no-pii"]
+    (strict,) = squad.correct(["q"], [POLITE[0]], thresholds={"polite": 0.9999})
+    assert strict.trace.initial[0].threshold == 0.9999 and strict.trace.initial[0].flagged
+    assert squad.guards[0].threshold == 0.5  # the squad's own threshold is untouched
+    (lenient,) = squad.correct(["q"], [RUDE[0]], thresholds={"polite": 1e-6})
+    assert not lenient.changed
+    with pytest.raises(SquadError, match=r"unknown criteria \['rude'\].*'polite', 'no-pii'"):
+        squad.correct(["q"], [RUDE[0]], criteria=["rude"])
