@@ -4,7 +4,8 @@
     app = build_app(config, squad=my_squad)                               # a ready Squad (tests)
 
 Routes: POST /v1/chat/completions, /v1/completions, /v1/aligners/correct, /v1/aligners/inspect;
-GET /v1/models, /health (always open), /metrics (Prometheus; behind the key unless metrics_open).
+GET /v1/models, /health (always open), /metrics (Prometheus; behind the key unless metrics_open);
+POST /admin/reload (only with `admin_keys`, and only with one of them; SIGHUP does the same).
 
 One pure-ASGI middleware (`Gate`) does what every route needs, in this order:
 1. authentication: `Authorization: Bearer <key>` against `api_keys`, compared in constant time
@@ -32,6 +33,8 @@ import hashlib
 import hmac
 import logging
 import math
+import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable
@@ -46,6 +49,7 @@ from serve.metrics import ServerMetrics
 from serve.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
+    ReloadRequest,
     ServingError,
     SquadRequest,
     parse_body,
@@ -62,7 +66,7 @@ WORK = {
     "/v1/aligners/correct": "correct",
     "/v1/aligners/inspect": "inspect",
 }
-LIGHT = {"/v1/models": "models", "/health": "health", "/metrics": "metrics"}
+LIGHT = {"/v1/models": "models", "/health": "health", "/metrics": "metrics", "/admin/reload": "reload"}
 AUTH_MESSAGE = "Invalid or missing API key: send `Authorization: Bearer <key>`."
 
 T = TypeVar("T")
@@ -150,15 +154,22 @@ class Gate:
         self.metrics = metrics
         self.admission = admission
         self._keys = [hashlib.sha256(k.encode()).digest() for k in config.resolved_api_keys()]
+        self._admin_keys = [hashlib.sha256(k.encode()).digest() for k in config.resolved_admin_keys()]
 
     def _authorized(self, path: str, headers: dict[bytes, bytes]) -> bool:
+        if path.startswith("/admin/"):  # admin keys only, never open (no admin keys: 404 below)
+            return not self._admin_keys or self._key_in(self._admin_keys, headers)
         if not self._keys or path == "/health" or (path == "/metrics" and self.config.metrics_open):
             return True
+        return self._key_in(self._keys, headers)
+
+    @staticmethod
+    def _key_in(keys: list[bytes], headers: dict[bytes, bytes]) -> bool:
         value = headers.get(b"authorization", b"")
         token = value[7:].strip() if value[:7].lower() == b"bearer " else b""
         digest = hashlib.sha256(token).digest()
         ok = False
-        for key in self._keys:  # no early exit: the time taken does not depend on which key matched
+        for key in keys:  # no early exit: the time taken does not depend on which key matched
             ok |= hmac.compare_digest(digest, key)
         return ok and bool(token)
 
@@ -335,14 +346,25 @@ def build_app(config: ServerConfig, *, squad=None, serving: AlignersServing | No
     `squad: null` in the config = passthrough proxy); `serving` injects the whole serving layer."""
     metrics = serving.metrics if serving is not None else ServerMetrics()
     if serving is None:
+        recipe = None
         if squad is None and config.squad is not None:
             from serve.pipeline import Squad
 
-            squad = Squad.from_config(config.squad_path(config_file))
-        serving = AlignersServing(config, squad, metrics)
+            recipe = config.squad_path(config_file)
+            squad = Squad.from_config(recipe)
+        serving = AlignersServing(config, squad, metrics, recipe=recipe)
+
+    async def reload_on_sighup() -> None:
+        try:
+            log.info("SIGHUP: %s", await serving.reload(None))
+        except ServingError as exc:
+            log.error("SIGHUP: %s", exc.message)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        if hasattr(signal, "SIGHUP") and threading.current_thread() is threading.main_thread():
+            asyncio.get_running_loop().add_signal_handler(
+                signal.SIGHUP, lambda: asyncio.ensure_future(reload_on_sighup()))
         yield
         await serving.aclose()  # the pooled upstream connections
 
@@ -381,6 +403,15 @@ def build_app(config: ServerConfig, *, squad=None, serving: AlignersServing | No
     async def inspect(request: Request) -> Response:
         req = parse_body(SquadRequest, await request.body(), config.max_json_depth)
         return _render(await until_disconnected(request, serving.inspect(req)))
+
+    @app.post("/admin/reload")
+    async def reload(request: Request) -> Response:
+        if not config.admin_keys:
+            raise ServingError(404, "the admin endpoints are off: give the server admin_keys to use them",
+                               code="not_found")
+        body = await request.body()
+        req = parse_body(ReloadRequest, body or b"{}", config.max_json_depth)
+        return JSONResponse(await serving.reload(req.squad))
 
     @app.get("/v1/models")
     async def models() -> Response:

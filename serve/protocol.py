@@ -263,6 +263,12 @@ class CompletionRequest(_Generate):
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
 
 
+class ReloadRequest(_Request):
+    """Body of POST /admin/reload: which squad recipe to load (default: the server's own)."""
+
+    squad: str | None = Field(default=None, description="Squad recipe path; default: the configured one.")
+
+
 class SquadRequest(_Request):
     """Body of /v1/aligners/correct and /v1/aligners/inspect: one pair, or lists of them.
     A single prompt with a list of answers scores every answer against that prompt."""

@@ -46,6 +46,11 @@ class ServerConfig(StrictModel):
         "that cannot be resolved (VAR unset or empty) stops start-up: never silently open.",
     )
     metrics_open: bool = Field(default=False, description="Serve /metrics without a key.")
+    admin_keys: list[str] = Field(
+        default_factory=list,
+        description="Bearer keys of the admin endpoints (POST /admin/reload; 'env:VAR' allowed), "
+        "separate from api_keys; empty = the admin endpoints are off.",
+    )
     policies: dict[str, PolicyOptions] = Field(
         default_factory=dict, description="Named squad policies (mode, criteria, thresholds) a request "
         "selects with `aligners.policy` or the `x-aligners-policy` header.",
@@ -94,7 +99,7 @@ class ServerConfig(StrictModel):
     @model_validator(mode="after")
     def _secrets_resolve(self) -> ServerConfig:
         """Fail closed: `--api-key env:VAR` with VAR unset must not start an open server."""
-        named = [*self.api_keys, *([self.upstream_key] if self.upstream_key else [])]
+        named = [*self.api_keys, *self.admin_keys, *([self.upstream_key] if self.upstream_key else [])]
         missing = [k or "an empty key" for k in named if not resolve_secret(k)]
         if missing:
             raise ValueError(
@@ -105,6 +110,9 @@ class ServerConfig(StrictModel):
 
     def resolved_api_keys(self) -> list[str]:
         return [resolve_secret(k) for k in self.api_keys]
+
+    def resolved_admin_keys(self) -> list[str]:
+        return [resolve_secret(k) for k in self.admin_keys]
 
     def resolved_upstream_key(self) -> str | None:
         if self.upstream_key == "passthrough":

@@ -40,6 +40,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -232,8 +233,9 @@ class AlignersServing:
     `benchmarks/proxy_overhead.py`. `metrics` is the app's `ServerMetrics`."""
 
     def __init__(self, config: ServerConfig, squad=None, metrics: ServerMetrics | None = None,
-                 upstream: Upstream | None = None):
+                 upstream: Upstream | None = None, recipe: Path | str | None = None):
         self.config = config
+        self.recipe = recipe  # the squad recipe that /admin/reload and SIGHUP load again
         self.squad = squad
         self.metrics = metrics or ServerMetrics()
         self.upstream = upstream or self._upstream_from(config, squad)
@@ -242,6 +244,7 @@ class AlignersServing:
             raise ValueError("passthrough mode (no squad) needs an upstream")
         self.model_name = self._base_name()
         self.pairs_log = PairLog(config.pairs_log) if config.pairs_log else None
+        self._reload_lock = asyncio.Lock()
         self._alock = asyncio.Lock()  # orders waiters without tying up worker threads
         self._tlock = threading.Lock()  # held by the worker thread itself (see `_locked`)
         if squad is not None:
@@ -294,6 +297,31 @@ class AlignersServing:
             cards.append(ModelCard(id=ALIGNER_MODEL_PREFIX + g.criterion, aligners={
                 "role": "aligner", "criterion": g.criterion, "threshold": g.threshold}))
         return ModelList(data=cards)
+
+    async def reload(self, recipe: Path | str | None) -> dict[str, Any]:
+        """Load a squad recipe and swap it in; a recipe that fails to load is a 400 and the old squad
+        keeps serving. Requests already running finish with the squad they started with: the swap
+        is one assignment and the old squad is left to the garbage collector, never closed under them."""
+        from serve.pipeline import Squad
+
+        recipe = recipe or self.recipe
+        if recipe is None:
+            raise invalid("this server has no squad recipe to reload: name one in `squad`", "squad")
+        async with self._reload_lock:
+            t0 = time.perf_counter()
+            try:
+                squad = await asyncio.to_thread(Squad.from_config, recipe)
+            except (ValueError, OSError, LookupError, BackendError) as exc:  # config, artifact, model, backend
+                self.metrics.error("reload_failed")
+                raise invalid(f"reload refused, the current squad keeps serving: {type(exc).__name__}: {exc}",
+                              "squad", "reload_failed") from None
+            self.squad, self.recipe = squad, Path(recipe)
+            if self.upstream is None:
+                self.local_base = squad.base
+            self.model_name = self._base_name()
+            self.metrics.init_criteria(self.criteria)
+        return {"reloaded": str(recipe), "criteria": self.criteria, "model": self.model_name,
+                "seconds": round(time.perf_counter() - t0, 2)}
 
     def health(self) -> dict[str, Any]:
         return {"status": "ok", "model": self.model_name, "squad": self.squad is not None,
