@@ -53,8 +53,10 @@ def verdict(ok: bool | None) -> str:
 
 
 def training_rows(r: dict) -> list[Row]:
+    # label each arm with the layers it was measured on (the shipped aligners may have changed since)
     arms = [("aligner_layers", f"ILA top-8 of the harmless aligner {r.get('aligner_layers', {}).get('layers')}", True)]
-    arms += [(f"layers_{i}", f"{label} {layers}", is_target) for i, (layers, label, is_target) in enumerate(TRAINING_ARMS)]
+    arms += [(f"layers_{i}", f"{label} {r.get(f'layers_{i}', {}).get('layers', layers)}", is_target)
+             for i, (layers, label, is_target) in enumerate(TRAINING_ARMS)]
     rows = []
     for key, what, is_target in arms:
         if key in r:
