@@ -35,14 +35,15 @@ from serve.pipeline import Squad
 
 
 def sample(records: list[AnswerRecord], per_group: int | None, seed: int = 0) -> list[AnswerRecord]:
-    """Up to `per_group` answers of each (source, criterion, label) group, in file order."""
+    """Up to `per_group` answers of each (source, criterion, label) group, in file order. Each group
+    draws from its own seeded RNG, so a `--criteria` subset samples exactly what the full run does."""
     if per_group is None:
         return records
     groups: dict[tuple, list[int]] = {}
     for i, r in enumerate(records):
         groups.setdefault((source_of(r), r.criterion, r.label), []).append(i)
-    rng = random.Random(seed)
-    keep = {i for idx in groups.values() for i in rng.sample(idx, min(per_group, len(idx)))}
+    keep = {i for key, idx in groups.items()
+            for i in random.Random(f"{seed}:{':'.join(map(str, key))}").sample(idx, min(per_group, len(idx)))}
     return [r for i, r in enumerate(records) if i in keep]
 
 
