@@ -479,7 +479,7 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int = Field(default_factory=_now)
     owned_by: str = "aligners"
-    aligners: dict[str, Any] = Field(default_factory=dict, description="role: base | aligner; criterion, threshold")
+    aligners: dict[str, Any] = Field(default_factory=dict, description="role: base | policy | aligner; criterion, threshold")
 
 
 class ModelList(BaseModel):

@@ -293,6 +293,8 @@ class AlignersServing:
             where = "upstream" if self.upstream else "local"
             cards.append(ModelCard(id=self.model_name, aligners={"role": "base", "generation": where,
                                                                  "squad": self.squad is not None}))
+            cards += [ModelCard(id=name, aligners={"role": "policy", "base": self.model_name, **policy.model_dump(
+                exclude_none=True)}) for name, policy in self.config.policies.items()]
         for g in (self.squad.guards if self.squad is not None else []):
             cards.append(ModelCard(id=ALIGNER_MODEL_PREFIX + g.criterion, aligners={
                 "role": "aligner", "criterion": g.criterion, "threshold": g.threshold}))
@@ -330,7 +332,7 @@ class AlignersServing:
     # --- checks shared by chat and completions ---------------------------------------------------------
 
     def _check(self, req: ChatCompletionRequest | CompletionRequest, choices: int) -> None:
-        if req.model != self.model_name:
+        if req.model != self.model_name and not (self.model_name and req.model in self.config.policies):
             if req.model.startswith(ALIGNER_MODEL_PREFIX) and req.model[len(ALIGNER_MODEL_PREFIX):] in self.criteria:
                 raise invalid(f"`{req.model}` is an aligner: it rewrites answers inside the squad and does not "
                               f"answer prompts; ask `{self.model_name}`, or use /v1/aligners/correct", "model",
@@ -339,8 +341,9 @@ class AlignersServing:
                 raise invalid("this server has no base model to generate with (squad `base: none` and no "
                               "upstream): use /v1/aligners/correct with your own answers, or start it with "
                               "--upstream", "model", "no_base_model")
+            names = ", ".join(f"`{m}`" for m in [self.model_name, *self.config.policies])
             raise ServingError(404, f"the model `{req.model}` does not exist on this server; available: "
-                               f"`{self.model_name}`", param="model", code="model_not_found")
+                               f"{names}", param="model", code="model_not_found")
         limit = req.token_limit
         if limit is not None and limit > self.config.max_tokens_limit:
             name = "max_completion_tokens" if getattr(req, "max_completion_tokens", None) else "max_tokens"
@@ -435,9 +438,10 @@ class AlignersServing:
             raise ServingError(502, f"base model failed: {exc}", type="upstream_error", code="generation_failed") from None
         return [BaseAnswer(o.text, o.finish_reason, o.completion_tokens, o.prompt_tokens) for o in outs]
 
-    def _policy(self, options: AlignersOptions, ctx: RequestContext) -> PolicyOptions:
-        """The request's squad policy: the named one (body field, else header), then its own fields."""
-        name = options.policy or ctx.policy
+    def _policy(self, options: AlignersOptions, ctx: RequestContext, model: str | None = None) -> PolicyOptions:
+        """The request's squad policy: the named one (body field, else header, else a `model` that
+        names a policy: the base model under that policy), then the request's own fields."""
+        name = options.policy or ctx.policy or (model if model in self.config.policies else None)
         named = PolicyOptions()
         if name is not None:
             if name not in self.config.policies:
@@ -592,7 +596,7 @@ class AlignersServing:
         """One path for both endpoints: generate, correct, answer as JSON or as an SSE stream."""
         t0 = time.perf_counter()
         self._check(req, req.n if chat else len(req.prompts) * req.n)
-        policy = self._policy(req.aligners, ctx)
+        policy = self._policy(req.aligners, ctx, req.model)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         if req.stream and req.aligners.stream_mode == "live" and policy.mode != "enforce":
             raise invalid(f"stream_mode `live` runs in enforce mode only; {policy.mode} mode streams buffered",

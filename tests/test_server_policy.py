@@ -83,3 +83,13 @@ def test_live_streaming_refuses_a_non_enforce_mode(server):
     with pytest.raises(openai.BadRequestError, match="enforce mode only"):
         client(server).chat.completions.create(model=LOCAL, messages=Q, stream=True,
                                                extra_body={"aligners": {"stream_mode": "live", "mode": "shadow"}})
+
+
+def test_a_policy_name_is_also_a_model_name(server):
+    ids = {m.id: m.model_extra["aligners"] for m in client(server).models.list().data}
+    assert ids["pii-only"] == {"role": "policy", "base": LOCAL, "criteria": ["no-pii"]}
+    out = client(server).chat.completions.create(model="pii-only", messages=Q)
+    assert out.choices[0].message.content == RUDE[0] and out.model == "pii-only"
+    assert list(out.model_extra["aligners"]["choices"][0]["scores"]["before"]) == ["no-pii"]
+    with pytest.raises(openai.NotFoundError, match="`tiny-random-llama`, `pii-only`, `watch`"):
+        client(server).chat.completions.create(model="nope", messages=Q)
