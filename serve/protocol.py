@@ -99,10 +99,12 @@ class AlignersOptions(PolicyOptions):
     return_original: bool = Field(
         default=False, description="Include each choice's uncorrected base text in `aligners`."
     )
-    stream_mode: Literal["buffered", "live"] = Field(
+    stream_mode: Literal["buffered", "live", "sentences"] = Field(
         default="buffered",
         description="buffered: stream the corrected text after the squad ran. live: stream the "
-        "base tokens as they come, then a final event with the correction.",
+        "base tokens as they come, then a final event with the correction. sentences: release the "
+        "base answer one sentence at a time once the answer so far passes the inspectors; on a "
+        "flag, stop the base and stream the aligners' rewrite instead.",
     )
     details: bool = Field(default=True, description="Include per-choice squad details.")
 
@@ -422,7 +424,7 @@ class AlignersInfo(BaseModel):
     would_change: bool | None = Field(default=None, description="shadow mode: the squad would have changed "
                                       "an answer (see each choice's `corrected`).")
     applied: list[str] = Field(default_factory=list, description="Union over choices.")
-    stream_mode: Literal["buffered", "live"] | None = None
+    stream_mode: Literal["buffered", "live", "sentences"] | None = None
     choices: list[ChoiceDetails] = Field(default_factory=list)
     timings_ms: dict[str, float] = Field(default_factory=dict)
 

@@ -29,6 +29,12 @@ Streaming (`stream: true`) — an answer has to be inspected whole:
   A client that ignores `aligners` shows the uncorrected base text: live mode is for UIs that
   swap the text in when `replaces_streamed` is true. Errors after the first byte arrive as a
   `data: {"error": {...}}` event followed by `data: [DONE]`.
+- `sentences` (one choice): base tokens go into a holding window; each completed sentence is
+  released once the answer so far passes every inspector. When one flags, the base stream is
+  closed, the squad corrects the answer so far, and the rewrite is streamed after what was
+  released (its continuation when it extends the released text, else after a blank line); an
+  answer still flagged after the squad is withheld past what was released. A client that
+  ignores every extra field never receives text an inspector flagged.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -361,9 +368,9 @@ class AlignersServing:
         if choices > self.config.max_batch_items:
             raise invalid(f"{choices} choices requested (prompts x n); this server's limit is "
                           f"{self.config.max_batch_items}", "prompt")
-        if req.stream and req.aligners.stream_mode == "live" and choices != 1:
-            raise invalid("stream_mode `live` streams a single choice: use n=1 and one prompt, or the "
-                          "default buffered mode", "aligners.stream_mode")
+        if req.stream and req.aligners.stream_mode in ("live", "sentences") and choices != 1:
+            raise invalid(f"stream_mode `{req.aligners.stream_mode}` streams a single choice: use n=1 and one "
+                          "prompt, or the default buffered mode", "aligners.stream_mode")
 
     def _sampling(self, req: ChatCompletionRequest | CompletionRequest) -> SamplingParams:
         """The request's sampling knobs for a local model; unset ones from the squad's base_params."""
@@ -459,6 +466,14 @@ class AlignersServing:
                 raise invalid(f"unknown criteria {unknown}; this squad has {self.criteria}", "aligners.criteria",
                               "unknown_criterion")
         return policy
+
+    async def _flagged(self, prompt: str, text: str, param: str, policy: PolicyOptions) -> bool:
+        """Does any inspector of the request's policy flag `text` as the answer so far?"""
+        if self.squad is None:
+            return False
+        guards = self.squad.guards_for(policy.criteria, policy.thresholds)
+        scores = await self._run_model("inspection", param, self.squad.inspect, [prompt], [text], guards)
+        return bool(any(score < g.threshold for g, score in zip(guards, scores[0], strict=True)))
 
     async def _correct(self, prompts: Sequence[str], answers: Sequence[str],
                        ids: Sequence[str | None] | None = None, param: str = "messages",
@@ -598,13 +613,14 @@ class AlignersServing:
         self._check(req, req.n if chat else len(req.prompts) * req.n)
         policy = self._policy(req.aligners, ctx, req.model)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        if req.stream and req.aligners.stream_mode == "live" and policy.mode != "enforce":
-            raise invalid(f"stream_mode `live` runs in enforce mode only; {policy.mode} mode streams buffered",
+        mode = req.aligners.stream_mode if req.stream else None
+        if mode in ("live", "sentences") and policy.mode != "enforce":
+            raise invalid(f"stream_mode `{mode}` runs in enforce mode only; {policy.mode} mode streams buffered",
                           "aligners.stream_mode")
-        if req.stream and req.aligners.stream_mode == "live":
-            events = await self._start_live(self._live(req, ctx, chat=chat, include_usage=include_usage))
+        if mode in ("live", "sentences"):
+            events = await self._start_live(self._live(req, ctx, chat, include_usage, policy, mode == "sentences"))
             return Streamed(events, {"x-aligners-squad": "on" if self.squad else "off",
-                                     "x-aligners-stream-mode": "live"})
+                                     "x-aligners-stream-mode": mode})
         answers, usage = await (self._generate_chat(req, ctx) if chat else self._generate_completion(req, ctx))
         t_gen = time.perf_counter() - t0
         prompts = [req.inspected_prompt()] * len(answers) if chat else [p for p in req.prompts for _ in range(req.n)]
@@ -651,8 +667,10 @@ class AlignersServing:
         yield sse("[DONE]")
 
     async def _live(self, req: ChatCompletionRequest | CompletionRequest, ctx: RequestContext, chat: bool,
-                    include_usage: bool) -> AsyncIterator[str]:
+                    include_usage: bool, policy: PolicyOptions, sentences: bool) -> AsyncIterator[str]:
         """Live mode (one choice): forward base pieces as they come, then the correction event.
+        Sentences mode: forward only sentences whose answer-so-far passes the inspectors (see the
+        module docstring); `released` is what the client has.
 
         Nothing is yielded before the first base piece, so a failure to start (upstream down,
         slow, refusing) raises a ServingError to `_start_live` and becomes a proper HTTP status;
@@ -668,7 +686,9 @@ class AlignersServing:
 
         opening = sse(chat_chunk(cid, created, model, 0, {"role": "assistant", "content": ""})) if chat else None
         prompt = req.inspected_prompt() if chat else req.prompts[0]
+        param = "messages" if chat else "prompt"
         parts: list[str] = []
+        released = pending = ""
         finish_reason = "stop"
         started = False
         try:
@@ -696,18 +716,33 @@ class AlignersServing:
                         yield opening
                     started = True
                     parts.append(piece)
-                    yield chunk(piece)
+                    if not sentences:
+                        yield chunk(piece)
+                        continue
+                    done, pending = _complete_sentences(pending + piece)
+                    if done and await self._flagged(prompt, released + done, param, policy):
+                        pending = done + pending
+                        break  # leaving the block closes the base stream: it stops generating
+                    if done:
+                        released += done
+                        yield chunk(done)
             if not started and opening:
                 yield opening
             started = True
             t_gen = time.perf_counter() - t0
             if self.upstream is not None:
                 self.metrics.observe("generate", t_gen)
-            answer = BaseAnswer("".join(parts), finish_reason, completion_tokens=len(parts))
-            results = await self._correct([prompt], [answer.text], param="messages" if chat else "prompt")
-            info = self._details(results, [answer], req.aligners.return_original, live=True)
+            text = released + pending if sentences else "".join(parts)
+            answer = BaseAnswer(text, finish_reason, completion_tokens=len(parts))
+            results = await self._correct([prompt], [answer.text], param=param, policy=policy)
+            if sentences and not (results and any(v.flagged for v in results[0].trace.final)):
+                # still flagged after the squad (a rewrite it rejected): the rest is withheld
+                tail = _unreleased(released, results[0].corrected if results else answer.text)
+                if tail:
+                    yield chunk(tail)
+            info = self._details(results, [answer], req.aligners.return_original, live=not sentences)
             _, finish = self._finish(info, [answer], results, t0, t_gen)
-            info.stream_mode = "live"
+            info.stream_mode = "sentences" if sentences else "live"
             yield chunk(None, finish[0], aligners=info.model_dump(exclude_none=True))
             if include_usage:
                 usage = _usage(0, [answer])
@@ -770,6 +805,25 @@ class AlignersServing:
 
 
 # --- helpers ------------------------------------------------------------------------------------------
+
+_SENTENCE_END = re.compile(r"[.!?…][\"')\]]*\s+|\n")
+
+
+def _complete_sentences(text: str) -> tuple[str, str]:
+    """(the complete sentences at the start of `text`, the rest): the holding window's split."""
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    return (text[:ends[-1]], text[ends[-1]:]) if ends else ("", text)
+
+
+def _unreleased(released: str, final: str) -> str:
+    """What the client still needs after `released`: the final text's continuation when it extends
+    the released text, else the whole final text after a blank line (released text cannot be unsent)."""
+    if final.startswith(released):
+        return final[len(released):]
+    if final.startswith(released.rstrip()):
+        return final[len(released.rstrip()):].lstrip()
+    return ("\n\n" if released else "") + final
+
 
 def _role_mapped(req: ChatCompletionRequest) -> list[dict[str, str]]:
     """The chat as plain role/content dicts; `developer` (OpenAI's newer name) becomes `system`,
