@@ -223,6 +223,18 @@ def proxy_rows(r: dict) -> list[Row]:
     return [("proxy overhead p50 (passthrough, HTTP, separate processes)", f"{r['overhead_p50_ms']:.2f} ms", "≤ 5 ms", verdict(r["meets_target"]))]
 
 
+def stream_rows(r: dict) -> list[Row]:
+    a = r["arms"]
+    return [
+        ((f"streamed answer, time to first token: raw upstream / buffered / sentences ({r['sentences']} "
+          f"sentences, {r['word_ms']:g} ms a word)"),
+         " / ".join(f"{1000 * a[k]['ttft_s_median']:.0f} ms" for k in ("raw upstream", "buffered", "sentences")),
+         f"sentences ≤ raw + one sentence ({1000 * r['first_sentence_s']:.0f} ms) + 10 ms", verdict(r["ttft_target_met"])),
+        ("streamed answer, total time: sentences over buffered",
+         f"{r['sentences_total_over_buffered']:.3f}×", "≤ 1.05×", verdict(r["total_target_met"])),
+    ]
+
+
 def load_rows(r: dict) -> list[Row]:
     f = r["flood"]
     return [("load test: unintended errors within capacity and under flood",
@@ -317,6 +329,7 @@ CPU = [
     Bench("squad_dev", py("squad_dev.py", "--squad", "configs/squad/default.yaml", "--dev", "evals/dev/answers.jsonl",
                           "--out", "runs/bench/dev", "--per-group", "50"), squad_dev_rows),
     Bench("proxy_overhead", py("proxy_overhead.py"), proxy_rows),
+    Bench("stream_modes", py("stream_modes.py"), stream_rows),
     Bench("load_test", py("load_test.py"), load_rows),
 ]
 GPU = [
