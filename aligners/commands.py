@@ -156,7 +156,8 @@ def train_aligner_command(
         from aligners.importance import layers_from_runs
 
         try:
-            chosen = layers_from_runs(json.loads(Path(layers_from).read_text()), data, cfg.importance.method)
+            chosen = layers_from_runs(json.loads(Path(layers_from).read_text()), data, cfg.importance.method,
+                                      cfg.importance.cost_share)
         except (OSError, ValueError, KeyError) as exc:
             raise typer.BadParameter(f"{layers_from}: {exc}", param_hint="--layers-from") from None
         cfg = cfg.model_copy(update={"layers": chosen})

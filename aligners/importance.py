@@ -132,16 +132,36 @@ def top_k_layers(scores: dict[int, float], k: int) -> list[int]:
     return sorted(ranked[:k])
 
 
-def layers_from_runs(result: dict, data: str, method: str) -> list[int]:
-    """What `train-aligner --layers-from` tunes: the top-k of the mean score over a select-layers
-    result's runs of `method` on `data` (over all its runs of `method` when none was on `data`)."""
+def cost_aware_layers(scores: dict[int, float], k: int, share: float | None) -> list[int]:
+    """The k layers to tune when training cost counts: backward runs from the top down to the
+    lowest tuned layer, so take the best k layers at or above the highest depth L whose best k
+    still hold `share` of the plain top-k's summed importance. `share` None (or 1 with the top-k
+    already highest) is plain ILA."""
+    plain = top_k_layers(scores, k)
+    if share is None:
+        return plain
+    target = share * sum(scores[layer] for layer in plain)
+    for lowest in sorted(scores, reverse=True):
+        above = {layer: v for layer, v in scores.items() if layer >= lowest}
+        if len(above) < k:
+            continue
+        best = top_k_layers(above, k)
+        if sum(above[layer] for layer in best) >= target:
+            return best
+    return plain
+
+
+def layers_from_runs(result: dict, data: str, method: str, cost_share: float | None = None) -> list[int]:
+    """What `train-aligner --layers-from` tunes: the top-k (cost-aware with `cost_share`) of the mean
+    score over a select-layers result's runs of `method` on `data` (over all its runs of `method`
+    when none was on `data`)."""
     runs = [r for r in result["runs"] if r["data"] == data and r["method"] == method] or [
         r for r in result["runs"] if r["method"] == method
     ]
     if not runs:
         raise ValueError(f"the select-layers result has no {method!r} runs")
     mean = {int(layer): sum(r["scores"][layer] for r in runs) / len(runs) for layer in runs[0]["scores"]}
-    return top_k_layers(mean, result["k"])
+    return cost_aware_layers(mean, result["k"], cost_share)
 
 
 def jaccard(a: Sequence[int], b: Sequence[int]) -> float:

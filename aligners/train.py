@@ -53,11 +53,12 @@ def resolve_layers(cfg: AlignerTrainConfig, model, tokenizer, train: Sequence[Pa
         if bad:
             raise ValueError(f"layers {bad} do not exist: the model has {total} layers (0..{total - 1})")
         return sorted(cfg.layers), {"method": "explicit"}
-    from aligners.importance import layer_importance, top_k_layers
+    from aligners.importance import cost_aware_layers, layer_importance
 
     scores = layer_importance(model, tokenizer, train, cfg)
     k = cfg.importance.k_for(total)
-    return top_k_layers(scores, k), {"method": cfg.importance.method, "k": k, "scores": scores}
+    return cost_aware_layers(scores, k, cfg.importance.cost_share), {
+        "method": cfg.importance.method, "k": k, "cost_share": cfg.importance.cost_share, "scores": scores}
 
 
 # --- checkpoints (no pickle: tensors in safetensors, counters in JSON) --------------------------

@@ -30,6 +30,11 @@ class ImportanceConfig(StrictModel):
     max_length: int = Field(default=256, ge=32, description="Tokens per example while measuring.")
     top_k_fraction: float = Field(default=0.25, gt=0, le=1, description="Share of layers kept.")
     top_k: int | None = Field(default=None, ge=1, description="Absolute k; overrides the fraction.")
+    cost_share: float | None = Field(
+        default=None, gt=0, le=1,
+        description="Cost-aware choice: the best k layers at or above the highest depth whose best k keep "
+        "this share of the plain top-k's summed importance (backward stops there). None = plain ILA top-k.",
+    )
 
     def k_for(self, num_layers: int) -> int:
         k = self.top_k if self.top_k is not None else round(self.top_k_fraction * num_layers)

@@ -5,7 +5,13 @@ import torch
 from aligner_data import toy_pairs
 
 from aligners import models
-from aligners.importance import jaccard, layer_importance, layers_from_runs, top_k_layers
+from aligners.importance import (
+    cost_aware_layers,
+    jaccard,
+    layer_importance,
+    layers_from_runs,
+    top_k_layers,
+)
 from aligners.train_config import AlignerTrainConfig, ImportanceConfig
 
 USEFUL_LAYER = 2
@@ -73,3 +79,16 @@ def test_layers_from_runs_averages_the_runs_on_the_data_else_all_runs_of_the_met
     assert layers_from_runs(result, "seed:harmless", "grad-norm")[-1] == 3
     with pytest.raises(ValueError, match="no 'gates' runs"):
         layers_from_runs({"k": 2, "runs": []}, "seed:harmless", "gates")
+
+
+def test_cost_aware_layers_trade_a_share_of_importance_for_a_higher_lowest_layer():
+    scores = {0: 0.9, 1: 0.1, 2: 0.2, 3: 0.8, 4: 0.7, 5: 0.6}  # plain top-3: 0, 3, 4 (sum 2.4)
+    assert cost_aware_layers(scores, 3, None) == [0, 3, 4]
+    assert cost_aware_layers(scores, 3, 0.85) == [3, 4, 5]  # 2.1 >= 0.85 * 2.4: backward stops at 3
+    assert cost_aware_layers(scores, 3, 0.9) == [0, 3, 4]  # 2.1 < 2.16: no higher depth keeps enough
+    assert cost_aware_layers(scores, 3, 1.0) == [0, 3, 4]
+    assert cost_aware_layers({0: 1.0, 1: 0.5, 2: 0.5}, 2, 0.6) == [1, 2]  # 1.0 >= 0.6 * 1.5
+    assert cost_aware_layers({0: 1.0, 1: 0.0, 2: 0.0}, 2, 0.01) == [0, 1]  # nothing above 0 holds any
+    with pytest.raises(ValueError, match="greater than 0"):
+        from aligners.train_config import ImportanceConfig
+        ImportanceConfig(cost_share=0)
