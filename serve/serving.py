@@ -65,7 +65,7 @@ from aligners.config import OpenAIHTTPBackendConfig
 from aligners.schema import Correction
 from serve.metrics import ServerMetrics
 from serve.pairs import PairLog
-from serve.pipeline import word_pieces
+from serve.pipeline import Squad, SquadError, word_pieces
 from serve.protocol import (
     AlignersInfo,
     AlignersOptions,
@@ -311,8 +311,6 @@ class AlignersServing:
         """Load a squad recipe and swap it in; a recipe that fails to load is a 400 and the old squad
         keeps serving. Requests already running finish with the squad they started with: the swap
         is one assignment and the old squad is left to the garbage collector, never closed under them."""
-        from serve.pipeline import Squad
-
         recipe = recipe or self.recipe
         if recipe is None:
             raise invalid("this server has no squad recipe to reload: name one in `squad`", "squad")
@@ -461,10 +459,10 @@ class AlignersServing:
             criteria=options.criteria if options.criteria is not None else named.criteria,
             thresholds={**(named.thresholds or {}), **(options.thresholds or {})} or None)
         if self.squad is not None:
-            unknown = sorted((set(policy.criteria or ()) | set(policy.thresholds or {})) - set(self.criteria))
-            if unknown:
-                raise invalid(f"unknown criteria {unknown}; this squad has {self.criteria}", "aligners.criteria",
-                              "unknown_criterion")
+            try:
+                self.squad.guards_for(policy.criteria, policy.thresholds)
+            except SquadError as exc:
+                raise invalid(str(exc), "aligners.criteria", "unknown_criterion") from None
         return policy
 
     async def _flagged(self, prompt: str, text: str, param: str, policy: PolicyOptions) -> bool:

@@ -127,15 +127,14 @@ class OpenAIHTTPBackend(Backend):
             except OpenAIServerError as exc:
                 if not exc.retryable:
                     raise BackendError(str(exc)) from None
-                if attempt == attempts:
-                    raise BackendError(f"{exc.url} failed after {attempts} attempt(s); last error: "
-                                       f"{_last_error(exc)}") from None
-                await asyncio.sleep(_retry_after(exc, self.cfg.backoff_s * 2 ** (attempt - 1)))
+                last = exc
+                if attempt < attempts:
+                    await asyncio.sleep(_retry_after(exc, self.cfg.backoff_s * 2 ** (attempt - 1)))
                 continue
             first = done.choices[0]
             return Generation(text=first.text, prompt_tokens=done.prompt_tokens,
                               completion_tokens=done.completion_tokens, finish_reason=first.finish_reason)
-        raise AssertionError("unreachable: the loop returns or raises")
+        raise BackendError(f"{last.url} failed after {attempts} attempt(s); last error: {_last_error(last)}")
 
 
 # --- helpers -----------------------------------------------------------------------------
