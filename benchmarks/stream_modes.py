@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import socket
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -27,7 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # tests/openai_scripted.py serves apps on a free port
 
 ANSWER = [
     "Start by rinsing the rice until the water runs clear.",
@@ -67,25 +64,6 @@ def paced_upstream(text: str, word_s: float) -> FastAPI:
     return app
 
 
-@contextlib.contextmanager
-def running(app):
-    """Serve `app` on a free local port in a thread; yields its root URL."""
-    import uvicorn
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-
-
 def timed_stream(client, url: str, body: dict) -> tuple[float, float, str]:
     """(seconds to the first non-empty content piece, seconds to [DONE], the text received)."""
     t0 = time.perf_counter()
@@ -112,17 +90,18 @@ def main() -> None:
     args = ap.parse_args()
 
     import httpx
+    from openai_scripted import serve_app
 
     from serve.app import build_app
     from serve.server_config import ServerConfig
 
     text = " ".join(ANSWER)
     messages = [{"role": "user", "content": PROMPT}]
-    with running(paced_upstream(text, args.word_ms / 1000)) as upstream:
+    with serve_app(paced_upstream(text, args.word_ms / 1000)) as upstream:
         t0 = time.perf_counter()
         app = build_app(ServerConfig(squad=args.squad, upstream=f"{upstream}/v1", upstream_model="paced"))
         load_s = time.perf_counter() - t0
-        with running(app) as ours, httpx.Client(timeout=300) as client:
+        with serve_app(app) as ours, httpx.Client(timeout=300) as client:
             arms = {
                 "raw upstream": (f"{upstream}/v1/chat/completions", {"model": "paced", "stream": True}),
                 "buffered": (f"{ours}/v1/chat/completions", {"model": "paced", "stream": True}),
