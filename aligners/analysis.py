@@ -22,14 +22,14 @@ import torch
 
 from aligners.formatting import IGNORE_INDEX, tokenize_pair
 from aligners.lora import answer_loss, batches, tokenize_all
+from aligners.prefix_cache import causal_lm, decoder_of
 from aligners.schema import Pair
 
 # --- heads ---------------------------------------------------------------------------------
 
 
 def _layers(model):
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.model.layers, base.config
+    return decoder_of(model).layers, causal_lm(model).config
 
 
 def head_importance(model, batches: Sequence[dict]) -> torch.Tensor:

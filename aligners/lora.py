@@ -14,6 +14,7 @@ import torch
 
 from aligners.dataset import round_robin
 from aligners.formatting import IGNORE_INDEX, TokenizedExample, tokenize_pair
+from aligners.prefix_cache import PrefixCache, causal_lm, decoder_slice
 from aligners.schema import Pair
 from aligners.train_config import AlignerTrainConfig
 
@@ -73,12 +74,18 @@ def collate(examples: Sequence[TokenizedExample], pad_id: int) -> dict[str, torc
 
 
 def batches(examples: Sequence[TokenizedExample], size: int, pad_id: int, seed: int | None):
-    """Length-sorted chunks (less padding), then shuffled chunk order when `seed` is given."""
+    """Length-sorted chunks (less padding), in `epoch_order(…, seed)` when `seed` is given. The
+    chunks are the same whatever the seed: training collates them once and reorders per epoch."""
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
-    chunks = [order[i : i + size] for i in range(0, len(order), size)]
-    if seed is not None:
-        random.Random(seed).shuffle(chunks)
-    return [collate([examples[i] for i in chunk], pad_id) for chunk in chunks]
+    chunks = [collate([examples[i] for i in order[i : i + size]], pad_id) for i in range(0, len(order), size)]
+    return chunks if seed is None else [chunks[i] for i in epoch_order(len(chunks), seed)]
+
+
+def epoch_order(n: int, seed: int) -> list[int]:
+    """The shuffled order of n batches in the epoch seeded `seed`."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return order
 
 
 # --- model ---------------------------------------------------------------------------------
@@ -109,15 +116,23 @@ def attach_lora(model, cfg: AlignerTrainConfig, layers: list[int] | None):
     return get_peft_model(model, lora_config(cfg, layers))
 
 
-def answer_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def answer_loss(model, batch: dict[str, torch.Tensor], prefix: tuple[int, torch.Tensor] | None = None) -> torch.Tensor:
     """Mean cross-entropy over the target tokens, projecting only those positions to the vocab.
 
     SmolLM2's 49k-token head applied to every position dominates CPU time and memory (a batch of
     8×384 tokens makes 600 MB of logits); targets are a third of the tokens, so we skip the rest.
-    Same value as the model's own `labels=` loss.
+    Same value as the model's own `labels=` loss. `prefix` = (L, hidden states entering layer L)
+    from a `PrefixCache`: the forward starts at layer L.
     """
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    lm = causal_lm(model)
+    if prefix is None:
+        hidden = lm.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                          use_cache=False).last_hidden_state
+    else:
+        depth, entering = prefix
+        with decoder_slice(lm.model, depth):
+            hidden = lm.model(inputs_embeds=entering, attention_mask=batch["attention_mask"],
+                              use_cache=False).last_hidden_state
     labels = batch["labels"][:, 1:]
     keep = labels != IGNORE_INDEX
     logits = lm.lm_head(hidden[:, :-1][keep])
@@ -125,13 +140,14 @@ def answer_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def eval_loss(model, eval_batches) -> float:
-    """Mean token loss over the target tokens of every batch."""
+def eval_loss(model, eval_batches, prefix_cache: PrefixCache | None = None) -> float:
+    """Mean token loss over the target tokens of every batch (started from the cache if given)."""
     model.eval()
     total, count = 0.0, 0
-    for batch in eval_batches:
+    for i, batch in enumerate(eval_batches):
         n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-        total += answer_loss(model, batch).item() * n
+        prefix = prefix_cache.hidden(i) if prefix_cache is not None else None
+        total += answer_loss(model, batch, prefix).item() * n
         count += n
     model.train()
     return total / max(count, 1)

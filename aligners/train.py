@@ -11,7 +11,6 @@ training `checkpoint/` (resumable with `resume=True`; removed when training ends
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ from aligners.lora import (
     answer_loss,
     attach_lora,
     batches,
+    epoch_order,
     eval_loss,
     eval_pairs,
     num_layers,
@@ -37,6 +37,7 @@ from aligners.lora import (
 )
 from aligners.manifest import checksums, write_manifest
 from aligners.models import load_causal_lm, model_id_and_hash
+from aligners.prefix_cache import PrefixCache, build_prefix_cache
 from aligners.schema import Pair
 from aligners.train_config import AlignerTrainConfig
 
@@ -93,6 +94,31 @@ def _load_checkpoint(out: Path, model, optimizer) -> dict:
     return state
 
 
+# --- frozen-prefix cache ------------------------------------------------------------------
+
+
+class _Prefixes:
+    """Where each batch's forward starts: eval batches first in the cache, then the training
+    batches when training comes round to a batch again (under one epoch they would never be reused)."""
+
+    def __init__(self, cache: PrefixCache | None, n_eval: int, cache_train: bool):
+        self.cache, self.n_eval, self.cache_train = cache, n_eval, cache_train
+
+    def train(self, index: int):
+        return self.cache.hidden(self.n_eval + index) if self.cache is not None and self.cache_train else None
+
+
+def _prefix_cache(cfg: AlignerTrainConfig, model, depth: int, eval_batches, train_batches, total_steps: int,
+                  base_hash: str) -> tuple[_Prefixes, dict]:
+    if not cfg.prefix_cache:
+        return _Prefixes(None, 0, False), {"used": False, "reason": "prefix_cache: false"}
+    cache_train = total_steps * cfg.grad_accum > len(train_batches)
+    cached = eval_batches + (train_batches if cache_train else [])
+    cache, info = build_prefix_cache(model, depth, cached, max_gb=cfg.prefix_cache_max_gb,
+                                     folder=cfg.prefix_cache_dir, key=f"{base_hash}|{cfg.max_length}")
+    return _Prefixes(cache, len(eval_batches), cache_train), info | ({"train_batches_cached": cache_train} if cache else {})
+
+
 # --- training ------------------------------------------------------------------------------
 
 
@@ -131,9 +157,12 @@ def train_aligner(
 
     examples = tokenize_all(tokenizer, training_pairs(train, cfg), cfg.max_length)
     eval_examples = tokenize_all(tokenizer, eval_pairs(validation, cfg.max_eval_examples), cfg.max_length)
+    train_batches = batches(examples, cfg.batch_size, tokenizer.pad_token_id, seed=None)
     eval_batches = batches(eval_examples, cfg.batch_size, tokenizer.pad_token_id, seed=None)
-    steps_per_epoch = max(1, math.ceil(len(examples) / cfg.batch_size) // cfg.grad_accum)
+    steps_per_epoch = max(1, len(train_batches) // cfg.grad_accum)
     total_steps = cfg.max_steps or max(1, round(cfg.epochs * steps_per_epoch))
+    base_id, base_hash = model_id_and_hash(cfg.base)
+    prefix, prefix_info = _prefix_cache(cfg, peft_model, min(layers), eval_batches, train_batches, total_steps, base_hash)
 
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -152,11 +181,10 @@ def train_aligner(
     micro = state["step"] * cfg.grad_accum
     stopped_early = False
     while state["step"] < total_steps and not stopped_early:
-        epoch, offset = divmod(micro, max(1, math.ceil(len(examples) / cfg.batch_size)))
-        epoch_batches = batches(examples, cfg.batch_size, tokenizer.pad_token_id, seed=cfg.seed + epoch)
-        for batch in epoch_batches[offset:]:
+        epoch, offset = divmod(micro, len(train_batches))
+        for index in epoch_order(len(train_batches), cfg.seed + epoch)[offset:]:
             t0 = time.perf_counter()
-            loss = answer_loss(peft_model, batch) / cfg.grad_accum
+            loss = answer_loss(peft_model, train_batches[index], prefix.train(index)) / cfg.grad_accum
             loss.backward()
             micro += 1
             if micro % cfg.grad_accum:
@@ -172,7 +200,7 @@ def train_aligner(
             bar.set_postfix(loss=f"{last_loss:.3f}")
             record = {"step": state["step"], "loss": last_loss}
             if state["step"] % cfg.eval_every == 0 or state["step"] == total_steps:
-                record["eval_loss"] = ev = eval_loss(peft_model, eval_batches) if eval_batches else last_loss
+                record["eval_loss"] = ev = eval_loss(peft_model, eval_batches, prefix.cache) if eval_batches else last_loss
                 if state["best_eval"] is None or ev < state["best_eval"]:
                     state["best_eval"], state["bad_evals"] = ev, 0
                     peft_model.save_pretrained(out / ADAPTER_DIR)
@@ -191,7 +219,6 @@ def train_aligner(
         peft_model.save_pretrained(out / ADAPTER_DIR)
     shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
 
-    base_id, base_hash = model_id_and_hash(cfg.base)
     manifest = {
         "kind": "aligner",
         "format_version": FORMAT_VERSION,
@@ -213,6 +240,7 @@ def train_aligner(
             "stopped_early": stopped_early,
             "mean_step_s": sum(step_times) / len(step_times) if step_times else None,
             "wall_s": time.perf_counter() - t_start,
+            "prefix_cache": prefix_info,
         },
     }
     write_manifest(out, manifest)

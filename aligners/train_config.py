@@ -76,6 +76,17 @@ class AlignerTrainConfig(StrictModel):
     max_eval_examples: int = Field(default=64, ge=1)
     early_stopping_patience: int = Field(default=3, ge=1, description="Evals without improvement.")
     checkpoint_every: int = Field(default=25, ge=1, description="Optimizer steps between checkpoints.")
+    prefix_cache: bool = Field(
+        default=True,
+        description="Run the frozen layers below the lowest tuned one once per batch and start every later "
+        "pass above them (exact: same losses and adapter as without it).",
+    )
+    prefix_cache_dir: str | None = Field(
+        default=None, description="Keep that cache on disk here (reused by resumed and repeated runs); None = memory."
+    )
+    prefix_cache_max_gb: float = Field(
+        default=2.0, gt=0, description="A cache larger than this is not built: training runs without it and says why."
+    )
     seed: int = 0
 
     @field_validator("layers")

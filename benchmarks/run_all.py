@@ -67,6 +67,27 @@ def training_rows(r: dict) -> list[Row]:
     return rows
 
 
+def time_to_aligner_rows(r: dict) -> list[Row]:
+    """Wall-clock to the early-stopping point and dev-set correction success, per arm."""
+    rows = []
+    for crit, c in r["criteria"].items():
+        for name, a in c["arms"].items():
+            q = a["quality"]["made_right"]
+            what = (f"{crit}: time to a trained aligner, {name} (layers {'all' if len(a['layers']) > 8 else a['layers']}; "
+                    f"{c['pairs']} pairs, ≤ {c['epochs']:g} epochs, early stopping)")
+            measured = (f"{a['train_s'] / 60:.1f} min, {a['steps']} steps, {a['peak_rss_mb'] / 1024:.1f} GB peak; "
+                        f"dev made right {pct(q['rate'])} (n={q['n']})")
+            if name == "all":
+                rows.append((what, measured, "reference", ""))
+                continue
+            measured += f"; {a['wall_speedup_vs_all']:.2f}× less time, {a['success_points_vs_all']:+.1f} points vs all"
+            if "adapter_max_abs_diff_vs_uncached" in a:
+                measured += f"; adapter max |Δ| vs uncached {a['adapter_max_abs_diff_vs_uncached']:.1e}"
+            ok = a["wall_speedup_vs_all"] >= 2 and a["success_points_vs_all"] >= -1
+            rows.append((what, measured, "≥ 2× less time at ≤ 1 point lower success", verdict(ok)))
+    return rows
+
+
 def quality_rows(r: dict) -> list[Row]:
     res = r["results"]
     rows = [(f"{r['criterion']} correction success (inspector says aligned), n={r['n_misaligned']}: {label}",
@@ -303,6 +324,10 @@ CPU = [
                "--seed", "0", "--seed", "1", "--method", "gates", "--method", "grad-norm",
                "--config", "configs/aligners/harmless.yaml", "--out", str(LAYERS)])]),
     Bench("aligner_training", py("aligner_training.py", "--aligner", STARTER, *TRAINING_LAYERS, "--steps", "4"), training_rows),
+    # all-layer vs ILA vs cost-aware LoRA, each with and without the frozen-prefix cache, to the
+    # early-stopping point on each criterion's aligner data (about 1.5 h on 2 cores)
+    Bench("time_to_aligner", py("time_to_aligner.py"), time_to_aligner_rows,
+          prepare=[(Path(f"runs/aligner-data/{c}/train.jsonl"), ["make", "aligner-data"]) for c in EVAL_CRITERIA]),
     # top-k vs all layers at the same short budget (40 steps, with and without TAIA), and the
     # shipped starter aligner (longer recipe) against the zero-shot prompted base
     Bench("aligner_quality", py("aligner_quality.py", "--criterion", "harmless", "--aligner", STARTER,

@@ -79,3 +79,21 @@ def test_generalization_rows_judge_real_data_arms_against_the_dev_targets():
     assert "agreement with hand labels 90.0 %" in rows[key.format("rule:v1 (regex detectors)")][1]
     polite = rows["polite, embed-logreg / real: dev AUROC (SmolLM2 / large-assistant style); recall at ≤ 5 % good flagged"]
     assert polite[3] == "**not met**" and polite[2] == "AUROC ≥ 0.95"
+
+
+def test_time_to_aligner_rows_judge_time_and_success_against_all_layers():
+    runner = load_runner()
+
+    def arm(layers, train_s, rate, **extra):
+        return {"layers": layers, "train_s": train_s, "steps": 40, "peak_rss_mb": 3072,
+                "quality": {"made_right": {"rate": rate, "n": 24}},
+                "wall_speedup_vs_all": round(600 / train_s, 3), "success_points_vs_all": round(100 * (rate - 0.5), 1),
+                **extra}
+
+    arms = {"all": arm(list(range(30)), 600, 0.5), "ila": arm([11, 29], 400, 0.5),
+            "cost-aware+cache": arm([15, 29], 250, 0.5, adapter_max_abs_diff_vs_uncached=0.0),
+            "cost-aware": arm([15, 29], 290, 0.45)}
+    rows = runner.time_to_aligner_rows({"criteria": {"harmless": {"pairs": 160, "epochs": 4, "arms": arms}}})
+    assert [row[3] for row in rows] == ["", "**not met**", "met", "**not met**"]  # 1.5×; 2.4×; 2.07× but -5 points
+    assert rows[0][0].startswith("harmless: time to a trained aligner, all (layers all;")
+    assert "2.40× less time, +0.0 points vs all; adapter max |Δ| vs uncached 0.0e+00" in rows[2][1]

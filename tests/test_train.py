@@ -122,7 +122,7 @@ def test_early_stopping_keeps_the_best_adapter(tmp_path, monkeypatch):
     import aligners.train as train_mod
 
     losses = iter([1.0, 2.0, 3.0, 4.0])
-    monkeypatch.setattr(train_mod, "eval_loss", lambda model, batches: next(losses))
+    monkeypatch.setattr(train_mod, "eval_loss", lambda *args: next(losses))
     model, tokenizer = tiny()
     manifest = train_aligner(cfg(max_steps=20, eval_every=1, early_stopping_patience=2), toy_pairs(24), toy_pairs(4),
                              tmp_path, model=model, tokenizer=tokenizer, progress=False)
@@ -210,3 +210,57 @@ def test_eval_pairs_mix_corrections_and_good_answers_whatever_the_split_order():
     chosen = eval_pairs(good_first, 8)
     assert len(chosen) == 8 and sum(p.needs_correction for p in chosen) == 4
     assert eval_pairs(good_first, 100) == eval_pairs(good_first, len(pairs))  # capped by the split
+
+
+def _adapter(folder):
+    return load_file(folder / "adapter" / "adapter_model.safetensors")
+
+
+def test_frozen_prefix_cache_trains_exactly_like_the_full_forward(tmp_path):
+    """Layers 2,3 of 4 tuned over 3 epochs: the cached run starts every pass at layer 2 and must
+    log the same losses and save the same adapter as the uncached one; a second run reads the
+    hidden states back from disk."""
+    data, val = toy_pairs(16), toy_pairs(6)
+    recipe = cfg(layers=[2, 3], max_steps=15, eval_every=5, lora_dropout=0.1)
+    runs, written = {}, {}
+    for name, extra in {"plain": {"prefix_cache": False}, "memory": {},
+                        "disk": {"prefix_cache_dir": str(tmp_path / "cache")},
+                        "disk-again": {"prefix_cache_dir": str(tmp_path / "cache")}}.items():
+        model, tokenizer = tiny(num_layers=4)
+        runs[name] = train_aligner(recipe.model_copy(update=extra), data, val, tmp_path / name,
+                                   model=model, tokenizer=tokenizer, progress=False)
+        written[name] = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").rglob("*.safetensors")}
+    assert runs["plain"]["metrics"]["prefix_cache"]["used"] is False
+    assert runs["memory"]["metrics"]["prefix_cache"] | {"gb": 0} == {
+        "used": True, "depth": 2, "gb": 0, "where": "memory", "train_batches_cached": True}
+    n_batches = 2 + -(-runs["disk"]["data"]["examples"] // 4)  # 6 validation pairs + training, 4 per batch
+    assert len(written["disk"]) == n_batches and written["disk-again"] == written["disk"]  # read back, not rewritten
+    logs = {name: [json.loads(line) for line in (tmp_path / name / "train_log.jsonl").read_text().splitlines()]
+            for name in runs}
+    plain = _adapter(tmp_path / "plain")
+    for name in ("memory", "disk", "disk-again"):
+        for mine, theirs in zip(logs[name], logs["plain"], strict=True):
+            assert mine.keys() == theirs.keys()
+            for key in mine:
+                assert mine[key] == pytest.approx(theirs[key], rel=1e-5)
+        for key, tensor in _adapter(tmp_path / name).items():
+            torch.testing.assert_close(tensor, plain[key], rtol=1e-4, atol=1e-6)
+
+
+def test_prefix_cache_is_skipped_with_its_reason(tmp_path):
+    from aligners.prefix_cache import build_prefix_cache
+
+    model, tokenizer = tiny(num_layers=4)
+    manifest = train_aligner(cfg(layers=[2, 3], prefix_cache_max_gb=1e-9), toy_pairs(8), toy_pairs(4), tmp_path / "small",
+                             model=model, tokenizer=tokenizer, progress=False)
+    assert "over prefix_cache_max_gb=1e-09" in manifest["metrics"]["prefix_cache"]["reason"]
+    manifest = train_aligner(cfg(layers=[0, 3]), toy_pairs(8), toy_pairs(4), tmp_path / "bottom",
+                             model=tiny(num_layers=4)[0], tokenizer=tokenizer, progress=False)
+    assert manifest["metrics"]["prefix_cache"] == {"used": False, "reason": "no frozen layers below the tuned ones"}
+    model, batch = tiny(num_layers=4)[0], [{"input_ids": torch.ones(1, 3, dtype=torch.long)}]
+    cache, info = build_prefix_cache(model, 2, batch, max_gb=1)  # a model without an adapter trains every layer
+    assert cache is None and info["reason"] == "layer 0 below the cached depth 2 is trainable"
+    model.requires_grad_(False)
+    model.model.layers[1].mlp.act_fn = torch.nn.Sequential(torch.nn.SiLU(), torch.nn.Dropout(0.1))
+    cache, info = build_prefix_cache(model, 2, batch, max_gb=1)
+    assert cache is None and info["reason"] == "layer 1 has dropout, so its output differs between epochs"

@@ -1,0 +1,187 @@
+"""Time to a trained aligner: wall-clock to the early-stopping point and the correction it buys.
+
+Arms per criterion, on the same training pairs, budget and early-stopping rule (each in its own
+child process, so peak RSS is its own):
+- `all`: LoRA on every layer;
+- `ila`: the ILA top-k of a select-layers result (what `--layers-from` tunes);
+- `cost-aware`: the best k at or above the depth that keeps `--cost-share` of the top-k's summed
+  importance (backward stops higher, and more layers sit in the frozen prefix);
+- `…+cache`: the same with the frozen-prefix cache (layers below the lowest tuned one run once per
+  batch). Exact, so its adapter must match the uncached arm's: the report shows the largest
+  difference, and only the uncached adapter's rewrites are judged.
+Correction success is the squad benchmark's dev-set measure: each hand-labelled misaligned dev
+answer of the criterion goes to the arm's aligner, and the rewrite counts as fixed when the
+labelling rule's detectors pass it (serve.dev_judge.fixed); hand-labelled good answers count as
+kept when returned byte-for-byte. Prints one JSON object.
+
+    python benchmarks/time_to_aligner.py --criterion harmless --criterion no-pii
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+ARMS = {  # name -> (layer choice, frozen-prefix cache)
+    "all": ("all", False),
+    "ila": ("ila", False),
+    "ila+cache": ("ila", True),
+    "cost-aware": ("cost-aware", False),
+    "cost-aware+cache": ("cost-aware", True),
+}
+
+
+def arm_layers(importance: Path, data: str, cost_share: float) -> dict[str, list[int] | str]:
+    from aligners.importance import layers_from_runs
+
+    result = json.loads(importance.read_text())
+    return {"all": "all", "ila": layers_from_runs(result, data, "gates"),
+            "cost-aware": layers_from_runs(result, data, "gates", cost_share)}
+
+
+def child(args) -> dict:
+    """Train one arm (in this process) and report its time, steps and peak memory."""
+    from aligners.config import load_config
+    from aligners.dataset import resolve_data
+    from aligners.train import train_aligner
+    from aligners.train_config import AlignerTrainConfig
+
+    splits = resolve_data(args.data)
+    train = random.Random(0).sample(splits["train"], min(args.pairs, len(splits["train"])))
+    cfg = AlignerTrainConfig.model_validate(load_config(args.config, AlignerTrainConfig).model_dump() | {
+        "layers": args.layers if args.layers == "all" else [int(x) for x in args.layers.split(",")],
+        "prefix_cache": args.cache, "epochs": args.epochs, "max_steps": None, "eval_every": args.eval_every,
+        "checkpoint_every": 10**6})
+    t0 = time.perf_counter()
+    manifest = train_aligner(cfg, train, splits["validation"], args.out, progress=False)
+    m = manifest["metrics"]
+    return {"layers": manifest["layers"], "wall_s": round(time.perf_counter() - t0, 1),
+            "train_s": round(m["wall_s"], 1), "steps": m["steps"], "stopped_early": m["stopped_early"],
+            "best_eval_loss": m["best_eval_loss"], "mean_step_s": m["mean_step_s"],
+            "examples": manifest["data"]["examples"], "prefix_cache": m["prefix_cache"],
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
+def run_child(args, layers, cache: bool, out: Path) -> dict:
+    cmd = [sys.executable, __file__, "--child", "--data", args.data, "--config", args.config,
+           "--layers", layers if layers == "all" else ",".join(map(str, layers)), "--out", str(out),
+           "--pairs", str(args.pairs), "--epochs", str(args.epochs), "--eval-every", str(args.eval_every)]
+    if cache:
+        cmd.append("--cache")
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=ROOT)
+    if done.returncode:
+        raise RuntimeError(f"arm {out.name} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def adapter_difference(a: Path, b: Path) -> float:
+    """Largest absolute difference between two adapters' tensors."""
+    from safetensors.torch import load_file
+
+    ta, tb = (load_file(p / "adapter" / "adapter_model.safetensors") for p in (a, b))
+    if ta.keys() != tb.keys():
+        return float("inf")
+    return max(float((ta[k] - tb[k]).abs().max()) for k in ta)
+
+
+def correction_quality(criterion: str, aligners: dict[str, Path], dev: str, n: int, max_tokens: int) -> dict:
+    """Dev-set correction success and keep rate per aligner, one shared base."""
+    from aligners.artifact import AlignerArtifact
+    from aligners.backends import SamplingParams
+    from aligners.backends.transformers_local import TransformersBackend
+    from aligners.config import TransformersBackendConfig
+    from aligners.formatting import aligner_request
+    from aligners.schema import AnswerRecord, read_jsonl
+    from serve.dev_judge import fixed, rate_with_ci
+
+    hand = [r for r in read_jsonl(dev, AnswerRecord) if r.label_by == "hand" and r.criterion == criterion]
+    rng = random.Random(f"time-to-aligner:{criterion}")
+    bad = rng.sample([r for r in hand if r.label == "misaligned"], min(n, sum(r.label == "misaligned" for r in hand)))
+    good = rng.sample([r for r in hand if r.label == "aligned"], min(n // 2, sum(r.label == "aligned" for r in hand)))
+    backend = TransformersBackend(TransformersBackendConfig(max_batch_size=8))
+    params = SamplingParams(max_tokens=max_tokens)
+    out = {}
+    for name, path in aligners.items():
+        backend.load_adapter(name, str(AlignerArtifact.load(path).adapter_dir()))
+        t0 = time.perf_counter()
+        fixes = backend.generate([aligner_request(criterion, r.prompt, r.answer, name, params) for r in bad])
+        kept = backend.generate([aligner_request(criterion, r.prompt, r.answer, name, params) for r in good])
+        out[name] = {"made_right": rate_with_ci(sum(fixed(criterion, o.text) for o in fixes), len(bad)),
+                     "good_kept_byte_for_byte": rate_with_ci(sum(o.text == r.answer for o, r in zip(kept, good, strict=True)),
+                                                      len(good)),
+                     "seconds": round(time.perf_counter() - t0, 1)}
+    return out
+
+
+def bench_criterion(args, criterion: str) -> dict:
+    data = args.data_root.format(criterion=criterion)
+    args.data, args.config = data, f"configs/aligners/{criterion}.yaml"
+    layers = arm_layers(ROOT / args.importance, data, args.cost_share)
+    out = Path(args.out) / criterion
+    arms = {}
+    for name, (choice, cache) in ARMS.items():
+        folder = out / name
+        if (folder / "result.json").is_file():  # resumable: an arm that finished is not trained again
+            arms[name] = json.loads((folder / "result.json").read_text())
+            continue
+        if folder.exists():
+            import shutil
+
+            shutil.rmtree(folder)
+        print(f"[{criterion}] training {name} on layers {layers[choice]}", file=sys.stderr, flush=True)
+        arms[name] = run_child(args, layers[choice], cache, folder)
+        (folder / "result.json").write_text(json.dumps(arms[name], indent=2))
+    for name in ARMS:
+        if name.endswith("+cache"):
+            arms[name]["adapter_max_abs_diff_vs_uncached"] = adapter_difference(out / name, out / name.removesuffix("+cache"))
+    judged = [name for name in ARMS if not name.endswith("+cache")]
+    quality = correction_quality(criterion, {name: out / name for name in judged}, args.dev, args.n, args.max_tokens)
+    for name in ARMS:
+        arms[name]["quality"] = quality[name.removesuffix("+cache")]
+    full = arms["all"]
+    for run in arms.values():
+        run["wall_speedup_vs_all"] = round(full["train_s"] / run["train_s"], 3)
+        run["success_points_vs_all"] = round(
+            100 * (run["quality"]["made_right"]["rate"] - full["quality"]["made_right"]["rate"]), 1)
+    return {"data": data, "pairs": args.pairs, "epochs": args.epochs, "eval_every": args.eval_every,
+            "cost_share": args.cost_share, "arms": arms}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--criterion", action="append", default=[])
+    ap.add_argument("--data-root", default="runs/aligner-data/{criterion}", help="aligner data per criterion")
+    ap.add_argument("--importance", default="artifacts/layers/importance.json")
+    ap.add_argument("--cost-share", type=float, default=0.9)
+    ap.add_argument("--pairs", type=int, default=160, help="training pairs drawn from the data (seeded)")
+    ap.add_argument("--epochs", type=float, default=4, help="the budget; early stopping usually ends sooner")
+    ap.add_argument("--eval-every", type=int, default=10)
+    ap.add_argument("--dev", default="evals/dev/answers.jsonl")
+    ap.add_argument("--n", type=int, default=24, help="hand-labelled misaligned dev answers judged per arm")
+    ap.add_argument("--max-tokens", type=int, default=256)
+    ap.add_argument("--out", default="runs/bench/time-to-aligner")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--data", help=argparse.SUPPRESS)
+    ap.add_argument("--config", help=argparse.SUPPRESS)
+    ap.add_argument("--layers", help=argparse.SUPPRESS)
+    ap.add_argument("--cache", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(args)))
+        return
+    criteria = args.criterion or ["harmless", "no-pii", "polite"]
+    print(json.dumps({"benchmark": "time_to_aligner", "criteria": {c: bench_criterion(args, c) for c in criteria}},
+                     indent=2))
+
+
+if __name__ == "__main__":
+    main()
