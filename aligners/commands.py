@@ -71,8 +71,8 @@ DataOpt = Annotated[
 
 SetOpt = Annotated[
     list[str] | None,
-    typer.Option("--set", help="Override a recipe field, KEY=VALUE (repeatable), e.g. --set lora_r=16 "
-                 "or --set importance.top_k=6."),
+    typer.Option("--set", help="Override a recipe field, KEY=VALUE (repeatable; a dotted key sets a nested "
+                 "field), e.g. --set lora_r=16, --set importance.top_k=6, --set C=0.5."),
 ]
 
 

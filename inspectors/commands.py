@@ -11,6 +11,8 @@ from typing import Annotated
 
 import typer
 
+from aligners.commands import SetOpt
+
 
 def _fail(message: str) -> typer.Exit:
     typer.secho(f"error: {message}", fg="red", err=True)
@@ -36,12 +38,7 @@ def train_inspector(
             help="Inspector recipe (configs/inspectors/*.yaml). Default: embed-logreg defaults.",
         ),
     ] = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set", help="Override a recipe field, KEY=VALUE (repeatable), e.g. --set C=0.5."
-        ),
-    ] = None,
+    set_: SetOpt = None,
     criterion: Annotated[
         str | None,
         typer.Option(
