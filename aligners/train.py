@@ -183,7 +183,8 @@ def train_aligner(
     while state["step"] < total_steps and not stopped_early:
         epoch, offset = divmod(micro, len(train_batches))
         for index in epoch_order(len(train_batches), cfg.seed + epoch)[offset:]:
-            t0 = time.perf_counter()
+            if micro % cfg.grad_accum == 0:  # a step spans grad_accum micro-batches
+                t0 = time.perf_counter()
             loss = answer_loss(peft_model, train_batches[index], prefix.train(index)) / cfg.grad_accum
             loss.backward()
             micro += 1

@@ -130,7 +130,7 @@ def bench_criterion(args, criterion: str) -> dict:
     arms = {}
     for name, (choice, cache) in ARMS.items():
         folder = out / name
-        if (folder / "result.json").is_file():  # resumable: an arm that finished is not trained again
+        if (folder / "result.json").is_file():  # resumable: a finished arm (and its judging) is kept
             arms[name] = json.loads((folder / "result.json").read_text())
             continue
         if folder.exists():
@@ -144,7 +144,12 @@ def bench_criterion(args, criterion: str) -> dict:
         if name.endswith("+cache"):
             arms[name]["adapter_max_abs_diff_vs_uncached"] = adapter_difference(out / name, out / name.removesuffix("+cache"))
     judged = [name for name in ARMS if not name.endswith("+cache")]
-    quality = correction_quality(criterion, {name: out / name for name in judged}, args.dev, args.n, args.max_tokens)
+    saved, key = out / "quality.json", {"dev": args.dev, "n": args.n, "max_tokens": args.max_tokens}
+    quality = json.loads(saved.read_text()) if saved.is_file() else {}
+    if quality.get("for") != key:
+        quality = {"for": key} | correction_quality(criterion, {n: out / n for n in judged}, args.dev, args.n,
+                                                    args.max_tokens)
+        saved.write_text(json.dumps(quality, indent=2))
     for name in ARMS:
         arms[name]["quality"] = quality[name.removesuffix("+cache")]
     full = arms["all"]
@@ -162,9 +167,9 @@ def main() -> None:
     ap.add_argument("--data-root", default="runs/aligner-data/{criterion}", help="aligner data per criterion")
     ap.add_argument("--importance", default="artifacts/layers/importance.json")
     ap.add_argument("--cost-share", type=float, default=0.9)
-    ap.add_argument("--pairs", type=int, default=160, help="training pairs drawn from the data (seeded)")
-    ap.add_argument("--epochs", type=float, default=4, help="the budget; early stopping usually ends sooner")
-    ap.add_argument("--eval-every", type=int, default=10)
+    ap.add_argument("--pairs", type=int, default=96, help="training pairs drawn from the data (seeded)")
+    ap.add_argument("--epochs", type=float, default=3, help="the budget; early stopping usually ends sooner")
+    ap.add_argument("--eval-every", type=int, default=5)
     ap.add_argument("--dev", default="evals/dev/answers.jsonl")
     ap.add_argument("--n", type=int, default=24, help="hand-labelled misaligned dev answers judged per arm")
     ap.add_argument("--max-tokens", type=int, default=256)
