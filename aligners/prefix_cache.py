@@ -6,8 +6,9 @@ transformers' decoders have no "start at layer L" entry point, so `decoder_slice
 own forward over a slice of its own layer list (its causal mask, positions and rotary code stay
 the ones it always uses): the cached run computes exactly what the uncached one does.
 
-Kept in memory, or with `folder` on disk as one safetensors file per batch under a key of the
-base's hash, the batches' tokens and L (a resumed or repeated run reuses them). A cache larger
+Kept in memory, or with `folder` only on disk (read back on each use) as one safetensors file per
+batch under a key of the base's hash, the batches' tokens and L (a resumed or repeated run reuses
+them). A cache larger
 than its size limit is not built: training runs uncached and says why.
 """
 
@@ -90,23 +91,22 @@ class PrefixCache:
         return sum(b["input_ids"].numel() for b in batches) * config.hidden_size * width
 
     def hidden(self, index: int) -> tuple[int, torch.Tensor]:
-        if index not in self._kept:
-            self._kept[index] = self._stored(index)
-        return self.depth, self._kept[index]
+        if self.folder is None:
+            if index not in self._kept:
+                self._kept[index] = self._computed(index)
+            return self.depth, self._kept[index]
+        path = self.folder / f"{index:06d}.safetensors"
+        if not path.is_file():
+            with atomic_path(path) as tmp:
+                save_file({"hidden": self._computed(index).contiguous()}, tmp)
+        return self.depth, load_file(path)["hidden"]
 
-    def _stored(self, index: int) -> torch.Tensor:
-        path = self.folder / f"{index:06d}.safetensors" if self.folder is not None else None
-        if path is not None and path.is_file():
-            return load_file(path)["hidden"]
+    def _computed(self, index: int) -> torch.Tensor:
         batch = self.batches[index]
         decoder = decoder_of(self.model)
         with torch.no_grad(), decoder_slice(decoder, 0, self.depth):
-            hidden = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                             use_cache=False).last_hidden_state
-        if path is not None:
-            with atomic_path(path) as tmp:
-                save_file({"hidden": hidden.contiguous()}, tmp)
-        return hidden
+            return decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           use_cache=False).last_hidden_state
 
 
 def build_prefix_cache(model, depth: int, batches: Sequence[dict], *, max_gb: float, folder: str | None = None,

@@ -101,22 +101,23 @@ class _Prefixes:
     """Where each batch's forward starts: eval batches first in the cache, then the training
     batches when training comes round to a batch again (under one epoch they would never be reused)."""
 
-    def __init__(self, cache: PrefixCache | None, n_eval: int, cache_train: bool):
-        self.cache, self.n_eval, self.cache_train = cache, n_eval, cache_train
+    def __init__(self, cache: PrefixCache | None, n_eval: int):
+        self.cache, self.n_eval = cache, n_eval
 
     def train(self, index: int):
-        return self.cache.hidden(self.n_eval + index) if self.cache is not None and self.cache_train else None
+        holds_train = self.cache is not None and len(self.cache.batches) > self.n_eval
+        return self.cache.hidden(self.n_eval + index) if holds_train else None
 
 
 def _prefix_cache(cfg: AlignerTrainConfig, model, depth: int, eval_batches, train_batches, total_steps: int,
                   base_hash: str) -> tuple[_Prefixes, dict]:
     if not cfg.prefix_cache:
-        return _Prefixes(None, 0, False), {"used": False, "reason": "prefix_cache: false"}
+        return _Prefixes(None, 0), {"used": False, "reason": "prefix_cache: false"}
     cache_train = total_steps * cfg.grad_accum > len(train_batches)
     cached = eval_batches + (train_batches if cache_train else [])
     cache, info = build_prefix_cache(model, depth, cached, max_gb=cfg.prefix_cache_max_gb,
-                                     folder=cfg.prefix_cache_dir, key=f"{base_hash}|{cfg.max_length}")
-    return _Prefixes(cache, len(eval_batches), cache_train), info | ({"train_batches_cached": cache_train} if cache else {})
+                                     folder=cfg.prefix_cache_dir, key=base_hash)
+    return _Prefixes(cache, len(eval_batches)), info | ({"train_batches_cached": cache_train} if cache else {})
 
 
 # --- training ------------------------------------------------------------------------------
