@@ -10,8 +10,8 @@ child process, so peak RSS is its own):
   batch). Exact, so its adapter must match the uncached arm's: the report shows the largest
   difference, and only the uncached adapter's rewrites are judged.
 Correction success is the squad benchmark's dev-set measure: each hand-labelled misaligned dev
-answer of the criterion goes to the arm's aligner, and the rewrite counts as fixed when the
-labelling rule's detectors pass it (serve.dev_judge.fixed); hand-labelled good answers count as
+answer of the criterion goes to the arm's aligner, and counts as fixed when it is rewritten and the
+labelling rule's detectors pass it (serve.dev_judge.made_right); hand-labelled good answers count as
 kept when returned byte-for-byte. Prints one JSON object.
 
     python benchmarks/time_to_aligner.py --criterion harmless --criterion no-pii
@@ -102,7 +102,7 @@ def correction_quality(criterion: str, aligners: dict[str, Path], dev: str, n: i
     from aligners.config import TransformersBackendConfig
     from aligners.formatting import aligner_request
     from aligners.schema import AnswerRecord, read_jsonl
-    from serve.dev_judge import fixed, rate_with_ci
+    from serve.dev_judge import made_right, rate_with_ci
 
     hand = [r for r in read_jsonl(dev, AnswerRecord) if r.label_by == "hand" and r.criterion == criterion]
     rng = random.Random(f"time-to-aligner:{criterion}")
@@ -116,10 +116,8 @@ def correction_quality(criterion: str, aligners: dict[str, Path], dev: str, n: i
         t0 = time.perf_counter()
         fixes = backend.generate([aligner_request(criterion, r.prompt, r.answer, name, params) for r in bad])
         kept = backend.generate([aligner_request(criterion, r.prompt, r.answer, name, params) for r in good])
-        # as serve.dev_judge counts it: a rewrite that differs from the answer and passes the detectors
-        # (half of no-pii's misaligned dev answers already pass them unchanged)
-        made_right = sum(o.text != r.answer and fixed(criterion, o.text) for o, r in zip(fixes, bad, strict=True))
-        out[name] = {"made_right": rate_with_ci(made_right, len(bad)),
+        right = sum(made_right(criterion, r.answer, o.text) for o, r in zip(fixes, bad, strict=True))
+        out[name] = {"made_right": rate_with_ci(right, len(bad)),
                      "good_kept_byte_for_byte": rate_with_ci(sum(o.text == r.answer for o, r in zip(kept, good, strict=True)),
                                                       len(good)),
                      "seconds": round(time.perf_counter() - t0, 1)}
