@@ -112,6 +112,19 @@ def check_inputs(
     return p, a, y
 
 
+def check_intents(intents: Sequence[int] | None, n: int) -> np.ndarray | None:
+    """Request intents for a request gate: 1 = complying with the request would break the
+    criterion (a risky request), 0 = a benign one."""
+    if intents is None:
+        return None
+    out = np.asarray(intents).astype(int).ravel()
+    if len(out) != n:
+        raise ValueError(f"got {n} prompts but {len(out)} intents")
+    if not set(np.unique(out)) <= {0, 1}:
+        raise ValueError(f"intents must be 0 (benign request) or 1 (risky request), got {sorted(set(np.unique(out)))}")
+    return out
+
+
 def examples_hash(prompts: Sequence[str], answers: Sequence[str], labels: np.ndarray) -> str:
     h = hashlib.sha256()
     for p, a, y in zip(prompts, answers, labels, strict=True):
@@ -136,7 +149,10 @@ class Inspector(ClassifierMixin, BaseEstimator):
     criterion: str | None
 
     # -- subclass hooks --
-    def _fit_model(self, prompts: list[str], answers: list[str], labels: np.ndarray) -> None:
+    def _fit_model(
+        self, prompts: list[str], answers: list[str], labels: np.ndarray, intents: np.ndarray | None
+    ) -> None:
+        """`intents` (see check_intents) are for models with a request gate; others ignore them."""
         raise NotImplementedError
 
     def _raw_scores(self, prompts: list[str], answers: list[str]) -> np.ndarray:
@@ -156,7 +172,7 @@ class Inspector(ClassifierMixin, BaseEstimator):
         """Raise InspectorLoadError when the artifact's model cannot be trusted here."""
 
     def _fit_for_calibration(
-        self, prompts: list[str], answers: list[str], labels: np.ndarray
+        self, prompts: list[str], answers: list[str], labels: np.ndarray, intents: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray, str]:
         """No validation split: hold out a stratified share, train on the rest, score the share.
 
@@ -170,7 +186,8 @@ class Inspector(ClassifierMixin, BaseEstimator):
         tr, ho = train_test_split(
             idx, test_size=frac, stratify=labels, random_state=self.random_state
         )
-        self._fit_model([prompts[i] for i in tr], [answers[i] for i in tr], labels[tr])
+        self._fit_model([prompts[i] for i in tr], [answers[i] for i in tr], labels[tr],
+                        None if intents is None else intents[tr])
         raw = self._raw_scores([prompts[i] for i in ho], [answers[i] for i in ho])
         return raw, labels[ho], f"held-out {frac:.0%} of training"
 
@@ -181,21 +198,25 @@ class Inspector(ClassifierMixin, BaseEstimator):
         answers: Sequence[str],
         labels: Sequence[int],
         validation: tuple[Sequence[str], Sequence[str], Sequence[int]] | None = None,
+        intents: Sequence[int] | None = None,
     ) -> Inspector:
         """Train on (prompts, answers, labels); calibrate and pick the threshold on `validation`.
 
         labels: 1 = aligned, 0 = misaligned. `validation` is (prompts, answers, labels) of a
         split disjoint from training; without it, out-of-sample training scores are used.
+        `intents` (1 = a risky request, 0 = a benign one, per training example) train the
+        request gate of inspectors that have one; others ignore them.
         """
         p, a, y = check_inputs(prompts, answers, labels)
+        g = check_intents(intents, len(p))
         if len(np.unique(y)) < 2:
             raise ValueError("training labels need both classes: 0 (misaligned) and 1 (aligned)")
         self.encoder_id_, self.encoder_hash_ = model_id_and_hash(self.encoder)
         if validation is None:
-            raw, cal_y, source = self._fit_for_calibration(p, a, y)
+            raw, cal_y, source = self._fit_for_calibration(p, a, y, g)
         else:
             vp, va, vy = check_inputs(*validation)
-            self._fit_model(p, a, y)
+            self._fit_model(p, a, y, g)
             raw, cal_y, source = self._raw_scores(vp, va), vy, "validation split"
         self.classes_ = np.array([0, 1])
         self.n_train_ = len(y)

@@ -124,7 +124,7 @@ def train_inspector(
     )
     est = build_inspector(cfg, criterion=criterion)
     with console.status("training"):
-        est.fit(*train.as_tuple(), validation=val.as_tuple())
+        est.fit(*train.as_tuple(), validation=val.as_tuple(), intents=train.intents)
     if threshold_on == "dev":
         est.rethreshold(*dev_examples.as_tuple(), source="dev set (hand labels)")
     metrics = {"validation": est.evaluate(*val.as_tuple())}

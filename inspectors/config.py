@@ -53,7 +53,21 @@ class _InspectorConfigBase(StrictModel):
     device: str = Field(default="cpu", description="'cpu', 'cuda', 'cuda:0', ...")
 
 
-class EmbedLogRegConfig(_InspectorConfigBase):
+class _LinearConfigBase(_InspectorConfigBase):
+    """Fields of the feature + logistic-regression inspectors (inspectors.linear)."""
+
+    request_gate: bool = Field(
+        default=False,
+        description="Also learn P(risky request) from the request alone (the training data's "
+        "intents) and flag an answer only as far as its request is risky: P(misaligned) = "
+        "P(risky) * P(misaligned | answer). Fewer false flags on answers to benign requests.",
+    )
+    request_gate_C: float = Field(
+        default=1.0, gt=0, description="Inverse L2 strength of the request gate (standardized features)."
+    )
+
+
+class EmbedLogRegConfig(_LinearConfigBase):
     """Frozen sentence embeddings of prompt and answer + logistic regression (fast on CPU)."""
 
     type: Literal["embed-logreg"] = "embed-logreg"
@@ -132,7 +146,7 @@ class FinetunedConfig(_InspectorConfigBase):
     )
 
 
-class HiddenProbeConfig(_InspectorConfigBase):
+class HiddenProbeConfig(_LinearConfigBase):
     """A logistic probe on a causal LM's own hidden states, pooled over the answer's tokens."""
 
     type: Literal["hidden-probe"] = "hidden-probe"

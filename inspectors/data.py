@@ -4,6 +4,10 @@ Label 1 = aligned, 0 = misaligned. A pair that needs correction gives two
 examples, (prompt, misaligned) → 0 and (prompt, aligned) → 1; a keep-as-is pair
 (`needs_correction=False`, misaligned == aligned) is one benign already-good answer → 1, added
 once so benign answers are not double-weighted.
+
+Each example also carries its request's intent (1 = risky: simply complying would break the
+criterion; 0 = benign), which trains an inspector's request gate: a real answer's `intent`
+(its prompt bank entry), else whether its pair needs correction / its answer is misaligned.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from aligners.schema import AnswerRecord, Pair, read_jsonl
 from synth.labeling import answers_for
 
 ALIGNED, MISALIGNED = 1, 0
+RISKY, BENIGN = 1, 0  # request intents
 
 
 @dataclass
@@ -26,6 +31,7 @@ class Examples:
     prompts: list[str] = field(default_factory=list)
     answers: list[str] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
+    intents: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -45,10 +51,12 @@ def pairs_to_examples(pairs: Sequence[Pair]) -> Examples:
             out.prompts += [p.prompt, p.prompt]
             out.answers += [p.misaligned, p.aligned]
             out.labels += [MISALIGNED, ALIGNED]
+            out.intents += [RISKY, RISKY]
         else:
             out.prompts.append(p.prompt)
             out.answers.append(p.aligned)
             out.labels.append(ALIGNED)
+            out.intents.append(BENIGN)
     return out
 
 
@@ -58,6 +66,8 @@ def answers_to_examples(records: Sequence[AnswerRecord]) -> Examples:
         out.prompts.append(r.prompt)
         out.answers.append(r.answer)
         out.labels.append(ALIGNED if r.label == "aligned" else MISALIGNED)
+        risky = r.intent == "harmful" if r.intent is not None else r.label == "misaligned"
+        out.intents.append(RISKY if risky else BENIGN)
     return out
 
 
@@ -102,7 +112,8 @@ class TrainingData:
     def examples(self, split: str) -> Examples:
         ex = pairs_to_examples(self.splits[split])
         more = answers_to_examples(self.answers.get(split, []))
-        return Examples(ex.prompts + more.prompts, ex.answers + more.answers, ex.labels + more.labels)
+        return Examples(ex.prompts + more.prompts, ex.answers + more.answers,
+                        ex.labels + more.labels, ex.intents + more.intents)
 
 
 def load_training_data(

@@ -219,6 +219,8 @@ class EmbedLogRegInspector(LinearInspector):
         C: float = 0.1,
         max_iter: int = 2000,
         cv_folds: int = 5,
+        request_gate: bool = False,
+        request_gate_C: float = 1.0,
         encode_batch_tokens: int = 16384,
         max_seq_length: int = 256,
         dtype: str = "float32",
@@ -235,6 +237,8 @@ class EmbedLogRegInspector(LinearInspector):
         self.C = C
         self.max_iter = max_iter
         self.cv_folds = cv_folds
+        self.request_gate = request_gate
+        self.request_gate_C = request_gate_C
         self.encode_batch_tokens = encode_batch_tokens
         self.max_seq_length = max_seq_length
         self.dtype = dtype
@@ -246,6 +250,19 @@ class EmbedLogRegInspector(LinearInspector):
         self.criterion = criterion
 
     # -- features --
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        return embed(
+            get_encoder(self.encoder, self.device, self.dtype),
+            texts,
+            tokens_per_batch=self.encode_batch_tokens,
+            max_seq_length=self.max_seq_length,
+            cache_key=(self.encoder, self.device, self.dtype, self.max_seq_length),
+        )
+
+    def request_features(self, prompts: Sequence[str]) -> np.ndarray:
+        """The prompt's embedding (the `prompt` block)."""
+        return self._embed(list(prompts))
+
     def featurize(self, prompts: Sequence[str], answers: Sequence[str]) -> np.ndarray:
         """The feature matrix (n, 384 * len(features)) fed to the linear model."""
         bad = [f for f in self.features if f not in FEATURES]
@@ -263,13 +280,7 @@ class EmbedLogRegInspector(LinearInspector):
         sentences = [split_sentences(a) for a in answers] if need_sentences else []
         texts = list(prompts) + (list(answers) if self.answer_embedding == "whole" else [])
         texts += [s for group in sentences for s in group]
-        vecs = embed(
-            get_encoder(self.encoder, self.device, self.dtype),
-            texts,
-            tokens_per_batch=self.encode_batch_tokens,
-            max_seq_length=self.max_seq_length,
-            cache_key=(self.encoder, self.device, self.dtype, self.max_seq_length),
-        )
+        vecs = self._embed(texts)
         p = vecs[:n]
         dim = vecs.shape[1]
         s_max = s_min = s_mean = np.zeros((n, dim), dtype=np.float32)

@@ -87,7 +87,10 @@ class FinetunedInspector(Inspector):
             list(prompts), list(answers), truncation=True, max_length=self.max_length
         )
 
-    def _fit_model(self, prompts: list[str], answers: list[str], labels: np.ndarray) -> None:
+    def _fit_model(
+        self, prompts: list[str], answers: list[str], labels: np.ndarray, intents: np.ndarray | None
+    ) -> None:
+        """Fine-tunes the encoder on the pairs (no request gate: `intents` are not used)."""
         import torch
         from tqdm.auto import tqdm
         from transformers import (

@@ -14,6 +14,9 @@ max: one harmful step or one insult in a long answer stays visible), `last` (the
 Prompt and answer are truncated to `max_prompt_tokens` (keeping the request's end) and
 `max_answer_tokens` (keeping the answer's start, where compliance or refusal shows).
 
+With `request_gate`, the gate (inspectors/linear.py) reads the probed layers' states at the
+request's last token, from a pass over the request alone: the same model, no second encoder.
+
 Cost: the model runs `max(layers)` of its layers over prompt + answer, ~6× MiniLM's compute per
 answer for SmolLM2 at layer 15; `benchmarks/inspector_generalization.py` reports answers/s
 next to MiniLM's.
@@ -55,19 +58,25 @@ def get_backbone(name: str, depth: int, device: str = "cpu", dtype: str = "float
     return _BACKBONES[key]
 
 
+def chat_head(tokenizer, prompt: str, max_prompt: int) -> list[int]:
+    """Token ids of the chat-rendered request up to where the assistant's answer begins (the
+    request's end is kept)."""
+    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"][-max_prompt:]
+    head = tokenizer.apply_chat_template(
+        [{"role": "user", "content": tokenizer.decode(p_ids)}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    return tokenizer(head, add_special_tokens=False)["input_ids"]
+
+
 def encode_pairs(
     tokenizer, prompts: Sequence[str], answers: Sequence[str], max_prompt: int, max_answer: int
 ) -> tuple[list[list[int]], list[int]]:
     """Token ids of each chat-rendered (prompt, answer) and where its answer starts."""
     ids, starts = [], []
     for prompt, answer in zip(prompts, answers, strict=True):
-        p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"][-max_prompt:]
-        head = tokenizer.apply_chat_template(
-            [{"role": "user", "content": tokenizer.decode(p_ids)}],
-            tokenize=False,
-            add_generation_prompt=True,
-        )
-        head_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
+        head_ids = chat_head(tokenizer, prompt, max_prompt)
         a_ids = tokenizer(answer, add_special_tokens=False)["input_ids"][:max_answer]
         if not a_ids:  # an empty answer still gets one position to pool
             a_ids = [tokenizer.eos_token_id]
@@ -93,6 +102,8 @@ class HiddenProbeInspector(LinearInspector):
         C: float = 0.05,
         max_iter: int = 3000,
         cv_folds: int = 5,
+        request_gate: bool = False,
+        request_gate_C: float = 1.0,
         dtype: str = "float32",
         calibration: str = "sigmoid",
         threshold_target: str = "recall",
@@ -110,6 +121,8 @@ class HiddenProbeInspector(LinearInspector):
         self.C = C
         self.max_iter = max_iter
         self.cv_folds = cv_folds
+        self.request_gate = request_gate
+        self.request_gate_C = request_gate_C
         self.dtype = dtype
         self.calibration = calibration
         self.threshold_target = threshold_target
@@ -118,14 +131,17 @@ class HiddenProbeInspector(LinearInspector):
         self.device = device
         self.criterion = criterion
 
-    def featurize(self, prompts: Sequence[str], answers: Sequence[str]) -> np.ndarray:
-        """(n, hidden * len(layers) * len(pooling)) pooled hidden states."""
+    def _check_params(self) -> None:
         bad = [p for p in self.pooling if p not in POOLINGS]
         if bad or not self.pooling or not self.layers or min(self.layers) < 1:
             raise ValueError(
                 f"pooling must be a non-empty subset of {list(POOLINGS)} and layers positive "
                 f"integers (1 = the first decoder layer's output), got {self.pooling}, {self.layers}"
             )
+
+    def featurize(self, prompts: Sequence[str], answers: Sequence[str]) -> np.ndarray:
+        """(n, hidden * len(layers) * len(pooling)) pooled hidden states."""
+        self._check_params()
         key = (self.encoder, "hidden-probe", tuple(self.layers), tuple(self.pooling),
                self.max_prompt_tokens, self.max_answer_tokens, self.dtype, self.device)
         pairs = list(zip(prompts, answers, strict=True))
@@ -133,16 +149,36 @@ class HiddenProbeInspector(LinearInspector):
             return np.zeros((0, 0), dtype=np.float32)
         return np.stack(cached_rows(key, pairs, self._pooled_states))
 
-    def _pooled_states(self, pairs: list[tuple[str, str]]) -> np.ndarray:
+    def request_features(self, prompts: Sequence[str]) -> np.ndarray:
+        """(n, hidden * len(layers)): the probed layers' states at the request's last token (the
+        end of the chat header, where the model has read the request and not yet answered).
+        Causal attention makes them the same as in a pass over request + answer, so the gate
+        costs a pass over the request only."""
+        self._check_params()
+        key = (self.encoder, "hidden-probe-request", tuple(self.layers), self.max_prompt_tokens,
+               self.dtype, self.device)
+        if not prompts:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.stack(cached_rows(key, list(prompts), self._request_states))
+
+    def _request_states(self, prompts: list[str]) -> np.ndarray:
         import torch
 
         body, tok = get_backbone(self.encoder, max(self.layers), self.device, self.dtype)
-        ids, starts = encode_pairs(
-            tok, [p for p, _ in pairs], [a for _, a in pairs], self.max_prompt_tokens,
-            self.max_answer_tokens,
-        )
-        width = body.config.hidden_size * len(self.layers) * len(self.pooling)
-        out = np.zeros((len(ids), width), dtype=np.float32)
+        ids = [chat_head(tok, p, self.max_prompt_tokens) for p in prompts]
+        out = np.zeros((len(ids), body.config.hidden_size * len(self.layers)), dtype=np.float32)
+        for batch, states, mask, _ in self._forward(body, tok, ids, [len(x) for x in ids]):
+            last = (mask.sum(1) - 1).to(body.device)
+            rows = torch.arange(len(batch), device=body.device)
+            out[batch] = np.hstack([states[layer][rows, last].float().cpu().numpy()
+                                    for layer in self.layers])
+        return out
+
+    def _forward(self, body, tok, ids: list[list[int]], starts: list[int]):
+        """(batch indices, hidden states, attention mask, answer-token mask) per length-sorted
+        batch of at most `batch_tokens` padded tokens; tokens from `starts[i]` on are the answer."""
+        import torch
+
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         for batch in token_batches([len(x) for x in ids], self.batch_tokens):
             longest = max(len(ids[i]) for i in batch)
@@ -159,6 +195,19 @@ class HiddenProbeInspector(LinearInspector):
                     attention_mask=mask.to(body.device),
                     output_hidden_states=True,
                 ).hidden_states
+            yield batch, states, mask, answer
+
+    def _pooled_states(self, pairs: list[tuple[str, str]]) -> np.ndarray:
+        import torch
+
+        body, tok = get_backbone(self.encoder, max(self.layers), self.device, self.dtype)
+        ids, starts = encode_pairs(
+            tok, [p for p, _ in pairs], [a for _, a in pairs], self.max_prompt_tokens,
+            self.max_answer_tokens,
+        )
+        width = body.config.hidden_size * len(self.layers) * len(self.pooling)
+        out = np.zeros((len(ids), width), dtype=np.float32)
+        for batch, states, mask, answer in self._forward(body, tok, ids, starts):
             blocks = []
             last = mask.sum(1) - 1
             sel = answer.unsqueeze(-1).to(body.device)

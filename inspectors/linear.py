@@ -1,10 +1,26 @@
 """Inspectors that are a frozen feature extractor + standardized logistic regression.
 
 `embed-logreg` (MiniLM sentence embeddings) and `hidden-probe` (the squad backbone's own hidden
-states) differ only in `featurize`; fitting, out-of-fold calibration and persistence are here.
-Features are standardized (mean/scale stored) before `LogisticRegression(class_weight=
-"balanced")`, so `C` means the same whatever the feature scale. Scoring is numpy on stored arrays
-(no sklearn object at predict time), so a saved and reloaded inspector gives identical scores.
+states) differ only in `featurize` and `request_features`; fitting, out-of-fold calibration and
+persistence are here. Features are standardized (mean/scale stored) before
+`LogisticRegression(class_weight="balanced")`, so `C` means the same whatever the feature scale.
+Scoring is numpy on stored arrays (no sklearn object at predict time), so a saved and reloaded
+inspector gives identical scores.
+
+Request gate (`request_gate: true`): a second logistic model reads the request alone and learns
+P(risky request) from the training data's intents (1 = complying would break the criterion).
+An answer is then misaligned only as far as its request is risky:
+
+    P(misaligned) = P(risky request) * P(misaligned | the answer model)
+
+A pooled-answer model mixes "what was asked" into "what was answered"; most of its false flags
+are good answers to benign requests that sound risky, which the squad would turn into refusals.
+A request classifier has thousands of labelled requests to learn from and sees them whole, so
+the product lets the answer model's errors on benign requests vanish while leaving its ranking
+of answers to risky requests untouched. (Measured on the harmless dev set: at 2 % of good
+answers to benign requests flagged, recall of misaligned answers rises from 43 % to 65 % for
+SmolLM2's answers, docs/inspectors.md.) Answers to benign requests that are harmful themselves
+are what it gives up.
 """
 
 from __future__ import annotations
@@ -15,7 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from aligners.models import model_id_and_hash
-from inspectors.base import Inspector, InspectorLoadError
+from inspectors.base import RETRAIN, Inspector, InspectorLoadError
+
+GATE = "gate_"  # prefix of the request gate's tensors
 
 
 def fit_linear(
@@ -43,6 +61,14 @@ def linear_scores(X: np.ndarray, w: dict[str, np.ndarray]) -> np.ndarray:
     return Z @ w["coef"] + w["intercept"][0]
 
 
+def gated_logit(answer_logit: np.ndarray, gate_logit: np.ndarray) -> np.ndarray:
+    """logit P(aligned) when P(misaligned) = sigmoid(gate_logit) * sigmoid(-answer_logit), in log
+    space (a product of small probabilities must not underflow to "certainly aligned")."""
+    log_mis = -np.logaddexp(0.0, -gate_logit) - np.logaddexp(0.0, answer_logit)
+    log_mis = np.minimum(log_mis, -1e-12)  # P(misaligned) = 1 would give an infinite logit
+    return np.log(-np.expm1(log_mis)) - log_mis
+
+
 class LinearInspector(Inspector):
     """Base for feature + logistic-regression inspectors. Subclasses define `featurize` and
     the params `C`, `max_iter`, `cv_folds`, `random_state` (plus the shared ones)."""
@@ -50,12 +76,39 @@ class LinearInspector(Inspector):
     C: float
     max_iter: int
     cv_folds: int
+    request_gate: bool
+    request_gate_C: float
 
     def featurize(self, prompts: Sequence[str], answers: Sequence[str]) -> np.ndarray:
         raise NotImplementedError
 
-    def _fit_model(self, prompts: list[str], answers: list[str], labels: np.ndarray) -> None:
+    def request_features(self, prompts: Sequence[str]) -> np.ndarray:
+        """Features of the request alone, for the request gate."""
+        raise NotImplementedError
+
+    def _gate_data(self, prompts: list[str], intents: np.ndarray | None):
+        """(request features, intents) when the gate is on, else None."""
+        if not self.request_gate:
+            return None
+        if intents is None:
+            raise ValueError(
+                "request_gate needs the intent of each training request (1 = complying would break "
+                "the criterion, 0 = benign): pass fit(..., intents=...); `aligners train-inspector` "
+                "reads them from the data (an answer's `intent`, or whether a pair needs correction)"
+            )
+        if len(np.unique(intents)) < 2:
+            raise ValueError("request_gate needs both risky (1) and benign (0) training requests")
+        return self.request_features(prompts), intents
+
+    def _fit_gate(self, G: np.ndarray, intents: np.ndarray) -> dict[str, np.ndarray]:
+        return fit_linear(G, intents, self.request_gate_C, self.max_iter, self.random_state)
+
+    def _fit_model(
+        self, prompts: list[str], answers: list[str], labels: np.ndarray, intents: np.ndarray | None
+    ) -> None:
+        gate = self._gate_data(prompts, intents)
         self._fit_features(self.featurize(prompts, answers), labels)
+        self.gate_ = None if gate is None else self._fit_gate(*gate)
 
     def _fit_features(self, X: np.ndarray, y: np.ndarray) -> None:
         w = fit_linear(X, y, self.C, self.max_iter, self.random_state)
@@ -71,13 +124,17 @@ class LinearInspector(Inspector):
         }
 
     def _raw_scores(self, prompts: list[str], answers: list[str]) -> np.ndarray:
-        return linear_scores(self.featurize(prompts, answers), self._weights())
+        raw = linear_scores(self.featurize(prompts, answers), self._weights())
+        if self.gate_ is None:
+            return raw
+        return gated_logit(raw, linear_scores(self.request_features(prompts), self.gate_))
 
-    def _fit_for_calibration(self, prompts, answers, labels):
+    def _fit_for_calibration(self, prompts, answers, labels, intents):
         """Out-of-fold scores (folds grouped by prompt, so a prompt's two answers stay together),
         then a refit on all training data. Features are computed once for all folds."""
         from sklearn.model_selection import StratifiedGroupKFold
 
+        gate = self._gate_data(prompts, intents)
         X = self.featurize(prompts, answers)
         n_splits = int(min(self.cv_folds, np.bincount(labels).min()))
         if n_splits < 2:
@@ -94,15 +151,27 @@ class LinearInspector(Inspector):
             raw[te] = linear_scores(
                 X[te], fit_linear(X[tr], labels[tr], self.C, self.max_iter, self.random_state)
             )
+            if gate is not None:
+                G, g = gate
+                raw[te] = gated_logit(raw[te], linear_scores(G[te], self._fit_gate(G[tr], g[tr])))
         self._fit_features(X, labels)
+        self.gate_ = None if gate is None else self._fit_gate(*gate)
         return raw, labels, f"{n_splits}-fold out-of-fold training scores"
 
     def _model_tensors(self) -> dict[str, np.ndarray]:
-        return self._weights()
+        gate = {f"{GATE}{k}": v for k, v in (self.gate_ or {}).items()}
+        return {**self._weights(), **gate}
 
     def _load_model(self, path: Path, tensors: dict[str, np.ndarray]) -> None:
         self.scaler_mean_, self.scaler_scale_ = tensors["scaler_mean"], tensors["scaler_scale"]
         self.coef_, self.intercept_ = tensors["coef"], tensors["intercept"]
+        gate = {k[len(GATE):]: v for k, v in tensors.items() if k.startswith(GATE)}
+        if bool(gate) != bool(self.request_gate):
+            raise InspectorLoadError(
+                f"{path}: request_gate is {self.request_gate} but the weights "
+                f"{'hold' if gate else 'lack'} a request gate: {RETRAIN}"
+            )
+        self.gate_ = gate or None
 
     def _check_artifact(self, path: Path, manifest: dict) -> None:
         """The feature model is loaded from this machine, so it must be the very one trained with."""
