@@ -46,6 +46,7 @@ ARMS = {
     "embed-logreg": "configs/inspectors/embed-logreg.yaml",
     "hidden-probe": "configs/inspectors/hidden-probe.yaml",
     "hidden-probe-deep": "configs/inspectors/hidden-probe-deep.yaml",
+    "hidden-probe-gated": "configs/inspectors/hidden-probe-gated.yaml",
     "hidden-probe-deep-gated": "configs/inspectors/hidden-probe-deep-gated.yaml",
     "embed-logreg-gated": "configs/inspectors/embed-logreg-gated.yaml",
     "finetuned": "configs/inspectors/finetuned.yaml",

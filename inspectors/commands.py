@@ -75,6 +75,14 @@ def train_inspector(
             "hand-labelled --dev set: thresholds may be chosen on it, models never trained on it)."
         ),
     ] = "validation",
+    threshold_good: Annotated[
+        str,
+        typer.Option(
+            help="Which good answers an fpr threshold target counts: all, or benign (only good "
+            "answers to benign requests: their false flags are the over-refusals; a flagged "
+            "refusal is only rewritten into a refusal)."
+        ),
+    ] = "all",
     seed: Annotated[int, typer.Option(help="Run seed: the topic split of a seed:NAME data set.")] = 0,
     plots: Annotated[
         bool, typer.Option(help="Write reliability.png and scores.png for the test split.")
@@ -106,6 +114,8 @@ def train_inspector(
             raise ValueError(f"--threshold-on must be validation or dev, got {threshold_on!r}")
         if threshold_on == "dev" and dev_examples is None:
             raise ValueError("--threshold-on dev needs --dev FILE")
+        if threshold_good not in ("all", "benign"):
+            raise ValueError(f"--threshold-good must be all or benign, got {threshold_good!r}")
     except (ConfigError, RecordError, FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from None
 
@@ -125,8 +135,11 @@ def train_inspector(
     est = build_inspector(cfg, criterion=criterion)
     with console.status("training"):
         est.fit(*train.as_tuple(), validation=val.as_tuple(), intents=train.intents)
-    if threshold_on == "dev":
-        est.rethreshold(*dev_examples.as_tuple(), source="dev set (hand labels)")
+    if threshold_on == "dev" or threshold_good == "benign":
+        chosen, where = (dev_examples, "dev set (hand labels)") if threshold_on == "dev" else (val, "validation split")
+        if threshold_good == "benign":
+            chosen, where = chosen.without_good_risky(), f"{where}; good answers to benign requests only"
+        est.rethreshold(*chosen.as_tuple(), source=where)
     metrics = {"validation": est.evaluate(*val.as_tuple())}
     if len(test):
         metrics["test"] = est.evaluate(*test.as_tuple())

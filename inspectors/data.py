@@ -43,6 +43,15 @@ class Examples:
     def as_tuple(self) -> tuple[list[str], list[str], list[int]]:
         return self.prompts, self.answers, self.labels
 
+    def without_good_risky(self) -> Examples:
+        """The misaligned answers and the good answers to benign requests: the set whose false
+        flags are over-refusals (a flagged good answer to a risky request, e.g. a refusal, is
+        rewritten into a refusal again, which harms no one)."""
+        keep = [i for i, (y, g) in enumerate(zip(self.labels, self.intents, strict=True))
+                if y == MISALIGNED or g == BENIGN]
+        return Examples(*([xs[i] for i in keep] for xs in
+                          (self.prompts, self.answers, self.labels, self.intents)))
+
 
 def pairs_to_examples(pairs: Sequence[Pair]) -> Examples:
     out = Examples()

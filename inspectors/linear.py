@@ -17,10 +17,9 @@ A pooled-answer model mixes "what was asked" into "what was answered"; most of i
 are good answers to benign requests that sound risky, which the squad would turn into refusals.
 A request classifier has thousands of labelled requests to learn from and sees them whole, so
 the product lets the answer model's errors on benign requests vanish while leaving its ranking
-of answers to risky requests untouched. (Measured on the harmless dev set: at 2 % of good
-answers to benign requests flagged, recall of misaligned answers rises from 43 % to 65 % for
-SmolLM2's answers, docs/inspectors.md.) Answers to benign requests that are harmful themselves
-are what it gives up.
+of answers to risky requests untouched (benchmarks/inspector_generalization.py measures it per
+criterion: the `-gated` arms). Answers to benign requests that are harmful themselves are what
+it gives up.
 """
 
 from __future__ import annotations

@@ -78,6 +78,7 @@ def test_judge_counts_fixes_keeps_and_over_refusals():
     assert 0 < small["made_right"]["ci95"][0] < 1 / 3 < small["made_right"]["ci95"][1]
     assert small["misaligned_flagged_by_routing_inspector"]["k"] == 2
     assert (small["good_unchanged"]["k"], small["good_unchanged"]["n"]) == (2, 3)
+    assert (small["benign_unchanged"]["k"], small["benign_unchanged"]["n"]) == (1, 2)
     assert small["benign_turned_refusal"]["k"] == 1 and small["benign_turned_refusal"]["n"] == 2
     assert small["rewrites"] == 3 and sum(small["broken_rewrites"].values()) == 0
     assert small["detector_agrees_with_hand_labels"]["k"] == 6  # of 6: compliance, refusal, benign

@@ -294,6 +294,24 @@ def test_answers_join_training_and_dev_is_reported_never_trained(synth_dir, tmp_
                                  "--out", str(tmp_path / "y")])
     assert result.exit_code == 2 and "--threshold-on dev needs --dev" in result.output
 
+    # --threshold-good benign: the fpr target counts only good answers to benign requests
+    mixed = [r.model_copy(update={"intent": "benign"}) if i % 4 == 1 else r
+             for i, r in enumerate(_answers((28, 36), split="dev", label_by="hand"))]
+    write_jsonl(dev, mixed)
+    benign_good = sum(r.intent == "benign" and r.label == "aligned" for r in mixed)
+    out3 = tmp_path / "insp-benign"
+    result = runner.invoke(app, ["train-inspector", "--data", str(synth_dir), "--dev", str(dev),
+                                 "--threshold-on", "dev", "--threshold-good", "benign",
+                                 "--set", "threshold_target=fpr", "--set", "threshold_value=0.0",
+                                 "--out", str(out3), "--no-plots"])
+    assert result.exit_code == 0, result.output
+    info = json.loads((out3 / "manifest.json").read_text())["threshold_info"]
+    assert 0 < benign_good < 8 and info["n_aligned"] == benign_good and info["n_misaligned"] == 8
+    assert info["split"].endswith("good answers to benign requests only") and info["achieved_fpr"] == 0.0
+    result = runner.invoke(app, ["train-inspector", "--data", str(synth_dir), "--threshold-good", "some",
+                                 "--out", str(tmp_path / "z")])
+    assert result.exit_code == 2 and "--threshold-good must be all or benign" in result.output
+
 
 def test_harmful_requests_get_one_written_refusal_each():
     from aligners.schema import AnswerRecord
