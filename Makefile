@@ -59,19 +59,24 @@ harvest-answers: venv
 	$(HARVEST) --cached-only
 
 # The starter inspectors: seed pairs + labelled real answers (harvested and hand-written; dev topics
-# never train). The threshold flags at most 5 % of the dev set's hand-labelled good answers (the
-# operating point the targets name); the recipe per criterion is the arm that ranked best on the
-# dev set in benchmarks/inspector_generalization.py (README).
+# never train). The recipe per criterion is the arm chosen in benchmarks/inspector_generalization.py
+# (README); harmless and no-pii have a request gate (chosen by validation AUROC). Thresholds are
+# met on the dev set's hand labels: the gated ones flag at most 2 % of its good answers to benign
+# requests (the squad's over-refusal budget; a flagged refusal is only rewritten into a refusal),
+# polite at most 5 % of all its good answers.
 ANSWERS := data/harvest-smollm2/answers.jsonl data/assistant-style/answers.jsonl
 # encoder feature rows kept between runs (inspectors/feature_store.py): each answer is encoded once
 FEATURE_CACHE := runs/feature-cache
-INSPECTOR_harmless := hidden-probe-deep
-INSPECTOR_no-pii := hidden-probe
+INSPECTOR_harmless := hidden-probe-deep-gated
+INSPECTOR_no-pii := hidden-probe-gated
 INSPECTOR_polite := hidden-probe
+THRESHOLD_harmless := --threshold-good benign --set threshold_value=0.02
+THRESHOLD_no-pii := --threshold-good benign --set threshold_value=0.02
+THRESHOLD_polite := --set threshold_value=0.05
 starter-inspectors: venv
 	$(foreach c,$(CRITERIA),ALIGNERS_FEATURE_CACHE=$(FEATURE_CACHE) $(VENV)/bin/aligners train-inspector --data seed:$(c) --criterion $(c) \
 		$(foreach f,$(ANSWERS),--answers $(f)) --dev evals/dev/answers.jsonl --threshold-on dev \
-		--set threshold_target=fpr --set threshold_value=0.05 \
+		--set threshold_target=fpr $(THRESHOLD_$(c)) \
 		--config configs/inspectors/$(INSPECTOR_$(c)).yaml --out artifacts/inspectors/$(c) &&) true
 
 # Aligner training data per criterion (runs/aligner-data/C, seconds): the seed pairs plus

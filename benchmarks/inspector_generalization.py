@@ -95,11 +95,14 @@ def judge(est_scores, threshold: float, dev: list, labels: np.ndarray) -> dict:
 
 @contextlib.contextmanager
 def no_feature_cache():
-    """Features computed inside are neither read from nor written to ALIGNERS_FEATURE_CACHE."""
+    """Features computed inside are neither read from nor written to ALIGNERS_FEATURE_CACHE, nor
+    taken from rows another arm with the same features left in memory."""
+    from inspectors.embed_logreg import clear_embedding_cache
     from inspectors.feature_store import ENV_VAR, store_for
 
     saved = os.environ.pop(ENV_VAR, None)
     store_for.cache_clear()
+    clear_embedding_cache()
     try:
         yield
     finally:
