@@ -6,7 +6,7 @@ when P(aligned) < `threshold_`.
 
 A subclass supplies only the raw scorer:
 
-- `_fit_model(prompts, answers, labels)` trains it;
+- `_fit_model(prompts, answers, labels, intents)` trains it (intents: see `check_intents`);
 - `_raw_scores(prompts, answers)` returns an uncalibrated logit of P(aligned) (higher = aligned);
 - `_model_tensors()` / `_load_model(dir, tensors)` (+ optionally `_save_model_files(dir)`) persist it;
 - `_check_artifact(dir, manifest)` refuses an artifact its weights cannot be trusted with.

@@ -85,7 +85,9 @@ class LinearInspector(Inspector):
         """Features of the request alone, for the request gate."""
         raise NotImplementedError
 
-    def _gate_data(self, prompts: list[str], intents: np.ndarray | None):
+    def _gate_data(
+        self, prompts: list[str], intents: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray] | None:
         """(request features, intents) when the gate is on, else None."""
         if not self.request_gate:
             return None
