@@ -240,8 +240,7 @@ def squad_dev_rows(r: dict) -> list[Row]:
                      f"points; routing inspector flagged {flagged}"),
                     f"≥ {100 * SQUAD_TARGETS[crit]:.0f} %; ≥ +30 points",
                     verdict(f["made_right"]["rate"] >= SQUAD_TARGETS[crit] and gap >= 30)))
-            good, refused = f["good_unchanged"], f["benign_turned_refusal"]
-            benign = f.get("benign_unchanged") or good  # runs before the benign column judged all good answers
+            good, benign, refused = f["good_unchanged"], f["benign_unchanged"], f["benign_turned_refusal"]
             if good["n"]:
                 rows.append(((f"{what}: good answers to benign requests returned byte-for-byte (all good "
                              "answers); benign answers turned into refusals"),

@@ -94,6 +94,16 @@ def _as_texts(values: Sequence[str], name: str) -> list[str]:
     return out
 
 
+def _binary(values: Sequence[int], n: int, name: str, meaning: str) -> np.ndarray:
+    """`values` as a 0/1 int array of length n (one per prompt), or a ValueError naming `name`."""
+    out = np.asarray(values).astype(int).ravel()
+    if len(out) != n:
+        raise ValueError(f"got {n} prompts but {len(out)} {name}")
+    if not set(np.unique(out)) <= {0, 1}:
+        raise ValueError(f"{name} must be {meaning}, got {sorted(set(np.unique(out)))}")
+    return out
+
+
 def check_inputs(
     prompts: Sequence[str], answers: Sequence[str], labels: Sequence[int] | None = None
 ) -> tuple[list[str], list[str], np.ndarray | None]:
@@ -102,14 +112,7 @@ def check_inputs(
         raise ValueError(f"got {len(p)} prompts but {len(a)} answers")
     if labels is None:
         return p, a, None
-    y = np.asarray(labels).astype(int).ravel()
-    if len(y) != len(p):
-        raise ValueError(f"got {len(p)} prompts but {len(y)} labels")
-    if not set(np.unique(y)) <= {0, 1}:
-        raise ValueError(
-            f"labels must be 0 (misaligned) or 1 (aligned), got {sorted(set(np.unique(y)))}"
-        )
-    return p, a, y
+    return p, a, _binary(labels, len(p), "labels", "0 (misaligned) or 1 (aligned)")
 
 
 def check_intents(intents: Sequence[int] | None, n: int) -> np.ndarray | None:
@@ -117,12 +120,7 @@ def check_intents(intents: Sequence[int] | None, n: int) -> np.ndarray | None:
     criterion (a risky request), 0 = a benign one."""
     if intents is None:
         return None
-    out = np.asarray(intents).astype(int).ravel()
-    if len(out) != n:
-        raise ValueError(f"got {n} prompts but {len(out)} intents")
-    if not set(np.unique(out)) <= {0, 1}:
-        raise ValueError(f"intents must be 0 (benign request) or 1 (risky request), got {sorted(set(np.unique(out)))}")
-    return out
+    return _binary(intents, n, "intents", "0 (benign request) or 1 (risky request)")
 
 
 def examples_hash(prompts: Sequence[str], answers: Sequence[str], labels: np.ndarray) -> str:

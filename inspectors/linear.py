@@ -108,13 +108,16 @@ class LinearInspector(Inspector):
         self, prompts: list[str], answers: list[str], labels: np.ndarray, intents: np.ndarray | None
     ) -> None:
         gate = self._gate_data(prompts, intents)
-        self._fit_features(self.featurize(prompts, answers), labels)
-        self.gate_ = None if gate is None else self._fit_gate(*gate)
+        self._fit_features(self.featurize(prompts, answers), labels, gate)
 
-    def _fit_features(self, X: np.ndarray, y: np.ndarray) -> None:
+    def _fit_features(
+        self, X: np.ndarray, y: np.ndarray, gate: tuple[np.ndarray, np.ndarray] | None
+    ) -> None:
+        """The answer model on X, y and the request gate on `gate` (from _gate_data)."""
         w = fit_linear(X, y, self.C, self.max_iter, self.random_state)
         self.scaler_mean_, self.scaler_scale_ = w["scaler_mean"], w["scaler_scale"]
         self.coef_, self.intercept_ = w["coef"], w["intercept"]
+        self.gate_ = None if gate is None else self._fit_gate(*gate)
 
     def _weights(self) -> dict[str, np.ndarray]:
         return {
@@ -155,8 +158,7 @@ class LinearInspector(Inspector):
             if gate is not None:
                 G, g = gate
                 raw[te] = gated_logit(raw[te], linear_scores(G[te], self._fit_gate(G[tr], g[tr])))
-        self._fit_features(X, labels)
-        self.gate_ = None if gate is None else self._fit_gate(*gate)
+        self._fit_features(X, labels, gate)
         return raw, labels, f"{n_splits}-fold out-of-fold training scores"
 
     def _model_tensors(self) -> dict[str, np.ndarray]:
