@@ -25,6 +25,12 @@ class SquadMember(StrictModel):
     )
     threshold: float | None = Field(default=None, ge=0, le=1, description="Overrides the inspector's.")
     taia: bool | None = Field(default=None, description="Attention-only deltas; default from the manifest.")
+    rewrite: Literal["answer", "paragraphs"] = Field(
+        default="answer",
+        description="What the aligner rewrites: the whole answer, or only the paragraphs the "
+        "inspector flags (the lowest-scoring one if none is below threshold), the rest kept byte "
+        "for byte — for criteria whose fix keeps the content (no-pii, polite) on long answers.",
+    )
     served_name: str | None = Field(
         default=None, description="For HTTP/vLLM backends: the LoRA module name the server uses."
     )

@@ -27,6 +27,9 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from rich.console import Console
+from rich.progress import track
+
 from aligners.facts import fact_changes
 from aligners.schema import AnswerRecord, Correction
 from serve.evaluation import wilson
@@ -145,13 +148,17 @@ def _row(source: str, criterion: str, f: dict) -> str:
             f"{pct(f['detector_agrees_with_hand_labels'])} |")
 
 
-def evaluate_on_dev_set(squad, records: Sequence[AnswerRecord], out_dir: Path | str) -> dict:
-    """Correct the dev set's stored answers with `squad`; write report.json, report.md and
-    results.jsonl (each correction beside its hand label, for reading the rewrites by hand)."""
+def evaluate_on_dev_set(squad, records: Sequence[AnswerRecord], out_dir: Path | str, chunk: int = 32) -> dict:
+    """Correct the dev set's stored answers with `squad`, `chunk` at a time under a progress bar
+    (on stderr); write report.json, report.md and results.jsonl (each correction beside its hand
+    label, for reading the rewrites by hand)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    results = squad.correct([r.prompt for r in records], [r.answer for r in records],
-                            ids=[r.id for r in records])
+    results: list[Correction] = []
+    for i in track(range(0, len(records), chunk), description="correcting the dev set",
+                   console=Console(stderr=True)):
+        part = records[i:i + chunk]
+        results += squad.correct([r.prompt for r in part], [r.answer for r in part], ids=[r.id for r in part])
     report = {"answers": len(records), "judged_by": "hand labels (before), the rule's detectors "
               "(after); routing inspectors shown beside", "groups": judge_dev_set(records, results)}
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")

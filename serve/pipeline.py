@@ -3,7 +3,8 @@
 Policy (2403.04224), every knob in `SquadPolicy`: score each answer with every inspector; visit
 flagged criteria worst first (ascending P(aligned)); run a criterion's aligner only while its
 score is below threshold; re-score after each rewrite; stop after `max_rewrites`; optionally
-undo a rewrite that newly flags another criterion. Each result carries a trace.
+undo a rewrite that newly flags another criterion. Each result carries a trace. A member may
+rewrite paragraphs instead of whole answers (`SquadMember.rewrite`, `serve/paragraphs.py`).
 
 Batched end to end: a round inspects the whole batch, groups the items that need the same
 aligner, and runs each aligner once over its group. Aligners are LoRA adapters on one backend,
@@ -30,6 +31,7 @@ from aligners.formatting import aligner_request
 from aligners.models import model_id_and_hash
 from aligners.schema import Correction, Trace, TraceStep, Verdict
 from serve.config import PROMPTED_ALIGNER, SquadConfig, SquadMember, SquadPolicy, resolve_artifact
+from serve.paragraphs import paragraphs, replace_body
 
 
 class SquadError(ConfigError):
@@ -45,6 +47,7 @@ class Guard:
     inspector: object  # inspectors.Inspector (sklearn API)
     adapter: str | None
     threshold_override: float | None = None  # one request's own threshold (per-request policy)
+    unit: str = "answer"  # SquadMember.rewrite: "answer" | "paragraphs"
 
     @property
     def threshold(self) -> float:
@@ -80,7 +83,8 @@ class Squad:
             inspector = load_inspector(resolve_artifact(member.inspector, config_file))
             if member.threshold is not None:
                 inspector.set_threshold(member.threshold, why="squad config override")
-            guards.append(Guard(member.criterion, inspector, _load_aligner(backend, cfg, member, config_file)))
+            guards.append(Guard(member.criterion, inspector, _load_aligner(backend, cfg, member, config_file),
+                                unit=member.rewrite))
         if cfg.base == "shared":
             base = backend
         elif cfg.base == "none":
@@ -157,13 +161,9 @@ class Squad:
             for j, members in groups.items():
                 guard = guards[j]
                 t0 = time.perf_counter()
-                outs = self.backend.generate([
-                    aligner_request(guard.criterion, prompts[i], current[i], guard.adapter, policy.aligner_params)
-                    for i in members
-                ])
+                candidates = self._rewrite(guard, [prompts[i] for i in members], [current[i] for i in members])
                 align_s = time.perf_counter() - t0
                 t1 = time.perf_counter()
-                candidates = [rewrite_or_keep(current[i], o) for o, i in zip(outs, members, strict=True)]
                 new_scores = self.inspect([prompts[i] for i in members], candidates, guards)
                 rescore_s = time.perf_counter() - t1
                 for k, i in enumerate(members):
@@ -189,6 +189,38 @@ class Squad:
             )
             for i in range(len(prompts))
         ]
+
+    def _rewrite(self, guard: Guard, prompts: Sequence[str], answers: Sequence[str]) -> list[str]:
+        """`guard`'s aligner's candidate for each answer: the whole answer rewritten, or (unit
+        "paragraphs") only the paragraphs to rewrite, spliced back between the untouched rest."""
+        pieces = [paragraphs(a) if guard.unit == "paragraphs" else [a] for a in answers]
+        chosen = self._pieces_to_rewrite(guard, prompts, pieces)
+        outs = self.backend.generate([
+            aligner_request(guard.criterion, prompts[i], pieces[i][k], guard.adapter, self.config.policy.aligner_params)
+            for i, k in chosen
+        ])
+        for (i, k), out in zip(chosen, outs, strict=True):
+            new = rewrite_or_keep(pieces[i][k], out)
+            pieces[i][k] = new if len(pieces[i]) == 1 else replace_body(pieces[i][k], new)
+        return ["".join(p) for p in pieces]
+
+    def _pieces_to_rewrite(self, guard: Guard, prompts: Sequence[str], pieces: list[list[str]]) -> list[tuple[int, int]]:
+        """(answer, piece) pairs to send to the aligner: a one-piece answer whole; of a longer one,
+        the pieces the inspector flags on their own, else its lowest-scoring piece (the answer
+        as a whole was flagged, so something in it is to fix)."""
+        chosen = [(i, 0) for i, ps in enumerate(pieces) if len(ps) == 1]
+        split = [(i, k) for i, ps in enumerate(pieces) if len(ps) > 1 for k in range(len(ps))]
+        if not split:
+            return chosen
+        scores = guard.inspector.score_answers([prompts[i] for i, _ in split], [pieces[i][k] for i, k in split],
+                                               batch_size=self.config.policy.inspect_batch_size)
+        by_answer: dict[int, list[tuple[float, int]]] = {}
+        for (i, k), s in zip(split, scores, strict=True):
+            by_answer.setdefault(i, []).append((float(s), k))
+        for i, scored in by_answer.items():
+            flagged = [(i, k) for s, k in scored if s < guard.threshold]
+            chosen += flagged or [(i, min(scored)[1])]
+        return chosen
 
     def answer(self, prompts: Sequence[str], params: SamplingParams | None = None) -> list[str]:
         """The base model's answers, uncorrected (for callers that correct them with other answers)."""

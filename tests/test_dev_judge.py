@@ -103,7 +103,7 @@ def test_eval_on_the_dev_set_runs_the_squad_and_writes_a_report(squad_artifacts,
     squad, _ = make_squad(squad_artifacts)
     records = [rec(i, RUDE[i], "misaligned", criterion="polite") for i in range(3)]
     records += [rec(10 + i, POLITE[i], "aligned", criterion="polite", intent="benign") for i in range(3)]
-    report = evaluate_on_dev_set(squad, records, tmp_path)
+    report = evaluate_on_dev_set(squad, records, tmp_path, chunk=4)  # two chunks, order kept
     polite = report["groups"]["smollm2"]["polite"]
     assert polite["good_unchanged"]["rate"] == 1.0 and polite["answers"] == 6
     rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]

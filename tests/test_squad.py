@@ -2,6 +2,7 @@
 max_rewrites, rejection, batching by adapter, traces; and the real transformers path."""
 
 import asyncio
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -11,7 +12,7 @@ from squad_fixtures import PII, POLITE, RUDE, ScriptedBackend
 
 from aligners.backends.base import Generation
 from aligners.backends.transformers_local import TransformersBackend
-from serve.config import SquadConfig, SquadPolicy
+from serve.config import SquadConfig, SquadMember, SquadPolicy
 from serve.pipeline import Guard, Squad, SquadError, judge_rewrite, rewrite_or_keep
 
 FIXED_POLITE = "The store opens at nine, I hope that helps."
@@ -272,3 +273,43 @@ def test_one_call_can_narrow_the_criteria_and_tune_thresholds(squad_artifacts):
     assert not lenient.changed
     with pytest.raises(SquadError, match=r"unknown criteria \['rude'\].*'polite', 'no-pii'"):
         squad.correct(["q"], [RUDE[0]], criteria=["rude"])
+
+
+def test_paragraph_mode_rewrites_only_the_flagged_paragraph(squad_artifacts):
+    """rewrite: paragraphs sends the aligner the rude paragraph alone and splices its fix back
+    between the untouched rest; the whole-answer mode would have rewritten (and could have
+    changed) every paragraph."""
+    polite, rude = " ".join(POLITE[:5]), " ".join(RUDE[:4])
+    answer = f"{polite}\n\n{rude}\n"
+    seen = []
+
+    def polite_writer(request):
+        seen.append(request.messages[1].content)
+        return FIXED_POLITE
+
+    squad, backend = make_squad(squad_artifacts, {"polite": polite_writer, None: lambda r: ""})
+    squad.guards = [replace(g, unit="paragraphs") if g.criterion == "polite" else g for g in squad.guards]
+    (r,) = squad.correct(["q"], [answer])
+    assert r.changed and r.corrected == f"{polite}\n\n{FIXED_POLITE}\n"
+    assert backend.calls == [("polite", 1)]
+    assert rude in seen[0] and polite not in seen[0]
+    # one paragraph, or a config asking for whole answers: the aligner sees the whole answer
+    squad.guards = [replace(g, unit="answer") for g in squad.guards]
+    seen.clear()
+    assert squad.correct(["q"], [answer])[0].corrected == FIXED_POLITE and polite in seen[0]
+
+
+def test_paragraph_mode_falls_back_to_the_worst_paragraph(squad_artifacts):
+    """An answer flagged as a whole whose paragraphs each pass on their own still gets its
+    lowest-scoring paragraph rewritten, not nothing; flagged paragraphs all go; a one-piece
+    answer goes whole without an inspector call."""
+    squad, _ = make_squad(squad_artifacts)
+    scores = {"a": 0.9, "b": 0.7, "c": 0.2, "d": 0.4, "e": 0.8}
+    scorer = SimpleNamespace(threshold_=0.5, score_answers=lambda p, answers, batch_size: [scores[a] for a in answers])
+    guard = Guard("polite", scorer, "polite", unit="paragraphs")
+    chosen = squad._pieces_to_rewrite(guard, ["q"] * 3, [["a", "b"], ["c", "d", "e"], ["whole"]])
+    assert sorted(chosen) == [(0, 1), (1, 0), (1, 1), (2, 0)]
+    member = squad.config.members[0].model_dump()
+    assert SquadMember.model_validate(member | {"rewrite": "paragraphs"}).rewrite == "paragraphs"
+    with pytest.raises(ValueError, match="rewrite"):
+        SquadMember.model_validate(member | {"rewrite": "sentences"})

@@ -1,0 +1,37 @@
+"""Paragraph rewrite units: they join back to the answer byte for byte, never cut a code block,
+and keep a heading with what it introduces."""
+
+import pytest
+
+from serve.paragraphs import paragraphs, replace_body
+
+LONG = "This paragraph is long enough to stand alone as a unit, " * 4
+
+TEXTS = [
+    "",
+    "One line.",
+    "\n\nStarts with blank lines.\n\n" + LONG + "\n\n  \n\nEnds with spaces.  \n",
+    f"{LONG}\n\n```python\nx = 1\n\ny = 2\n```\n\n{LONG}",
+    f"{LONG}\n\n```\nunclosed fence\n\nstill code\n\n{LONG}",
+    f"**Contact:**\n\n- Jane Doe, 555-0142\n\n{LONG}\r\n\r\n{LONG}",
+]
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_paragraphs_join_back_to_the_answer(text):
+    assert "".join(paragraphs(text)) == text
+
+
+def test_code_blocks_stay_whole_and_short_pieces_join_the_next():
+    fenced = "```python\nx = 1\n\ny = 2\n```"
+    pieces = paragraphs(f"{LONG}\n\n{fenced}\n\n{LONG}", min_chars=20)
+    assert len(pieces) == 3 and pieces[1].strip() == fenced
+    heading, body = "**Contact:**", "- Jane Doe, 555-0142"
+    assert paragraphs(f"{heading}\n\n{body}\n\n{LONG}", min_chars=30) == [f"{heading}\n\n{body}\n\n", LONG]
+    # an unclosed fence keeps everything after it in one piece
+    assert len(paragraphs(f"{LONG}\n\n```\ncode\n\nmore\n\n{LONG}", min_chars=20)) == 2
+
+
+def test_replace_body_keeps_the_layout_around_it():
+    assert replace_body("\n  Old text.\n\n", " New text. ") == "\n  New text.\n\n"
+    assert replace_body("Same.\n\n", "Same.") == "Same.\n\n"
