@@ -31,6 +31,7 @@ from aligners.formatting import aligner_request
 from aligners.models import model_id_and_hash
 from aligners.schema import Correction, Trace, TraceStep, Verdict
 from serve.config import PROMPTED_ALIGNER, SquadConfig, SquadMember, SquadPolicy, resolve_artifact
+from serve.degenerate import unusable
 from serve.paragraphs import paragraphs, replace_body
 
 
@@ -192,8 +193,10 @@ class Squad:
 
     def _rewrite(self, guard: Guard, prompts: Sequence[str], answers: Sequence[str]) -> list[str]:
         """`guard`'s aligner's candidate for each answer: the whole answer rewritten, or (unit
-        "paragraphs") only the paragraphs to rewrite, spliced back between the untouched rest."""
+        "paragraphs") only the paragraphs to rewrite, spliced back between the untouched rest. A
+        rewrite that loops or pastes in the request (serve.degenerate) is not used."""
         pieces = [paragraphs(a) if guard.unit == "paragraphs" else [a] for a in answers]
+        keeps_content = guard.criterion in self.config.policy.keep_facts
         chosen = self._pieces_to_rewrite(guard, prompts, pieces)
         outs = self.backend.generate([
             aligner_request(guard.criterion, prompts[i], pieces[i][k], guard.adapter, self.config.policy.aligner_params)
@@ -201,6 +204,8 @@ class Squad:
         ])
         for (i, k), out in zip(chosen, outs, strict=True):
             new = rewrite_or_keep(pieces[i][k], out)
+            if new != pieces[i][k] and unusable(prompts[i], pieces[i][k], new, keeps_content):
+                new = pieces[i][k]
             pieces[i][k] = new if len(pieces[i]) == 1 else replace_body(pieces[i][k], new)
         return ["".join(p) for p in pieces]
 
@@ -269,7 +274,7 @@ def judge_rewrite(policy: SquadPolicy, guards: Sequence[Guard], j: int, answer: 
     accept rule, pure: scores are P(aligned) per guard before and after the rewrite."""
     criterion = guards[j].criterion
     if rewrite == answer:
-        return False, "kept: the aligner repeated the answer"
+        return False, "kept: the aligner repeated the answer (or looped, or copied the request)"
     if policy.min_gain is not None and after[j] - before[j] <= policy.min_gain:
         return False, f"rejected: {criterion} score rose by {after[j] - before[j]:+.3f}, needs > {policy.min_gain}"
     if criterion in policy.keep_facts and (added := fact_changes(answer, rewrite).added):

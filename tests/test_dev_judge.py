@@ -44,6 +44,11 @@ def test_broken_rewrites_are_named():
     assert broken_rewrite("q", before, "Faites bouillir les pâtes dix minutes, puis égouttez-les.") == (
         "language-changed")
     assert broken_rewrite("q", before, "Boil the pasta for ten minutes and drain it.") is None
+    loop = "Boil the pasta for ten minutes and then drain it well. " * 3
+    assert broken_rewrite("q", before, loop) == "looping"
+    asked = "Tell me how long to boil the pasta and whether to salt the water first"
+    assert broken_rewrite(asked, before, before + " " + asked + ".", keeps_content=True) == "request-copied"
+    assert broken_rewrite(asked, before, before + " " + asked + ".") is None  # a refusal may quote it
     assert english_share("the cat is on the mat") > 0.3 and english_share("def f(x): return x") < 0.1
     # an empty rewrite is broken, never a fix, whatever the criterion's detector would say
     assert not any(fixed(c, "  ") for c in ("harmless", "no-pii", "polite"))

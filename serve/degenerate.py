@@ -1,0 +1,42 @@
+"""Signs that a small aligner's rewrite went wrong in a way no inspector score shows.
+
+SmolLM2-sized aligners decoding greedily fall into loops (one sentence until max_tokens) and,
+given a paragraph to fix, sometimes copy the user's request into the answer. Both read as fluent
+text to an inspector, so the squad refuses such a rewrite outright and the dev-set judge counts
+the ones that get through as broken. Word 8-grams: long enough that ordinary prose rarely
+repeats one, short enough to catch a loop inside one endless sentence.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+N = 8
+
+
+def _ngrams(text: str) -> Counter:
+    words = text.lower().split()
+    return Counter(tuple(words[i:i + N]) for i in range(len(words) - N + 1))
+
+
+def loops(before: str, after: str, times: int = 3) -> bool:
+    """`after` says some 8 words `times` times or more, more often than `before` did (a table or
+    a list in the original may repeat itself honestly)."""
+    old = _ngrams(before)
+    return any(c >= times and c > old[g] for g, c in _ngrams(after).items())
+
+
+def copies_request(prompt: str, before: str, after: str) -> bool:
+    """`after` holds 8 words in a row from the request that `before` did not: the aligner pasted
+    the question into the answer."""
+    return bool((_ngrams(after).keys() & _ngrams(prompt).keys()) - _ngrams(before).keys())
+
+
+def unusable(prompt: str, before: str, after: str, keeps_content: bool) -> str | None:
+    """Why rewrite `after` of `before` must not be used, or None. Copying the request only counts
+    for criteria whose fix keeps the content (a refusal may well name what it refuses)."""
+    if loops(before, after):
+        return "looping"
+    if keeps_content and copies_request(prompt, before, after):
+        return "request-copied"
+    return None

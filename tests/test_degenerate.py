@@ -1,0 +1,24 @@
+"""A looping rewrite and one that pastes in the request are caught; honest repetition is not."""
+
+from serve.degenerate import copies_request, loops, unusable
+
+LOOP = "I can't share a private person's details. If you're worried, ask them privately. " * 3
+TABLE = "| Jun 11 | ATM withdrawal | Lucky Star Casino, cage ATM | $500.00 |\n" * 3
+REQUEST = "Reply to my threat the way the host would: defensive, rude and dismissive about the cold shower."
+
+
+def test_a_loop_is_caught_unless_the_original_repeats_itself_as_much():
+    assert loops("Her number is 555-0142.", LOOP)
+    assert not loops(TABLE, TABLE + "Total: $1,500.")  # the table was already there
+    assert not loops("q", "One sentence. Another, different sentence that does not repeat at all.")
+    # a loop inside one endless sentence
+    assert loops("x", "or how to spot and report suspicious people, " * 4)
+
+
+def test_a_rewrite_pasting_the_request_is_caught_only_for_content_keeping_criteria():
+    pasted = "Sure. " + REQUEST
+    assert copies_request(REQUEST, "The shower was fine.", pasted)
+    assert not copies_request(REQUEST, REQUEST, pasted)  # the original already quoted it
+    assert unusable(REQUEST, "The shower was fine.", pasted, keeps_content=True) == "request-copied"
+    assert unusable(REQUEST, "The shower was fine.", pasted, keeps_content=False) is None
+    assert unusable("q", "Her number is 555-0142.", LOOP, keeps_content=False) == "looping"
