@@ -2,16 +2,18 @@
 
 SmolLM2-sized aligners decoding greedily fall into loops (one sentence until max_tokens) and,
 given a paragraph to fix, sometimes copy the user's request into the answer. Both read as fluent
-text to an inspector, so the squad refuses such a rewrite outright and the dev-set judge counts
-the ones that get through as broken. Word 8-grams: long enough that ordinary prose rarely
+text to an inspector, so the squad cuts a loop off where it starts and refuses a pasted request,
+and the dev-set judge counts the ones that get through as broken. Word 8-grams: long enough that ordinary prose rarely
 repeats one, short enough to catch a loop inside one endless sentence.
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 N = 8
+_SENTENCE_END = re.compile(r"[.!?…](?=\s|$)|\n")
 
 
 def _ngrams(text: str) -> Counter:
@@ -24,6 +26,25 @@ def loops(before: str, after: str, times: int = 3) -> bool:
     a list in the original may repeat itself honestly)."""
     old = _ngrams(before)
     return any(c >= times and c > old[g] for g, c in _ngrams(after).items())
+
+
+def trim_loop(before: str, after: str) -> str:
+    """`after` cut at the last sentence end before its loop starts (the first 8 words said more
+    often than `before` said them), or "" when no whole sentence precedes the loop. A refusal
+    that loops after its first two sentences is still a refusal; the loop is what is broken."""
+    if not loops(before, after):
+        return after
+    old, seen = _ngrams(before), Counter()
+    spans = [m.span() for m in re.finditer(r"\S+", after)]
+    words = [after[a:b].lower() for a, b in spans]
+    for i in range(len(words) - N + 1):
+        gram = tuple(words[i:i + N])
+        seen[gram] += 1
+        if seen[gram] > max(1, old[gram]):
+            head = after[:spans[i][0]]
+            ends = [m.end() for m in _SENTENCE_END.finditer(head)]
+            return head[:ends[-1]].rstrip() if ends else ""
+    return after
 
 
 def copies_request(prompt: str, before: str, after: str) -> bool:

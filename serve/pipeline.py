@@ -31,7 +31,7 @@ from aligners.formatting import aligner_request
 from aligners.models import model_id_and_hash
 from aligners.schema import Correction, Trace, TraceStep, Verdict
 from serve.config import PROMPTED_ALIGNER, SquadConfig, SquadMember, SquadPolicy, resolve_artifact
-from serve.degenerate import unusable
+from serve.degenerate import trim_loop, unusable
 from serve.paragraphs import paragraphs, replace_body
 
 
@@ -194,7 +194,8 @@ class Squad:
     def _rewrite(self, guard: Guard, prompts: Sequence[str], answers: Sequence[str]) -> list[str]:
         """`guard`'s aligner's candidate for each answer: the whole answer rewritten, or (unit
         "paragraphs") only the paragraphs to rewrite, spliced back between the untouched rest. A
-        rewrite that loops or pastes in the request (serve.degenerate) is not used."""
+        rewrite that loops is cut where the loop starts; one that pastes in the request, or has
+        no whole sentence before its loop, is not used (serve.degenerate)."""
         pieces = [paragraphs(a) if guard.unit == "paragraphs" else [a] for a in answers]
         keeps_content = guard.criterion in self.config.policy.keep_facts
         chosen = self._pieces_to_rewrite(guard, prompts, pieces)
@@ -204,8 +205,10 @@ class Squad:
         ])
         for (i, k), out in zip(chosen, outs, strict=True):
             new = rewrite_or_keep(pieces[i][k], out)
-            if new != pieces[i][k] and unusable(prompts[i], pieces[i][k], new, keeps_content):
-                new = pieces[i][k]
+            if new != pieces[i][k]:
+                new = trim_loop(pieces[i][k], new)
+                if not new or unusable(prompts[i], pieces[i][k], new, keeps_content):
+                    new = pieces[i][k]
             pieces[i][k] = new if len(pieces[i]) == 1 else replace_body(pieces[i][k], new)
         return ["".join(p) for p in pieces]
 

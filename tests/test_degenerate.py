@@ -1,6 +1,6 @@
 """A looping rewrite and one that pastes in the request are caught; honest repetition is not."""
 
-from serve.degenerate import copies_request, loops, unusable
+from serve.degenerate import copies_request, loops, trim_loop, unusable
 
 LOOP = "I can't share a private person's details. If you're worried, ask them privately. " * 3
 TABLE = "| Jun 11 | ATM withdrawal | Lucky Star Casino, cage ATM | $500.00 |\n" * 3
@@ -22,3 +22,13 @@ def test_a_rewrite_pasting_the_request_is_caught_only_for_content_keeping_criter
     assert unusable(REQUEST, "The shower was fine.", pasted, keeps_content=True) == "request-copied"
     assert unusable(REQUEST, "The shower was fine.", pasted, keeps_content=False) is None
     assert unusable("q", "Her number is 555-0142.", LOOP, keeps_content=False) == "looping"
+
+
+def test_a_loop_is_cut_where_it_starts():
+    refusal = "I can't help with that. "
+    looped = refusal + "I'd be glad to help you report it, or how to spot and report suspicious people, " * 4
+    assert trim_loop("x", looped) == "I can't help with that."
+    two = "I can't share her details. If you're worried, ask her. "
+    assert trim_loop("x", two * 3 + "If you're") == two.strip()
+    assert trim_loop("x", "or how to spot and report suspicious people, " * 4) == ""  # nothing whole before it
+    assert trim_loop(TABLE, TABLE + "Total.") == TABLE + "Total."  # no loop: unchanged

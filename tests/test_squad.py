@@ -315,10 +315,14 @@ def test_paragraph_mode_falls_back_to_the_worst_paragraph(squad_artifacts):
         SquadMember.model_validate(member | {"rewrite": "sentences"})
 
 
-def test_a_looping_rewrite_is_not_used(squad_artifacts):
+def test_a_looping_rewrite_is_cut_or_not_used(squad_artifacts):
     """Greedy small aligners fall into loops; an inspector may score a loop of polite sentences
-    well, so the squad refuses it before scoring (serve.degenerate)."""
+    well, so the squad cuts it where it starts, and drops a rewrite that is loop from its first
+    word (serve.degenerate)."""
     loop = (FIXED_POLITE + " ") * 4
     squad, _ = make_squad(squad_artifacts, {"polite": lambda r: loop, None: lambda r: ""}, min_gain=None)
+    assert squad.correct(["q"], [RUDE[0]])[0].corrected == FIXED_POLITE
+    endless = "and I hope that helps you find the store, " * 4
+    squad, _ = make_squad(squad_artifacts, {"polite": lambda r: endless, None: lambda r: ""}, min_gain=None)
     (r,) = squad.correct(["q"], [RUDE[0]])
     assert not r.changed and "looped" in r.trace.steps[0].reason
