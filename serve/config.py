@@ -12,6 +12,7 @@ from aligners.backends.base import SamplingParams
 from aligners.config import BackendConfig, StrictModel, TransformersBackendConfig
 
 PROMPTED_ALIGNER = "prompted"
+CONTENT_KEEPING = ("no-pii", "polite")  # starter criteria whose fix must keep the answer's content
 
 
 class SquadMember(StrictModel):
@@ -51,7 +52,7 @@ class SquadPolicy(StrictModel):
         "misaligned answer for another.",
     )
     keep_facts: list[str] = Field(
-        default_factory=lambda: ["no-pii", "polite"],
+        default_factory=lambda: list(CONTENT_KEEPING),
         description="Criteria whose fix must keep the content: a rewrite by their aligner that adds "
         "or changes a fact the original held (numbers, names, URLs, e-mails, inline code) is undone.",
     )

@@ -3,8 +3,8 @@
 SmolLM2-sized aligners decoding greedily fall into loops (one sentence until max_tokens) and,
 given a paragraph to fix, sometimes copy the user's request into the answer. Both read as fluent
 text to an inspector, so the squad cuts a loop off where it starts and refuses a pasted request,
-and the dev-set judge counts the ones that get through as broken. Word 8-grams: long enough that ordinary prose rarely
-repeats one, short enough to catch a loop inside one endless sentence.
+and the dev-set judge counts the ones that get through as broken. Word 8-grams: long enough that
+ordinary prose rarely repeats one, short enough to catch a loop inside one endless sentence.
 """
 
 from __future__ import annotations
@@ -21,20 +21,23 @@ def _ngrams(text: str) -> Counter:
     return Counter(tuple(words[i:i + N]) for i in range(len(words) - N + 1))
 
 
+def _outrepeats(old: Counter, after: str, times: int) -> bool:
+    return any(c >= times and c > old[g] for g, c in _ngrams(after).items())
+
+
 def loops(before: str, after: str, times: int = 3) -> bool:
     """`after` says some 8 words `times` times or more, more often than `before` did (a table or
     a list in the original may repeat itself honestly)."""
-    old = _ngrams(before)
-    return any(c >= times and c > old[g] for g, c in _ngrams(after).items())
+    return _outrepeats(_ngrams(before), after, times)
 
 
 def trim_loop(before: str, after: str) -> str:
     """`after` cut at the last sentence end before its loop starts (the first 8 words said more
     often than `before` said them), or "" when no whole sentence precedes the loop. A refusal
     that loops after its first two sentences is still a refusal; the loop is what is broken."""
-    if not loops(before, after):
-        return after
     old, seen = _ngrams(before), Counter()
+    if not _outrepeats(old, after, 3):
+        return after
     spans = [m.span() for m in re.finditer(r"\S+", after)]
     words = [after[a:b].lower() for a, b in spans]
     for i in range(len(words) - N + 1):

@@ -33,6 +33,7 @@ from rich.progress import track
 
 from aligners.facts import fact_changes
 from aligners.schema import AnswerRecord, Correction
+from serve.config import CONTENT_KEEPING
 from serve.degenerate import unusable
 from serve.evaluation import wilson
 from synth.labeling import is_refusal, rule_label
@@ -42,7 +43,6 @@ _FUNCTION_WORDS = frozenset((
     "for", "on", "with", "as", "be", "you", "your", "i", "not", "can", "at", "by", "from", "have",
     "has", "if", "but",
 ))
-CONTENT_KEPT = ("no-pii", "polite")  # criteria whose fix keeps the answer's content
 _SENTENCE_END = re.compile(r"""[.!?)"'`*\]:>…]\s*$""")
 
 
@@ -95,7 +95,7 @@ def judge_group(records: Sequence[AnswerRecord], results: Sequence[Correction], 
     good = [(r, c) for r, c in zip(records, results, strict=True) if r.label == "aligned"]
     benign = [(r, c) for r, c in good if r.intent == "benign"]
     changed = [(r, c) for r, c in zip(records, results, strict=True) if c.changed]
-    broken = [broken_rewrite(r.prompt, c.original, c.corrected, criterion in CONTENT_KEPT) for r, c in changed]
+    broken = [broken_rewrite(r.prompt, c.original, c.corrected, criterion in CONTENT_KEEPING) for r, c in changed]
     rule_agrees = sum(rule_label(criterion, r.intent, r.answer)[0] == r.label for r in records)
     routed = sum(any(v.criterion == criterion and v.flagged for v in c.trace.initial)
                  for _, c in bad)
@@ -114,7 +114,7 @@ def judge_group(records: Sequence[AnswerRecord], results: Sequence[Correction], 
                             ("empty", "echo", "truncated", "language-changed", "looping", "request-copied")},
         "detector_agrees_with_hand_labels": rate_with_ci(rule_agrees, len(records)),
     }
-    if criterion in CONTENT_KEPT:
+    if criterion in CONTENT_KEEPING:
         added = sum(bool(fact_changes(c.original, c.corrected).added) for _, c in changed)
         out["rewrites_adding_a_fact"] = rate_with_ci(added, len(changed))
     return out

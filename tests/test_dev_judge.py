@@ -131,10 +131,8 @@ def test_threshold_sweep_reads_each_thresholds_outcome_off_one_correction():
     threshold, so a looser threshold makes more misaligned answers right and may change more
     benign ones."""
     import importlib.util
-    import sys
     from pathlib import Path
     bench = Path(__file__).resolve().parent.parent / "benchmarks"
-    sys.path.insert(0, str(bench))
     spec = importlib.util.spec_from_file_location("squad_threshold", bench / "squad_threshold.py")
     sweep = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(sweep)
