@@ -82,14 +82,19 @@ starter-inspectors: venv
 # Aligner training data per criterion (runs/aligner-data/C, seconds): the seed pairs plus
 # corrections of the real answers above (synth/corrections.py) and keep-as-is pairs of their good
 # answers. harmless takes rule labels where no hand label exists; no-pii and polite correct only
-# hand-confirmed violations (their rules miss too much to write a fix from).
+# hand-confirmed violations (their rules miss too much to write a fix from), and learn the
+# paragraphs their squad members rewrite from answers corrected by hand paragraph by paragraph
+# (data/corrections/, synth/paragraph_pairs.py).
 ALIGNER_DATA := runs/aligner-data
 LABELS_harmless := any
 LABELS_no-pii := hand
 LABELS_polite := hand
+CORRECTIONS_no-pii := --corrections data/corrections/no-pii.jsonl
+CORRECTIONS_polite := --corrections data/corrections/polite.jsonl
 aligner-data: venv
 	$(foreach c,$(CRITERIA),rm -rf $(ALIGNER_DATA)/$(c) && $(VENV)/bin/aligners synth --pairs seed:$(c) \
-		$(foreach f,$(ANSWERS),--answers $(f)) --answer-labels $(LABELS_$(c)) --out $(ALIGNER_DATA)/$(c) &&) true
+		$(foreach f,$(ANSWERS),--answers $(f)) --answer-labels $(LABELS_$(c)) $(CORRECTIONS_$(c)) \
+		--out $(ALIGNER_DATA)/$(c) &&) true
 
 # Recipe of the shipped starter squad (artifacts/, about 90 min on 2 cores): ILA layer selection
 # on each criterion's aligner data, then one aligner per criterion on the top-k of its gate scores.

@@ -19,21 +19,34 @@ _FACT = re.compile(
     | (?P<email>[\w.+-]+@[\w-]+(?:\.[\w-]+)+)
     | (?P<code>`[^`\n]+`)
     | (?P<number>(?<![\w.])[-+]?\d+(?:[.,:/]\d+)*%?)
-    | (?P<name>(?<![.!?:\n]\s)(?<!^)(?<![.!?:\n])\b[A-Z][a-zA-Z]+(?:\s+[A-Z][a-zA-Z]+)*)
+    | (?P<name>\b[A-Z][a-zA-Z]+(?:[ \t]+[A-Z][a-zA-Z]+)*)
     """,
     re.VERBOSE | re.MULTILINE,
 )
 # capitalised words that open clauses or are the speaker, not names
 _NOT_NAMES = {"I", "I'm", "I'd", "I'll", "I've", "OK", "Okay"}
+# "[NAME]", "[DATE OF BIRTH]": a withheld value, which is what a privacy fix should write
+_PLACEHOLDER = re.compile(r"\[[A-Z][A-Z0-9 _/'-]*\]")
+_MARKUP = " \t*_>#\"'“‘(`-•"
+
+
+def _opens_sentence(text: str, start: int) -> bool:
+    """Whether a word at `start` opens a sentence, a line or a list item (markdown marks and
+    quotes before it do not count): there a capital letter says nothing about a name."""
+    before = text[max(0, start - 80):start].rstrip(_MARKUP)
+    return not before or before[-1] in ".!?:\n"
 
 
 def facts(text: str) -> set[str]:
     """The facts of `text`, normalised (numbers without thousands commas, URLs without a
     trailing full stop)."""
     out = set()
+    text = _PLACEHOLDER.sub(" ", text)
     for m in _FACT.finditer(text):
         kind, value = m.lastgroup, m.group(0)
-        if kind == "name" and value in _NOT_NAMES:
+        if kind == "name" and _opens_sentence(text, m.start()):
+            value = value.split(None, 1)[1] if " " in value else ""  # "Ask Dana Ruiz" → "Dana Ruiz"
+        if kind == "name" and (not value or value in _NOT_NAMES):
             continue
         if kind == "number":
             value = value.replace(",", "") if re.fullmatch(r"[-+]?\d{1,3}(,\d{3})+", value) else value

@@ -43,6 +43,7 @@ def aligner_request(
 class TokenizedExample:
     input_ids: list[int]
     labels: list[int]  # IGNORE_INDEX everywhere but the target answer (and its end token)
+    fits: bool = True  # False: prompt or target was cut to max_length
 
 
 def tokenize_pair(tokenizer, pair: Pair, max_length: int, target: str | None = None) -> TokenizedExample:
@@ -54,9 +55,11 @@ def tokenize_pair(tokenizer, pair: Pair, max_length: int, target: str | None = N
     prefix = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
     target_ids = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    fits = len(prefix_ids) + len(target_ids) <= max_length
     target_ids = target_ids[:max_length]
     prefix_ids = prefix_ids[-(max_length - len(target_ids)) :] if len(target_ids) < max_length else []
     return TokenizedExample(
         input_ids=prefix_ids + target_ids,
         labels=[IGNORE_INDEX] * len(prefix_ids) + target_ids,
+        fits=fits,
     )

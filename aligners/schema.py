@@ -146,6 +146,35 @@ class HandLabel(Record):
     note: str = Field(min_length=1, description="Why, about this very answer.")
 
 
+class WrittenCorrection(Record):
+    """An answer rewritten by hand, paragraph by paragraph, for a content-keeping criterion.
+
+    `aligned[i]` rewrites `misaligned[i]` (a copy where nothing needs fixing), so the pairs cut
+    from it (synth.paragraph_pairs) are the units a squad sends its aligner. `answer_id` names
+    the real answer it corrects, when it corrects one rather than an answer written with it.
+    """
+
+    id: str = Field(min_length=1)
+    criterion: str = Field(min_length=1)
+    prompt_id: str = Field(min_length=1)
+    prompt: str = Field(min_length=1)
+    category: str = "user"
+    topic: str = Field(min_length=1)
+    split: Literal["train", "dev"] = "train"
+    answer_id: str | None = None
+    misaligned: list[str] = Field(min_length=1)
+    aligned: list[str] = Field(min_length=1)
+    written_by: str = Field(min_length=1, description="Who wrote the answer and its correction.")
+
+    @model_validator(mode="after")
+    def _one_rewrite_per_paragraph(self) -> WrittenCorrection:
+        if len(self.misaligned) != len(self.aligned):
+            raise ValueError(f"{len(self.misaligned)} paragraphs but {len(self.aligned)} rewrites")
+        if self.misaligned == self.aligned:
+            raise ValueError("no paragraph is corrected")
+        return self
+
+
 class Verdict(Record):
     """One inspector's opinion of one answer: score = P(aligned)."""
 

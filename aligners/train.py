@@ -156,7 +156,11 @@ def train_aligner(
     peft_model = attach_lora(model, cfg, layers)
     peft_model.train()
 
-    examples = tokenize_all(tokenizer, training_pairs(train, cfg), cfg.max_length)
+    # a pair cut to max_length would teach answering without the question, or stopping mid-answer
+    tokenized = tokenize_all(tokenizer, training_pairs(train, cfg), cfg.max_length)
+    examples = [e for e in tokenized if e.fits]
+    if not examples:
+        raise ValueError(f"no training pair fits in max_length={cfg.max_length} tokens; raise max_length")
     eval_examples = tokenize_all(tokenizer, eval_pairs(validation, cfg.max_eval_examples), cfg.max_length)
     train_batches = batches(examples, cfg.batch_size, tokenizer.pad_token_id, seed=None)
     eval_batches = batches(eval_examples, cfg.batch_size, tokenizer.pad_token_id, seed=None)
@@ -234,7 +238,8 @@ def train_aligner(
         "lora": {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "target_modules": list(cfg.target_modules)},
         "files": {"sha256": checksums(out, [p for p in (out / ADAPTER_DIR).rglob("*") if p.is_file()])},
         "recipe": cfg.model_dump(mode="json"),
-        "data": {"train_hash": data_hash(train), "train_pairs": len(train), "examples": len(examples)},
+        "data": {"train_hash": data_hash(train), "train_pairs": len(train), "examples": len(examples),
+                 "too_long": len(tokenized) - len(examples)},
         "metrics": {
             "steps": state["step"],
             "final_train_loss": last_loss,

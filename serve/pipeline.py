@@ -4,7 +4,7 @@ Policy (2403.04224), every knob in `SquadPolicy`: score each answer with every i
 flagged criteria worst first (ascending P(aligned)); run a criterion's aligner only while its
 score is below threshold; re-score after each rewrite; stop after `max_rewrites`; optionally
 undo a rewrite that newly flags another criterion. Each result carries a trace. A member may
-rewrite paragraphs instead of whole answers (`SquadMember.rewrite`, `serve/paragraphs.py`).
+rewrite paragraphs instead of whole answers (`SquadMember.rewrite`, `aligners/paragraphs.py`).
 
 Batched end to end: a round inspects the whole batch, groups the items that need the same
 aligner, and runs each aligner once over its group. Aligners are LoRA adapters on one backend,
@@ -29,10 +29,10 @@ from aligners.config import ConfigError, load_config
 from aligners.facts import fact_changes
 from aligners.formatting import aligner_request
 from aligners.models import model_id_and_hash
+from aligners.paragraphs import paragraphs, replace_body
 from aligners.schema import Correction, Trace, TraceStep, Verdict
 from serve.config import PROMPTED_ALIGNER, SquadConfig, SquadMember, SquadPolicy, resolve_artifact
 from serve.degenerate import trim_loop, unusable
-from serve.paragraphs import paragraphs, replace_body
 
 
 class SquadError(ConfigError):

@@ -94,6 +94,16 @@ def synth(
             "dev-split answers are never used.",
         ),
     ] = None,
+    corrections: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--corrections",
+            help="Answers rewritten by hand paragraph by paragraph (WrittenCorrection JSONL, "
+            "repeatable; e.g. data/corrections/polite.jsonl): each paragraph becomes a pair, "
+            "corrected or kept (synth/paragraph_pairs.py), and replaces the template correction "
+            "of the --answers answer it corrects. Alone, or added to --pairs/--answers.",
+        ),
+    ] = None,
     answer_labels: Annotated[
         str,
         typer.Option(help="With --answers: any (rule labels too) or hand (answers to harmful "
@@ -164,17 +174,17 @@ run continues with --resume.
 
     seed_sets = [p.removeprefix("seed:") for p in pairs or [] if p.startswith("seed:")]
     pair_files = [Path(p) for p in pairs or [] if not p.startswith("seed:")]
-    handmade = pairs or answers
+    handmade = pairs or answers or corrections
     if len(seed_sets) > 1:
         _fail("give at most one --pairs seed:NAME (each seed set carries the shared benign pairs)")
     if handmade and (criterion or teacher or harvest_with or prompts):
         _fail(
-            "--pairs/--answers use written pairs and labelled answers: do not combine "
+            "--pairs/--answers/--corrections use written pairs and labelled answers: do not combine "
             "them with --criterion/--teacher/--harvest-with/--prompts"
         )
     criterion_name = criterion_name or (seed_sets[0] if seed_sets else None)
     if handmade and not criterion_name:
-        _fail("--pairs FILE/--answers need --criterion-name NAME (the criterion they teach, e.g. concise)")
+        _fail("--pairs FILE/--answers/--corrections need --criterion-name NAME (the criterion they teach, e.g. concise)")
     harvest_only = bool(prompts and harvest_with and not teacher)
     if not handmade and not harvest_only and not (criterion and teacher):
         _fail(
@@ -207,7 +217,7 @@ run continues with --resume.
             "command-line flags",
         )
         if handmade:
-            stats = _from_written(seed_sets, pair_files, answers, answer_labels, criterion_name, out, cfg)
+            stats = _from_written(seed_sets, pair_files, answers, corrections or [], answer_labels, criterion_name, out, cfg)
         elif harvest_only:
             stats = _harvest(prompts, only_split, harvest_with, harvest_model, cfg, out, progress,
                              cached_only)
@@ -249,29 +259,40 @@ run continues with --resume.
     _summary(out, stats)
 
 
-def _from_written(seed_sets, pair_files, answers, answer_labels, criterion_name, out, cfg) -> dict:
-    """Seed set and/or the user's own pairs, plus pairs made from labelled answers."""
+def _from_written(seed_sets, pair_files, answers, corrections, answer_labels, criterion_name, out, cfg) -> dict:
+    """Seed set and/or the user's own pairs, plus pairs made from labelled answers and from
+    answers corrected by hand paragraph by paragraph."""
     from aligners.dataset import load_seed, load_user_pairs
-    from aligners.schema import AnswerRecord, read_jsonl
+    from aligners.schema import AnswerRecord, WrittenCorrection, read_jsonl
     from synth.corrections import pairs_from_answers
+    from synth.paragraph_pairs import pairs_from_corrections
     from synth.pipeline import run_from_pairs
 
     written = [p for name in seed_sets for p in load_seed(name)]
     written += [p for f in pair_files for p in load_user_pairs(f, criterion_name)]
+    rewritten, by_unit = pairs_from_corrections(
+        criterion_name, [c for f in corrections for c in read_jsonl(f, WrittenCorrection)])
+    if corrections and not rewritten:
+        raise ValueError(f"no correction in {', '.join(map(str, corrections))} is usable for criterion "
+                         f"{criterion_name!r} (train split, facts kept)")
     made, methods = [], {}
     if answers:
         records = [r for f in answers for r in read_jsonl(f, AnswerRecord)]
-        made, methods = pairs_from_answers(criterion_name, records, answer_labels)
-        if not made:
+        made, methods = pairs_from_answers(criterion_name, records, answer_labels,
+                                           corrected={p.source.answer_id for p in rewritten})
+        if not made and not rewritten:
             raise ValueError(
                 f"no answer in {', '.join(map(str, answers))} is usable for criterion "
                 f"{criterion_name!r} (answers to that criterion's prompts, train split)"
             )
     mode = "+".join(m for m, on in (("seed", seed_sets), ("user-pairs", pair_files),
-                                    ("answers", answers)) if on)
+                                    ("answers", answers), ("corrections", corrections)) if on)
     extra = {"answers": {"files": [str(f) for f in answers], "labels": answer_labels,
                          "pairs_by_method": methods}} if answers else {}
-    return run_from_pairs(written, criterion_name, mode, out, cfg, answer_pairs=made, extra=extra)
+    if corrections:
+        extra["corrections"] = {"files": [str(f) for f in corrections], "units": by_unit}
+    return run_from_pairs(written, criterion_name, mode, out, cfg, answer_pairs=made, extra=extra,
+                          rewritten_pairs=rewritten)
 
 
 def _select(records: list, only_split: str | None) -> list:

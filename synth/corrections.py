@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from aligners.facts import fact_changes
 from aligners.schema import AnswerRecord, Pair, Provenance
@@ -90,13 +90,17 @@ def correction_for(rec: AnswerRecord) -> tuple[str, str] | None:
 
 
 def pairs_from_answers(
-    criterion: str, records: Sequence[AnswerRecord], labels: str = "any"
+    criterion: str, records: Sequence[AnswerRecord], labels: str = "any", corrected: Collection[str | None] = ()
 ) -> tuple[list[Pair], dict[str, int]]:
     """Pairs for `criterion`'s aligner from labelled answers (the answers `answers_for` picks,
     dev split never), and counts per method (`uncorrectable`: misaligned, no template fits;
-    `unconfirmed-flag`: flagged by a no-pii or polite detector, never confirmed by a person)."""
+    `unconfirmed-flag`: flagged by a no-pii or polite detector, never confirmed by a person;
+    `hand-corrected`: an answer in `corrected`, rewritten by hand instead, synth.paragraph_pairs)."""
     pairs, counts = [], Counter()
     for rec in answers_for(criterion, records, labels):
+        if rec.id in corrected:
+            counts["hand-corrected"] += 1
+            continue
         if not rec.answer.strip():
             counts["empty-answer"] += 1
             continue

@@ -240,8 +240,9 @@ def filter_prompts(items: list, text: Callable[[object], str], fc: FilterConfig,
     return out
 
 
-def filter_pairs(pairs: list[Pair], fc: FilterConfig, log: RunLog) -> list[Pair]:
-    """Answer length (y and y′), then near-identical y/y′ for pairs that need correction."""
+def filter_pairs(pairs: list[Pair], fc: FilterConfig, log: RunLog, check_similarity: bool = True) -> list[Pair]:
+    """Answer length (y and y′), then (`check_similarity`) near-identical y/y′ for pairs that
+    need correction."""
     sized = []
     for p in pairs:
         bad = [
@@ -253,7 +254,7 @@ def filter_pairs(pairs: list[Pair], fc: FilterConfig, log: RunLog) -> list[Pair]
             log.drops.add("answer_length", {"id": p.id, "prompt": p.prompt, "detail": ", ".join(bad)})
         else:
             sized.append(p)
-    check = [i for i, p in enumerate(sized) if p.needs_correction]
+    check = [i for i, p in enumerate(sized) if p.needs_correction and check_similarity]
     sims = pair_similarity(
         [(sized[i].misaligned, sized[i].aligned) for i in check],
         fc.pair_similarity,
@@ -556,17 +557,19 @@ def write_json_lines(path: Path, rows: list[dict]) -> None:
 
 def run_from_pairs(
     pairs: list[Pair], criterion: str, mode: str, out_dir: Path | str, cfg: SynthConfig,
-    answer_pairs: Sequence[Pair] = (), extra: dict | None = None,
+    answer_pairs: Sequence[Pair] = (), extra: dict | None = None, rewritten_pairs: Sequence[Pair] = (),
 ) -> dict:
     """Hand-written pairs (the seed sets, or a user's own file) through the filters and splits.
 
     `answer_pairs` (made from real answers, synth.corrections) skip the prompt de-duplication:
     there the answer is the unit, and two real answers to one request are both worth learning.
+    `rewritten_pairs` (paragraphs corrected by hand, synth.paragraph_pairs) skip the near-identical
+    check too: there removing one ", genius" from a long paragraph is the whole lesson.
     `extra` goes into stats.json as is (how the answer pairs were made).
     """
     t0 = time.monotonic()
     log = RunLog()
-    loaded = len(pairs) + len(answer_pairs)
+    loaded = len(pairs) + len(answer_pairs) + len(rewritten_pairs)
     # Prompts are deduplicated within each kind only: a seed set may hold the same question
     # with a bad answer to correct and, in the shared benign pool, with a good answer to keep —
     # a contrast worth keeping, not a duplicate.
@@ -578,6 +581,7 @@ def run_from_pairs(
         )
     ]
     pairs = filter_pairs([*pairs, *answer_pairs], cfg.filters, log)
+    pairs += filter_pairs(list(rewritten_pairs), cfg.filters, log, check_similarity=False)
     stats = {
         "mode": mode,
         "criterion": criterion,

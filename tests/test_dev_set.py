@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from aligners.schema import AnswerRecord, read_jsonl
+from aligners.schema import AnswerRecord, WrittenCorrection, read_jsonl
 from synth.bank import load_bank
 from synth.labeling import answers_for
 
@@ -38,3 +38,15 @@ def test_no_dev_topic_reaches_training():
     for criterion in ("harmless", "no-pii", "polite"):
         kept = answers_for(criterion, records)
         assert kept and not [r.id for r in kept if (r.category, r.topic) in dev_topics]
+
+
+def test_hand_corrections_are_on_training_prompts_only():
+    """data/corrections/: every record's prompt is a training-split bank prompt, and none is a
+    dev topic's, so the aligners never learn from what the dev set judges."""
+    bank = {r.id: r for r in load_bank()}
+    dev_prompts = {r.prompt_id for r in read_jsonl(DEV, AnswerRecord)}
+    for criterion in ("no-pii", "polite"):
+        records = read_jsonl(ROOT / "data" / "corrections" / f"{criterion}.jsonl", WrittenCorrection)
+        assert len(records) >= 60 and {r.criterion for r in records} == {criterion}
+        assert all(bank[r.prompt_id].split == "train" and r.split == "train" for r in records)
+        assert not {r.prompt_id for r in records} & dev_prompts

@@ -25,7 +25,6 @@ LAYER_OF = {
     "inspectors": "jobs",
     "serve.config": "squad",
     "serve.pipeline": "squad",
-    "serve.paragraphs": "squad",
     "serve.degenerate": "squad",
     "serve": "server",  # the OpenAI-compatible server, batch correction, evaluation reports
     "aligners.cli": "cli",

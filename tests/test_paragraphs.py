@@ -3,7 +3,7 @@ and keep a heading with what it introduces."""
 
 import pytest
 
-from serve.paragraphs import paragraphs, replace_body
+from aligners.paragraphs import paragraphs, replace_body
 
 LONG = "This paragraph is long enough to stand alone as a unit, " * 4
 

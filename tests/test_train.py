@@ -42,6 +42,7 @@ def test_loss_is_only_on_the_corrected_answer(tiny_lm):
     assert pair.misaligned in prefix and pair.prompt in prefix and f"'{pair.criterion}'" in prefix
     short = tokenize_pair(tokenizer, pair, max_length=12)
     assert len(short.input_ids) == 12 and short.labels[-1] == tokenizer.eos_token_id
+    assert ex.fits and not short.fits  # training leaves cut pairs out
 
 
 def test_training_pairs_add_keep_as_is_and_cap_benign():
@@ -63,7 +64,8 @@ def test_training_lowers_eval_loss_and_writes_a_safetensors_artifact(tmp_path):
     assert evals[-1] < evals[0]
     assert manifest["metrics"]["best_eval_loss"] == min(evals)
     assert manifest["layers"] == [0, 1] and manifest["criterion"] == "polite"
-    assert json.loads((tmp_path / "manifest.json").read_text())["data"]["train_pairs"] == 24
+    data = json.loads((tmp_path / "manifest.json").read_text())["data"]
+    assert data["train_pairs"] == 24 and data["too_long"] == 0
     files = {p.name for p in tmp_path.rglob("*") if p.is_file()}
     assert "adapter_model.safetensors" in files
     assert not any(f.endswith((".bin", ".pt", ".pkl", ".pickle")) for f in files)
@@ -87,6 +89,8 @@ def test_refuses_to_overwrite_and_resume_needs_a_checkpoint(tmp_path):
         train_aligner(cfg(), toy_pairs(8), toy_pairs(4), tmp_path, model=tiny()[0], tokenizer=tokenizer)
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         train_aligner(cfg(), toy_pairs(8), toy_pairs(4), tmp_path / "new", resume=True, model=tiny()[0], tokenizer=tokenizer)
+    with pytest.raises(ValueError, match="no training pair fits in max_length=32"):
+        train_aligner(cfg(max_length=32), toy_pairs(8), toy_pairs(4), tmp_path / "short", model=tiny()[0], tokenizer=tokenizer)
 
 
 def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, monkeypatch):

@@ -1,0 +1,70 @@
+"""Aligner training pairs from answers rewritten by hand paragraph by paragraph.
+
+A squad member with `rewrite: paragraphs` sends its aligner one paragraph of a long answer at a
+time, yet the template corrections (synth.corrections) only make whole-answer pairs, and a
+whole large-assistant answer does not fit the aligner's training length: the no-pii and polite
+aligners had never seen the unit they are asked to fix. Here each written correction is cut into
+the squad's units (aligners.paragraphs.paired_paragraphs): a unit the writer changed becomes a
+correction pair, an untouched one a keep-as-is pair (the squad also sends a paragraph that was
+only the least good of a flagged answer).
+
+A corrected unit that adds a fact (aligners.facts) is not used: a polite or privacy fix keeps
+what the original said. Polite must also keep every number, address and code span (only the
+rudeness goes); no-pii may drop what it withholds. Dev-split prompts never train anything.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+
+from aligners.facts import facts
+from aligners.paragraphs import paired_paragraphs
+from aligners.schema import Pair, Provenance, WrittenCorrection
+
+PARAGRAPH_PAIRS_VERSION = "paragraph-pairs-v1"
+MAY_DROP_FACTS = ("no-pii",)  # criteria whose fix withholds what the answer said
+_HARD_FACT = re.compile(r"\d|@|://|`")  # numbers, e-mail addresses, URLs, code: not a tone
+
+
+def fact_problem(criterion: str, before: str, after: str, context: str = "") -> str | None:
+    """Why a hand correction of `before` may not teach an aligner, or None: it adds a fact found
+    neither in `before` nor in `context` (the request and the whole answer: "ask Todd himself"
+    names the person the request named), or, for tone-only criteria, it drops a number, URL,
+    address or code span. Case-insensitive. A tone fix may drop a capitalised word: the sarcastic
+    aside it cuts ("every winemaker in France just felt a chill") names things too."""
+    seen, kept = f"{before}\n{context}".lower(), after.lower()
+    if any(f.lower() not in seen for f in facts(after)):
+        return "adds-fact"
+    if criterion not in MAY_DROP_FACTS and any(
+            f.lower() not in kept for f in facts(before) if _HARD_FACT.search(f)):
+        return "drops-fact"
+    return None
+
+
+def pairs_from_corrections(
+    criterion: str, records: Sequence[WrittenCorrection]
+) -> tuple[list[Pair], dict[str, int]]:
+    """Correction and keep-as-is pairs from `criterion`'s written corrections (train split only),
+    and counts: pairs per kind, and units left out and why."""
+    pairs, counts = [], Counter()
+    for rec in records:
+        if rec.criterion != criterion:
+            continue
+        if rec.split == "dev":
+            counts["dev-split"] += 1
+            continue
+        context = "\n".join([rec.prompt, *rec.misaligned])
+        for k, (before, after) in enumerate(paired_paragraphs(rec.misaligned, rec.aligned)):
+            fixes = before != after
+            if fixes and (problem := fact_problem(criterion, before, after, context)):
+                counts[problem] += 1
+                continue
+            kind = "paragraph-corrected" if fixes else "paragraph-kept"
+            counts[kind] += 1
+            source = Provenance(teacher="human", template_version=f"{PARAGRAPH_PAIRS_VERSION}:{kind}",
+                                answer_id=rec.answer_id, answer_model=rec.written_by, label_by="hand")
+            pairs.append(Pair(id=f"{criterion}:{rec.id}:p{k}", criterion=criterion, topic=rec.topic, prompt=rec.prompt,
+                              misaligned=before, aligned=after, needs_correction=fixes, source=source))
+    return pairs, dict(sorted(counts.items()))
