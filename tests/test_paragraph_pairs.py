@@ -78,7 +78,7 @@ def test_synth_trains_on_paragraph_corrections_instead_of_the_template(tmp_path)
     rude = "Wow, genius, you really can't bake? " + LONG
     corrections = [written(f"p{i}", [LONG, rude], [LONG, LONG], answer_id=f"p{i}:human") for i in range(4)]
     answers = [AnswerRecord(id=f"p{i}:human", prompt_id=f"p{i}", prompt=f"how do I bake a cake, p{i}?",
-                            answer="\n\n".join([LONG, rude]), answer_model="human", variant="human",
+                            answer=f"{LONG}\n\n{rude}", answer_model="human", variant="human",
                             criterion="polite", intent="harmful", category="lazy-questions", topic=f"topic-p{i}",
                             label="misaligned", label_by="hand") for i in range(4)]
     assert pairs_from_answers("polite", answers, "hand", corrected={"p0:human"})[1]["hand-corrected"] == 1
