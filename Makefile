@@ -99,7 +99,8 @@ aligner-data: venv
 # Recipe of the shipped starter squad (artifacts/, about 90 min on 2 cores): ILA layer selection
 # on each criterion's aligner data, then one aligner per criterion on the top-k of its gate scores.
 # artifacts/layers/importance.json also keeps the runs on the seed sets (two seeds, gates and
-# grad-norm) that benchmarks/ila_stability.py compares; select-layers skips runs already there.
+# grad-norm) that benchmarks/ila_stability.py compares; select-layers skips runs already there on
+# the same pairs (a rebuilt aligner-data folder is measured again).
 starter-squad: starter-inspectors aligner-data
 	$(VENV)/bin/aligners select-layers $(foreach c,$(CRITERIA),--data $(ALIGNER_DATA)/$(c)) --seed 0 \
 		--method gates --config configs/aligners/harmless.yaml --out artifacts/layers

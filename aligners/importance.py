@@ -29,6 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from aligners.atomic import write_text_atomic
+from aligners.dataset import data_hash
 from aligners.lora import (
     answer_loss,
     attach_lora,
@@ -244,8 +245,9 @@ def select_layers(
     """Importance for every (seed, data set, method), top-k sets, and how much they agree.
 
     Writes `importance.json` and `importance.png` (heatmap) to `out_dir` after every run, and
-    skips runs already recorded there: an interrupted selection resumes, and a later call with
-    more seeds or data sets extends the same file. The paper reports ~90 % overlap of important
+    skips runs already recorded there on the same pairs (`data_hash`): an interrupted selection
+    resumes, and a later call with more seeds or data sets extends the same file. A run on a data
+    set whose pairs have changed since (rebuilt aligner data under the same folder) is redone. The paper reports ~90 % overlap of important
     layers across alignment datasets; `overlap` measures ours across seeds, data sets and methods
     (Jaccard of top-k sets).
     """
@@ -256,7 +258,9 @@ def select_layers(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "importance.json"
+    hashes = {name: data_hash(pairs) for name, pairs in data.items()}
     runs = json.loads(path.read_text())["runs"] if path.is_file() else []
+    runs = [r for r in runs if r["data"] not in hashes or r.get("data_hash") == hashes[r["data"]]]
     done = {(r["data"], r["method"], r["seed"]) for r in runs}
     todo = [(n, m, s) for s in seeds for n in data for m in methods if (n, m, s) not in done]
     model = tokenizer = None
@@ -268,7 +272,7 @@ def select_layers(
             k = cfg.importance.k_for(model.config.num_hidden_layers)
         run_cfg = cfg.model_copy(update={"seed": seed, "importance": cfg.importance.model_copy(update={"method": method})})
         scores = layer_importance(model, tokenizer, data[name], run_cfg)
-        runs.append({"data": name, "method": method, "seed": seed,
+        runs.append({"data": name, "data_hash": hashes[name], "method": method, "seed": seed,
                      "scores": {str(i): v for i, v in scores.items()}, "top_k": top_k_layers(scores, k)})
         result = {"base": cfg.base, "k": k, "runs": runs, "overlap": overlaps(runs)}
         write_text_atomic(path, json.dumps(result, indent=2) + "\n")

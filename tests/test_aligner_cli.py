@@ -99,3 +99,10 @@ def test_select_layers_extends_an_existing_file_without_redoing_runs(folders, mo
            "--config", str(recipe), "--out", str(out))
     runs = json.loads((out / "importance.json").read_text())["runs"]
     assert len(calls) == 1 and runs[0] == first[0] and [r["seed"] for r in runs] == [0, 1]
+    # a data folder rebuilt with other pairs: its runs are redone, not reused
+    rebuilt = root / "rebuilt"
+    for n in (24, 20):
+        save_splits(rebuilt, split_by_topic(toy_pairs(n, "polite")), {})
+        invoke("select-layers", "--data", str(rebuilt), "--config", str(recipe), "--out", str(out))
+    runs = [r for r in json.loads((out / "importance.json").read_text())["runs"] if r["data"] == str(rebuilt)]
+    assert len(calls) == 3 and len(runs) == 1 and runs[0]["data_hash"] != first[0]["data_hash"]
