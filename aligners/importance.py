@@ -247,9 +247,9 @@ def select_layers(
     Writes `importance.json` and `importance.png` (heatmap) to `out_dir` after every run, and
     skips runs already recorded there on the same pairs (`data_hash`): an interrupted selection
     resumes, and a later call with more seeds or data sets extends the same file. A run on a data
-    set whose pairs have changed since (rebuilt aligner data under the same folder) is redone. The paper reports ~90 % overlap of important
-    layers across alignment datasets; `overlap` measures ours across seeds, data sets and methods
-    (Jaccard of top-k sets).
+    set whose pairs have changed since (rebuilt aligner data under the same folder) is redone.
+    The paper reports ~90 % overlap of important layers across alignment datasets; `overlap`
+    measures ours across seeds, data sets and methods (Jaccard of top-k sets).
     """
     import json
 

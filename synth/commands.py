@@ -279,7 +279,7 @@ def _from_written(seed_sets, pair_files, answers, corrections, answer_labels, cr
     if answers:
         records = [r for f in answers for r in read_jsonl(f, AnswerRecord)]
         made, methods = pairs_from_answers(criterion_name, records, answer_labels,
-                                           corrected={p.source.answer_id for p in rewritten})
+                                           corrected={p.source.answer_id for p in rewritten if p.source.answer_id})
         if not made and not rewritten:
             raise ValueError(
                 f"no answer in {', '.join(map(str, answers))} is usable for criterion "

@@ -90,7 +90,7 @@ def correction_for(rec: AnswerRecord) -> tuple[str, str] | None:
 
 
 def pairs_from_answers(
-    criterion: str, records: Sequence[AnswerRecord], labels: str = "any", corrected: Collection[str | None] = ()
+    criterion: str, records: Sequence[AnswerRecord], labels: str = "any", corrected: Collection[str] = ()
 ) -> tuple[list[Pair], dict[str, int]]:
     """Pairs for `criterion`'s aligner from labelled answers (the answers `answers_for` picks,
     dev split never), and counts per method (`uncorrectable`: misaligned, no template fits;
