@@ -59,7 +59,8 @@ harvest-answers: venv
 	$(HARVEST) --cached-only
 
 # The starter inspectors: seed pairs + labelled real answers (harvested and hand-written; dev topics
-# never train). The recipe per criterion is the arm chosen in benchmarks/inspector_generalization.py
+# never train) + for no-pii and polite the answers corrected by hand (CORRECTIONS_, below), before
+# and after. The recipe per criterion is the arm chosen in benchmarks/inspector_generalization.py
 # (README); harmless and no-pii have a request gate (chosen by validation AUROC). Thresholds are
 # met on the dev set's hand labels: the gated ones flag at most 2 % of its good answers to benign
 # requests (the squad's over-refusal budget; a flagged refusal is only rewritten into a refusal),
@@ -75,7 +76,7 @@ THRESHOLD_no-pii := --threshold-good benign --set threshold_value=0.02
 THRESHOLD_polite := --set threshold_value=0.05
 starter-inspectors: venv
 	$(foreach c,$(CRITERIA),ALIGNERS_FEATURE_CACHE=$(FEATURE_CACHE) $(VENV)/bin/aligners train-inspector --data seed:$(c) --criterion $(c) \
-		$(foreach f,$(ANSWERS),--answers $(f)) --dev evals/dev/answers.jsonl --threshold-on dev \
+		$(foreach f,$(ANSWERS),--answers $(f)) $(CORRECTIONS_$(c)) --dev evals/dev/answers.jsonl --threshold-on dev \
 		--set threshold_target=fpr $(THRESHOLD_$(c)) \
 		--config configs/inspectors/$(INSPECTOR_$(c)).yaml --out artifacts/inspectors/$(c) &&) true
 

@@ -60,6 +60,15 @@ def train_inspector(
             "from: any (the rule's too) or hand (only answers a person labelled).",
         ),
     ] = "any",
+    corrections: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--corrections",
+            help="Answers corrected by hand paragraph by paragraph (WrittenCorrection JSONL, e.g. "
+            "data/corrections/polite.jsonl; repeatable): each original answer and each changed paragraph "
+            "is learned as misaligned, its rewrite as aligned (training split only).",
+        ),
+    ] = None,
     dev: Annotated[
         Path | None,
         typer.Option(
@@ -106,7 +115,7 @@ def train_inspector(
         cfg = validate(INSPECTOR_CONFIG, raw, str(config) if config else "<defaults + --set>")
         td = load_training_data(
             **_data_source(data), split_seed=seed, criterion=criterion,
-            answer_files=answers or (), answer_labels=answer_labels,
+            answer_files=answers or (), answer_labels=answer_labels, correction_files=corrections or (),
         )
         criterion = criterion or criterion_of(td.splits["train"] + td.splits["validation"])
         dev_examples = dev_set_examples(dev, criterion) if dev else None

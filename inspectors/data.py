@@ -17,8 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aligners.schema import AnswerRecord, Pair, read_jsonl
+from aligners.schema import AnswerRecord, Pair, WrittenCorrection, read_jsonl
 from synth.labeling import answers_for
+from synth.paragraph_pairs import inspector_pairs
 
 ALIGNED, MISALIGNED = 1, 0
 RISKY, BENIGN = 1, 0  # request intents
@@ -132,13 +133,15 @@ def load_training_data(
     criterion: str | None = None,
     answer_files: Sequence[Path | str] = (),
     answer_labels: str = "any",
+    correction_files: Sequence[Path | str] = (),
 ) -> TrainingData:
     """Read a synth output folder (train/validation/test.jsonl), or split a shipped seed set by topic.
 
     `criterion` keeps only that criterion's pairs needing correction (plus every keep-as-is pair).
     `answer_files` (AnswerRecord JSONL: harvested or hand-written real answers) add the labelled
     answers `answers_for` picks for the criterion (with `answer_labels`), split by topic with the
-    same fractions and seed.
+    same fractions and seed. `correction_files` (WrittenCorrection JSONL) add each hand-corrected
+    answer and changed paragraph, before and after, to the training split (`inspector_pairs`).
     """
     from aligners.dataset import SPLITS, load_seed, load_split, split_by_topic
 
@@ -166,6 +169,13 @@ def load_training_data(
         answers = split_by_topic(records, seed=split_seed)
         source += " + answers:" + ",".join(str(Path(f)) for f in answer_files)
         source += f" (labels: {answer_labels})"
+    if correction_files:
+        name = criterion or criterion_of(splits["train"] + splits["validation"])
+        written = inspector_pairs(name, [r for f in correction_files for r in read_jsonl(f, WrittenCorrection)])
+        if not written:
+            raise ValueError(f"{', '.join(map(str, correction_files))} hold no training-split correction for {name!r}")
+        splits = {**splits, "train": splits["train"] + written}
+        source += " + corrections:" + ",".join(str(Path(f)) for f in correction_files)
     data = TrainingData(splits=splits, source=source, answers=answers)
     for name in ("train", "validation"):
         ex = data.examples(name)

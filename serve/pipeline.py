@@ -199,8 +199,9 @@ class Squad:
         pieces = [paragraphs(a) if guard.unit == "paragraphs" else [a] for a in answers]
         keeps_content = guard.criterion in self.config.policy.keep_facts
         chosen = self._pieces_to_rewrite(guard, prompts, pieces)
-        outs = self.backend.generate([
-            aligner_request(guard.criterion, prompts[i], pieces[i][k], guard.adapter, self.config.policy.aligner_params)
+        outs = self.backend.generate([  # stripped, as the units the aligners were trained on
+            aligner_request(guard.criterion, prompts[i], pieces[i][k].strip(), guard.adapter,
+                            self.config.policy.aligner_params)
             for i, k in chosen
         ])
         for (i, k), out in zip(chosen, outs, strict=True):

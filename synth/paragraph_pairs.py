@@ -6,7 +6,8 @@ whole large-assistant answer does not fit the aligner's training length: the no-
 aligners had never seen the unit they are asked to fix. Here each written correction is cut into
 the squad's units (aligners.paragraphs.paired_paragraphs): a unit the writer changed becomes a
 correction pair, an untouched one a keep-as-is pair (the squad also sends a paragraph that was
-only the least good of a flagged answer).
+only the least good of a flagged answer). Inspectors learn from the same records
+(`inspector_pairs`).
 
 A corrected unit that adds a fact (aligners.facts) is not used: a polite or privacy fix keeps
 what the original said. Polite must also keep every number, address and code span (only the
@@ -63,8 +64,29 @@ def pairs_from_corrections(
                 continue
             kind = "paragraph-corrected" if fixes else "paragraph-kept"
             counts[kind] += 1
-            source = Provenance(teacher="human", template_version=f"{PARAGRAPH_PAIRS_VERSION}:{kind}",
-                                answer_id=rec.answer_id, answer_model=rec.written_by, label_by="hand")
-            pairs.append(Pair(id=f"{criterion}:{rec.id}:p{k}", criterion=criterion, topic=rec.topic, prompt=rec.prompt,
-                              misaligned=before, aligned=after, needs_correction=fixes, source=source))
+            pairs.append(_pair(rec, f"p{k}", kind, before, after))
     return pairs, dict(sorted(counts.items()))
+
+
+def inspector_pairs(criterion: str, records: Sequence[WrittenCorrection]) -> list[Pair]:
+    """What an inspector learns from `criterion`'s written corrections (train split only): each
+    whole answer before → after, and each unit the writer changed (the squad also scores an
+    answer's paragraphs one by one). Every rewrite is a good answer whatever facts it adds, so
+    nothing is filtered; units left untouched are not used, since their request still invites
+    the violation (a request gate would learn it as benign)."""
+    pairs = []
+    for rec in records:
+        if rec.criterion != criterion or rec.split != "train":
+            continue
+        whole = ("\n\n".join(p.strip() for p in rec.misaligned), "\n\n".join(p.strip() for p in rec.aligned))
+        units = [(b, a) for b, a in paired_paragraphs(rec.misaligned, rec.aligned) if b != a and (b, a) != whole]
+        pairs.append(_pair(rec, "whole", "answer-corrected", *whole))
+        pairs += [_pair(rec, f"p{k}", "paragraph-corrected", b, a) for k, (b, a) in enumerate(units)]
+    return pairs
+
+
+def _pair(rec: WrittenCorrection, part: str, kind: str, before: str, after: str) -> Pair:
+    source = Provenance(teacher="human", template_version=f"{PARAGRAPH_PAIRS_VERSION}:{kind}",
+                        answer_id=rec.answer_id, answer_model=rec.written_by, label_by="hand")
+    return Pair(id=f"{rec.criterion}:{rec.id}:{part}", criterion=rec.criterion, topic=rec.topic, prompt=rec.prompt,
+                misaligned=before, aligned=after, needs_correction=before != after, source=source)

@@ -274,6 +274,23 @@ def test_answers_join_training_and_dev_is_reported_never_trained(synth_dir, tmp_
     assert sum(m["training_data"]["answers"].values()) == 40
     assert "answers:" in m["training_data"]["source"]
 
+    # hand-corrected answers join the training split, before (misaligned) and after (aligned)
+    from aligners.schema import WrittenCorrection
+
+    P, A, Y = examples((0, 12))
+    rude, polite = [a for a, y in zip(A, Y, strict=True) if not y], [a for a, y in zip(A, Y, strict=True) if y]
+    written = tmp_path / "corrections.jsonl"
+    write_jsonl(written, [WrittenCorrection(id=f"w{i}", criterion="polite", prompt_id=f"w{i}", prompt=P[0],
+                                            topic="written", misaligned=[r], aligned=[g], written_by="test")
+                          for i, (r, g) in enumerate(zip(rude, polite, strict=True))])
+    with_written = load_training_data(data_dir=synth_dir, correction_files=[written])
+    added = with_written.examples("train").answers[-2 * len(rude):]
+    assert added[::2] == rude and added[1::2] == polite[: len(rude)]
+    assert "corrections:" in with_written.source
+    result = runner.invoke(app, ["train-inspector", "--data", str(synth_dir), "--criterion", "no-pii",
+                                 "--corrections", str(written), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "no training-split correction for 'no-pii'" in result.output
+
     result = runner.invoke(app, ["train-inspector", "--data", str(synth_dir), "--dev", str(answers),
                                  "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "no hand-labelled answers" in result.output

@@ -15,7 +15,7 @@ from aligners.facts import facts
 from aligners.paragraphs import paired_paragraphs, paragraphs
 from aligners.schema import AnswerRecord, Pair, WrittenCorrection, read_jsonl, write_jsonl
 from synth.corrections import pairs_from_answers
-from synth.paragraph_pairs import fact_problem, pairs_from_corrections
+from synth.paragraph_pairs import fact_problem, inspector_pairs, pairs_from_corrections
 
 runner = CliRunner()
 LONG = "Preheat the oven to 180 C and grease a 20 cm tin; the batter needs 35 minutes to set. " * 2
@@ -55,6 +55,20 @@ def test_corrected_units_teach_fixing_untouched_units_teach_keeping():
     assert fixed.needs_correction and fixed.misaligned.startswith("Even a child") and fixed.aligned == LONG.strip()
     assert fixed.prompt == rec.prompt and fixed.source.answer_id == "a:human" and fixed.source.label_by == "hand"
     assert pairs_from_corrections("no-pii", [rec]) == ([], {})  # another criterion's corrections
+
+
+def test_inspectors_learn_whole_answers_and_changed_units_whatever_facts_they_add():
+    rude = "Even a child could do this, genius. " + LONG
+    rec = written("a", [LONG, rude, "Short jab."], [LONG, LONG + " Ask Dana Ruiz.", "Enjoy."])
+    pairs = inspector_pairs("polite", [rec, written("b", [rude], [LONG], split="dev")])
+    assert [p.id.rsplit(":", 1)[1] for p in pairs] == ["whole", "p0", "p1"]  # the untouched LONG is left out
+    whole, unit, jab = pairs
+    assert whole.misaligned == f"{LONG.strip()}\n\n{rude.strip()}\n\nShort jab." and whole.needs_correction
+    assert unit.misaligned == rude.strip() and "Dana Ruiz" in unit.aligned  # an added name is still polite
+    assert (jab.misaligned, jab.aligned) == ("Short jab.", "Enjoy.")
+    one = written("c", [rude], [LONG])  # a one-unit answer is not learned twice
+    assert [p.misaligned for p in inspector_pairs("polite", [one])] == [rude.strip()]
+    assert inspector_pairs("no-pii", [rec]) == []
 
 
 def test_a_correction_may_not_add_facts_and_a_tone_fix_may_not_drop_numbers():

@@ -292,7 +292,7 @@ def test_paragraph_mode_rewrites_only_the_flagged_paragraph(squad_artifacts):
     (r,) = squad.correct(["q"], [answer])
     assert r.changed and r.corrected == f"{polite}\n\n{FIXED_POLITE}\n"
     assert backend.calls == [("polite", 1)]
-    assert rude in seen[0] and polite not in seen[0]
+    assert seen[0].endswith(f"Answer:\n{rude}") and polite not in seen[0]  # stripped, as trained
     # one paragraph, or a config asking for whole answers: the aligner sees the whole answer
     squad.guards = [replace(g, unit="answer") for g in squad.guards]
     seen.clear()
