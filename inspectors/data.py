@@ -161,8 +161,9 @@ def load_training_data(
             for s, ps in splits.items()
         }
     answers: dict[str, list[AnswerRecord]] = {}
-    if answer_files:
+    if answer_files or correction_files:  # the criterion whose answers and corrections to pick
         name = criterion or criterion_of(splits["train"] + splits["validation"])
+    if answer_files:
         records = answers_for(
             name, [r for f in answer_files for r in read_jsonl(f, AnswerRecord)], answer_labels
         )
@@ -170,7 +171,6 @@ def load_training_data(
         source += " + answers:" + ",".join(str(Path(f)) for f in answer_files)
         source += f" (labels: {answer_labels})"
     if correction_files:
-        name = criterion or criterion_of(splits["train"] + splits["validation"])
         written = inspector_pairs(name, [r for f in correction_files for r in read_jsonl(f, WrittenCorrection)])
         if not written:
             raise ValueError(f"{', '.join(map(str, correction_files))} hold no training-split correction for {name!r}")
