@@ -61,14 +61,16 @@ harvest-answers: venv
 # The starter inspectors: seed pairs + labelled real answers (harvested and hand-written; dev topics
 # never train) + for no-pii and polite the answers corrected by hand (CORRECTIONS_, below), before
 # and after. The recipe per criterion is the arm chosen in benchmarks/inspector_generalization.py
-# (README); harmless and no-pii have a request gate (chosen by validation AUROC). Thresholds are
+# (README); harmless and no-pii have a request gate (chosen by validation AUROC), harmless also a
+# request guard (docs/data.md: a non-refusal to a request the gate is sure is risky is flagged,
+# bar read off the validation split's requests). Thresholds are
 # met on the dev set's hand labels: the gated ones flag at most 2 % of its good answers to benign
 # requests (the squad's over-refusal budget; a flagged refusal is only rewritten into a refusal),
 # polite at most 5 % of all its good answers.
 ANSWERS := data/harvest-smollm2/answers.jsonl data/assistant-style/answers.jsonl
 # encoder feature rows kept between runs (inspectors/feature_store.py): each answer is encoded once
 FEATURE_CACHE := runs/feature-cache
-INSPECTOR_harmless := hidden-probe-deep-gated
+INSPECTOR_harmless := hidden-probe-deep-guarded
 INSPECTOR_no-pii := hidden-probe-gated
 INSPECTOR_polite := hidden-probe
 THRESHOLD_harmless := --threshold-good benign --set threshold_value=0.02

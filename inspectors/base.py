@@ -9,7 +9,9 @@ A subclass supplies only the raw scorer:
 - `_fit_model(prompts, answers, labels, intents)` trains it (intents: see `check_intents`);
 - `_raw_scores(prompts, answers)` returns an uncalibrated logit of P(aligned) (higher = aligned);
 - `_model_tensors()` / `_load_model(dir, tensors)` (+ optionally `_save_model_files(dir)`) persist it;
-- `_check_artifact(dir, manifest)` refuses an artifact its weights cannot be trusted with.
+- `_check_artifact(dir, manifest)` refuses an artifact its weights cannot be trusted with;
+- `_aligned_bound(prompts, answers)` may cap P(aligned) by a rule that holds whatever the model
+  scores (the request guard of `inspectors/linear.py`).
 
 Fitting: the model is trained on the training split, then raw scores on the *validation* split
 fit the calibrator (Platt sigmoid or isotonic) and pick the threshold from a target (minimum
@@ -169,6 +171,10 @@ class Inspector(ClassifierMixin, BaseEstimator):
     def _check_artifact(self, path: Path, manifest: dict) -> None:
         """Raise InspectorLoadError when the artifact's model cannot be trusted here."""
 
+    def _aligned_bound(self, prompts: list[str], answers: list[str]) -> np.ndarray | None:
+        """A cap on P(aligned) per answer that holds whatever the model scores (None: no cap)."""
+        return None
+
     def _fit_for_calibration(
         self, prompts: list[str], answers: list[str], labels: np.ndarray, intents: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray, str]:
@@ -210,17 +216,19 @@ class Inspector(ClassifierMixin, BaseEstimator):
         if len(np.unique(y)) < 2:
             raise ValueError("training labels need both classes: 0 (misaligned) and 1 (aligned)")
         self.encoder_id_, self.encoder_hash_ = model_id_and_hash(self.encoder)
-        if validation is None:
+        if validation is None:  # out-of-sample scores without the cap: it only adds flags
             raw, cal_y, source = self._fit_for_calibration(p, a, y, g)
+            bound = None
         else:
             vp, va, vy = check_inputs(*validation)
             self._fit_model(p, a, y, g)
             raw, cal_y, source = self._raw_scores(vp, va), vy, "validation split"
+            bound = self._aligned_bound(vp, va)
         self.classes_ = np.array([0, 1])
         self.n_train_ = len(y)
         self.train_counts_ = {"aligned": int(y.sum()), "misaligned": int(len(y) - y.sum())}
         self.train_hash_ = examples_hash(p, a, y)
-        self._calibrate(raw, cal_y, source)
+        self._calibrate(raw, cal_y, source, bound)
         return self
 
     def recalibrate(
@@ -229,10 +237,14 @@ class Inspector(ClassifierMixin, BaseEstimator):
         """Refit calibration and threshold on new labelled data, keeping the trained model."""
         check_is_fitted(self)
         p, a, y = check_inputs(prompts, answers, labels)
-        self._calibrate(self._raw_scores(p, a), y, "recalibration set")
+        self._calibrate(self._raw_scores(p, a), y, "recalibration set", self._aligned_bound(p, a))
         return self
 
-    def _calibrate(self, raw: np.ndarray, labels: np.ndarray, source: str) -> None:
+    def _calibrate(
+        self, raw: np.ndarray, labels: np.ndarray, source: str, bound: np.ndarray | None = None
+    ) -> None:
+        """Fit the calibration on raw scores, then pick the threshold on the scores the inspector
+        will give (calibrated, capped by `bound`)."""
         raw = np.asarray(raw, dtype=np.float64)
         labels = np.asarray(labels, dtype=int)
         cal: dict[str, Any] = {
@@ -253,7 +265,8 @@ class Inspector(ClassifierMixin, BaseEstimator):
                 f"unknown calibration {self.calibration!r}; expected sigmoid, isotonic or none"
             )
         self.calibrator_ = cal
-        self._choose_threshold(self._apply_calibration(raw), labels, source)
+        scores = self._apply_calibration(raw)
+        self._choose_threshold(scores if bound is None else np.minimum(scores, bound), labels, source)
 
     def _choose_threshold(self, scores: np.ndarray, labels: np.ndarray, source: str) -> None:
         threshold, info = choose_threshold(
@@ -293,6 +306,9 @@ class Inspector(ClassifierMixin, BaseEstimator):
         aligned = np.clip(
             self._apply_calibration(np.asarray(self._raw_scores(p, a), dtype=np.float64)), 0.0, 1.0
         )
+        bound = self._aligned_bound(p, a)
+        if bound is not None:
+            aligned = np.minimum(aligned, bound)
         return np.column_stack([1.0 - aligned, aligned])
 
     def predict(self, prompts: Sequence[str], answers: Sequence[str]) -> np.ndarray:

@@ -65,6 +65,19 @@ class _LinearConfigBase(_InspectorConfigBase):
     request_gate_C: float = Field(
         default=1.0, gt=0, description="Inverse L2 strength of the request gate (standardized features)."
     )
+    request_guard: float | None = Field(
+        default=None, gt=0.5, lt=1.0,
+        description="With request_gate, for criteria whose good answer to a risky request is a "
+        "refusal (harmless): the P(risky request) at or above which an answer that does not open "
+        "with a refusal or safe redirect scores at most 1 - P(risky). The labelling rule calls such "
+        "an answer misaligned, whatever the answer model thinks of it.",
+    )
+
+    @model_validator(mode="after")
+    def _guard_needs_gate(self) -> _LinearConfigBase:
+        if self.request_guard is not None and not self.request_gate:
+            raise ValueError("request_guard reads the request gate's P(risky): set request_gate: true")
+        return self
 
 
 class EmbedLogRegConfig(_LinearConfigBase):

@@ -221,6 +221,7 @@ class EmbedLogRegInspector(LinearInspector):
         cv_folds: int = 5,
         request_gate: bool = False,
         request_gate_C: float = 1.0,
+        request_guard: float | None = None,
         encode_batch_tokens: int = 16384,
         max_seq_length: int = 256,
         dtype: str = "float32",
@@ -239,6 +240,7 @@ class EmbedLogRegInspector(LinearInspector):
         self.cv_folds = cv_folds
         self.request_gate = request_gate
         self.request_gate_C = request_gate_C
+        self.request_guard = request_guard
         self.encode_batch_tokens = encode_batch_tokens
         self.max_seq_length = max_seq_length
         self.dtype = dtype

@@ -104,6 +104,7 @@ class HiddenProbeInspector(LinearInspector):
         cv_folds: int = 5,
         request_gate: bool = False,
         request_gate_C: float = 1.0,
+        request_guard: float | None = None,
         dtype: str = "float32",
         calibration: str = "sigmoid",
         threshold_target: str = "recall",
@@ -123,6 +124,7 @@ class HiddenProbeInspector(LinearInspector):
         self.cv_folds = cv_folds
         self.request_gate = request_gate
         self.request_gate_C = request_gate_C
+        self.request_guard = request_guard
         self.dtype = dtype
         self.calibration = calibration
         self.threshold_target = threshold_target

@@ -325,6 +325,19 @@ def test_answers_join_training_and_dev_is_reported_never_trained(synth_dir, tmp_
     info = json.loads((out3 / "manifest.json").read_text())["threshold_info"]
     assert 0 < benign_good < 8 and info["n_aligned"] == benign_good and info["n_misaligned"] == 8
     assert info["split"].endswith("good answers to benign requests only") and info["achieved_fpr"] == 0.0
+    # a request guard reports, per split, how many distinct benign and risky requests reach its bar
+    out4 = tmp_path / "insp-guard"
+    result = runner.invoke(app, ["train-inspector", "--data", str(synth_dir), "--dev", str(dev),
+                                 "--set", "request_gate=true", "--set", "request_guard=0.6",
+                                 "--out", str(out4), "--no-plots"])
+    assert result.exit_code == 0, result.output
+    assert "request guard on validation: reaches" in result.output
+    guard = json.loads((out4 / "manifest.json").read_text())["metrics"]["request_guard"]
+    assert set(guard) >= {"validation", "dev"}
+    assert guard["dev"]["benign_requests"]["n"] + guard["dev"]["risky_requests"]["n"] == len({r.prompt for r in mixed})
+    result = runner.invoke(app, ["train-inspector", "--data", str(synth_dir), "--set", "request_guard=0.6",
+                                 "--out", str(tmp_path / "z")])
+    assert result.exit_code == 2 and "set request_gate: true" in result.output
     result = runner.invoke(app, ["train-inspector", "--data", str(synth_dir), "--threshold-good", "some",
                                  "--out", str(tmp_path / "z")])
     assert result.exit_code == 2 and "--threshold-good must be all or benign" in result.output

@@ -161,3 +161,95 @@ def test_examples_carry_request_intents():
         AnswerRecord(id="3", intent=None, label="misaligned", **rec),
     ])
     assert ex.intents == [1, 0, 1]
+
+
+def test_request_guard_caps_answers_that_do_not_refuse_a_sure_risky_request(tmp_path):
+    """Where P(risky) >= request_guard and the answer does not open with a refusal, P(aligned) is
+    at most 1 - P(risky); refusals and answers to requests below the bar keep the model's score."""
+    from inspectors.config import EmbedLogRegConfig
+
+    P, A, Y, G = gate_data(0, 10)
+    tp = RISKY[10:] + BENIGN[10:]
+    est = EmbedLogRegInspector(criterion="harmless", request_gate=True, C=0.1).fit(
+        P, A, Y, validation=gate_data(10, 14)[:3], intents=G
+    )
+    risk = est.request_risk(tp)
+    unguarded = {a: est.predict_proba(tp, [a] * len(tp))[:, 1] for a in (COMPLY, REFUSE)}
+    est.request_guard = float(np.sort(risk)[len(RISKY[10:]) // 2])  # a bar some requests reach
+    sure = risk >= est.request_guard
+    assert 0 < sure.sum() < len(tp)
+    comply = est.predict_proba(tp, [COMPLY] * len(tp))[:, 1]
+    assert np.allclose(comply[sure], np.minimum(unguarded[COMPLY][sure], 1 - risk[sure]))
+    assert np.array_equal(comply[~sure], unguarded[COMPLY][~sure])
+    assert np.any(comply[sure] < unguarded[COMPLY][sure])  # the cap bites somewhere
+    assert np.array_equal(est.predict_proba(tp, [REFUSE] * len(tp))[:, 1], unguarded[REFUSE])
+    # the bar is a saved parameter; what it reaches is reported per kind of request
+    est.save(tmp_path / "guarded")
+    loaded = load_inspector(tmp_path / "guarded")
+    assert loaded.request_guard == est.request_guard
+    assert np.array_equal(loaded.predict_proba(tp, [COMPLY] * len(tp)), est.predict_proba(tp, [COMPLY] * len(tp)))
+    reach = est.request_guard_reach(tp + tp, [1] * 4 + [0] * 4 + [1] * 4 + [0] * 4)  # repeats count once
+    assert reach["risky_requests"] == {"n": 4, "reached": round(float(sure[:4].mean()), 4)}
+    assert reach["benign_requests"] == {"n": 4, "reached": round(float(sure[4:].mean()), 4)}
+    with pytest.raises(ValueError, match="set request_gate: true"):
+        EmbedLogRegConfig(request_guard=0.9)
+    with pytest.raises(ValueError, match="no request gate"):
+        EmbedLogRegInspector(criterion="harmless", cv_folds=2).fit(P, A, Y).request_risk(tp)
+
+
+def test_threshold_is_chosen_on_the_guarded_scores():
+    """The validation figures a manifest records are those of the scores the inspector gives:
+    here the misaligned validation answers are worded unlike any training answer, so the model
+    misses them and only the guard's cap flags some of them."""
+    P, A, Y, G = gate_data(0, 10)
+    odd = "Alright. The first thing is the timing, and the rest follows from there."
+    vp = [p for p in RISKY[10:] for _ in (0, 1)] + BENIGN[10:]
+    va = [odd, REFUSE] * len(RISKY[10:]) + [COMPLY] * len(BENIGN[10:])
+    vy = [0, 1] * len(RISKY[10:]) + [1] * len(BENIGN[10:])
+    est = EmbedLogRegInspector(criterion="harmless", request_gate=True, C=0.1,
+                               threshold_target="fpr", threshold_value=0.0)
+    bar = float(np.median(clone(est).fit(P, A, Y, validation=(vp, va, vy), intents=G).request_risk(RISKY[10:])))
+    guarded = clone(est).set_params(request_guard=bar).fit(P, A, Y, validation=(vp, va, vy), intents=G)
+    flagged = guarded.predict(vp, va) == 0
+    misaligned = np.array(vy) == 0
+    assert 0 < flagged[misaligned].mean()
+    assert guarded.threshold_info_["achieved_recall"] == pytest.approx(flagged[misaligned].mean())
+    assert guarded.threshold_info_["achieved_fpr"] == pytest.approx(flagged[~misaligned].mean())
+
+
+def test_squad_rewrites_a_guarded_answer_and_keeps_only_a_refusal():
+    """Through the squad's real accept rule: an answer the guard caps is sent to the aligner; a
+    rewrite into a refusal leaves the cap and is kept, one that still complies is undone; the same
+    answer to a benign request is not touched."""
+    from squad_fixtures import ScriptedBackend
+
+    from serve.config import SquadConfig
+    from serve.pipeline import Guard, Squad
+
+    P, A, Y, G = gate_data(0, 10)
+    est = EmbedLogRegInspector(criterion="harmless", request_gate=True, C=0.1).fit(
+        P, A, Y, validation=gate_data(10, 14)[:3], intents=G
+    )
+    risky, benign = RISKY[10:], BENIGN[10:]
+    risk = est.request_risk(risky + benign)
+    sure = risky[int(np.argmax(risk[: len(risky)]))]
+    est.set_params(request_guard=float(risk.max()))  # only `sure` reaches the bar
+    est.set_threshold(0.5, why="test")
+    odd = "Alright. The first thing is the timing, and the rest follows from there."
+    cfg = SquadConfig.model_validate({
+        "backend": {"type": "transformers", "model": "tiny-random-llama"}, "base": "none",
+        "members": [{"criterion": "harmless", "inspector": "unused", "aligner": "unused"}],
+        "policy": {"min_gain": 0.0},  # as the starter squad
+    })
+
+    def squad(rewrite: str) -> Squad:
+        return Squad(cfg, ScriptedBackend({"harmless": lambda r: rewrite}), [Guard("harmless", est, "harmless")], None)
+
+    (kept,) = squad(REFUSE).correct([sure], [odd])
+    assert kept.trace.initial[0].flagged and kept.corrected == REFUSE and kept.trace.steps[0].accepted
+    (undone,) = squad("Alright. Then the second thing, and you are done.").correct([sure], [odd])
+    assert undone.corrected == odd and "score rose by" in undone.trace.steps[0].reason
+    low = benign[int(np.argmin(risk[len(risky):]))]
+    assert est.request_risk([low])[0] < est.request_guard
+    (left,) = squad(REFUSE).correct([low], [COMPLY])
+    assert not left.changed and not left.trace.steps
