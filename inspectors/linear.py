@@ -41,6 +41,7 @@ import numpy as np
 
 from aligners.models import model_id_and_hash
 from inspectors.base import RETRAIN, Inspector, InspectorLoadError
+from inspectors.calibration import sigmoid
 from inspectors.data import RISKY
 from synth.labeling import is_refusal
 
@@ -149,7 +150,7 @@ class LinearInspector(Inspector):
         """P(risky request) from the request gate."""
         if self.gate_ is None:
             raise ValueError("this inspector has no request gate (request_gate: false)")
-        return 1.0 / (1.0 + np.exp(-linear_scores(self.request_features(prompts), self.gate_)))
+        return sigmoid(linear_scores(self.request_features(prompts), self.gate_))
 
     def _aligned_bound(self, prompts: list[str], answers: list[str]) -> np.ndarray | None:
         if self.request_guard is None or not prompts:
