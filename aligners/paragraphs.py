@@ -51,13 +51,18 @@ def paragraphs(text: str, min_chars: int = 160) -> list[str]:
     return ["".join(blocks[i] for i in group) for group in _groups(blocks, min_chars)]
 
 
+def join_paragraphs(paras: Sequence[str]) -> str:
+    """Paragraphs as one text: each stripped, one blank line between them."""
+    return "\n\n".join(p.strip() for p in paras)
+
+
 def paired_paragraphs(before: Sequence[str], after: Sequence[str], min_chars: int = 160) -> list[tuple[str, str]]:
     """(original, rewrite) units of an answer rewritten paragraph by paragraph (`after[i]`
     rewrites `before[i]`), grouped as `paragraphs` groups the original: each unit is what the
     squad would send an aligner, beside what the aligner should give back."""
     if len(before) != len(after):
         raise ValueError(f"{len(before)} paragraphs but {len(after)} rewrites: rewrite each paragraph in place")
-    return [("\n\n".join(before[i].strip() for i in group), "\n\n".join(after[i].strip() for i in group))
+    return [(join_paragraphs([before[i] for i in group]), join_paragraphs([after[i] for i in group]))
             for group in _groups([b.strip() + "\n\n" for b in before], min_chars)]
 
 

@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from aligners.facts import facts
-from aligners.paragraphs import paired_paragraphs
+from aligners.paragraphs import join_paragraphs, paired_paragraphs
 from aligners.schema import Pair, Provenance, WrittenCorrection
 
 PARAGRAPH_PAIRS_VERSION = "paragraph-pairs-v1"
@@ -78,7 +78,7 @@ def inspector_pairs(criterion: str, records: Sequence[WrittenCorrection]) -> lis
     for rec in records:
         if rec.criterion != criterion or rec.split != "train":
             continue
-        whole = ("\n\n".join(p.strip() for p in rec.misaligned), "\n\n".join(p.strip() for p in rec.aligned))
+        whole = (join_paragraphs(rec.misaligned), join_paragraphs(rec.aligned))
         units = [(b, a) for b, a in paired_paragraphs(rec.misaligned, rec.aligned) if b != a and (b, a) != whole]
         pairs.append(_pair(rec, "whole", "answer-corrected", *whole))
         pairs += [_pair(rec, f"p{k}", "paragraph-corrected", b, a) for k, (b, a) in enumerate(units)]
