@@ -154,15 +154,14 @@ def train_inspector(
         metrics["test"] = est.evaluate(*test.as_tuple())
     if dev_examples is not None:
         metrics["dev"] = est.evaluate(*dev_examples.as_tuple())
-    if getattr(est, "request_guard", None) is not None:
-        metrics["request_guard"] = {
-            name: est.request_guard_reach(ex.prompts, ex.intents)
-            for name, ex in (("validation", val), ("test", test), ("dev", dev_examples))
-            if ex is not None and len(ex)
-        }
+    guard_reach = {} if getattr(est, "request_guard", None) is None else {
+        name: est.request_guard_reach(ex.prompts, ex.intents)
+        for name, ex in (("validation", val), ("test", test), ("dev", dev_examples))
+        if ex is not None and len(ex)
+    }
     est.save(
         out,
-        metrics=metrics,
+        metrics={**metrics, "request_guard": guard_reach} if guard_reach else metrics,
         training_data={
             "hash": data_hash(td.splits["train"]),
             "split_hashes": {s: data_hash(td.splits[s]) for s in SPLITS},
@@ -195,10 +194,9 @@ def train_inspector(
     for name in names:
         table.add_column(name, justify="right")
     for split, m in metrics.items():
-        if split != "request_guard":
-            table.add_row(split, *("-" if m[k] is None else f"{m[k]:.3f}" for k in names))
+        table.add_row(split, *("-" if m[k] is None else f"{m[k]:.3f}" for k in names))
     console.print(table)
-    for split, reach in metrics.get("request_guard", {}).items():
+    for split, reach in guard_reach.items():
         console.print(
             f"request guard on {split}: reaches {reach['benign_requests']['reached']:.1%} of benign and "
             f"{reach['risky_requests']['reached']:.1%} of risky requests"
