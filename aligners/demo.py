@@ -47,7 +47,7 @@ def run_demo(squad_config: Path | str = DEFAULT_SQUAD, max_tokens: int = 96, con
     with console.status("loading the starter squad (first run converts SmolLM2's GGUF, ~20 s)"):
         squad = Squad.from_config(squad_config)
     console.print(f"squad ready in {time.perf_counter() - t0:.1f} s: "
-                  f"{', '.join(g.criterion for g in squad.guards)} (LoRA adapters on one SmolLM2)")
+                  f"{', '.join(g.criterion for g in squad.guards)} (one SmolLM2 for the base and the LoRA aligners)")
     t1 = time.perf_counter()
     with console.status(f"SmolLM2 answers {len(GENERATED)} prompts, then the squad inspects and corrects"):
         results = squad.generate(GENERATED, SamplingParams(max_tokens=max_tokens))

@@ -1,6 +1,7 @@
-"""Rewrite units for content-keeping criteria: an answer cut into paragraphs that join back to it
-byte for byte. The squad rewrites these units (serve.pipeline) and the aligner data builders
-train on them (synth.paragraph_pairs), so an aligner learns on what it is later given.
+"""Rewrite units for content-keeping criteria: an answer cut into paragraphs (or sentences) that
+join back to it byte for byte. The squad rewrites paragraphs (serve.pipeline) and the aligner
+data builders train on them (synth.paragraph_pairs), so an aligner learns on what it is later
+given; the squad's cutting members remove whole sentences (serve.cutting).
 
 Why: a real assistant answer is 250–400 tokens of markdown, and the personal data or the rude
 remark sits in one or two of its paragraphs. Rewriting the whole answer asks a small aligner to
@@ -15,14 +16,19 @@ import re
 from collections.abc import Sequence
 
 _BLANK_LINE = re.compile(r"\n[ \t]*\n\s*")
+# a sentence's end (closing quotes, brackets or emphasis marks stay with it) or a line break
+_SENTENCE_END = re.compile(
+    r"""(?<!\be\.g)(?<!\bi\.e)(?<!\bvs)(?<!\bDr)(?<!\bMr)(?<!\bMs)(?<!\bMrs)(?<!\bSt)"""
+    r"""[.!?…]["')\]*_]*[ \t]+(?=\S)|\n\s*"""
+)
 _FENCE = re.compile(r"^\s*(```|~~~)", re.MULTILINE)
 
 
-def _blocks(text: str) -> list[str]:
-    """Split after each blank-line run that is not inside a fenced code block (an unclosed fence
+def _blocks(text: str, boundary: re.Pattern = _BLANK_LINE) -> list[str]:
+    """Split after each `boundary` match that is not inside a fenced code block (an unclosed fence
     keeps the rest whole)."""
     pieces, start = [], 0
-    for m in _BLANK_LINE.finditer(text):
+    for m in boundary.finditer(text):
         if len(_FENCE.findall(text, start, m.start())) % 2 == 0:
             pieces.append(text[start:m.end()])
             start = m.end()
@@ -49,6 +55,19 @@ def paragraphs(text: str, min_chars: int = 160) -> list[str]:
     lead-in to a list) joins the next one: alone it gives an aligner too little to go on."""
     blocks = _blocks(text)
     return ["".join(blocks[i] for i in group) for group in _groups(blocks, min_chars)]
+
+
+def sentences(text: str) -> list[str]:
+    """The answer's sentences and lines, each with the whitespace after it, so that
+    `"".join(sentences(t)) == t`; a fenced code block stays one piece, and a piece with fewer than
+    three letters (a list marker "1.", "e.g.", a lone "-") joins the next, so no unit is only markup."""
+    units: list[str] = []
+    for piece in _blocks(text, _SENTENCE_END):
+        if units and sum(ch.isalpha() for ch in units[-1]) < 3:
+            units[-1] += piece
+        else:
+            units.append(piece)
+    return units
 
 
 def join_paragraphs(paras: Sequence[str]) -> str:

@@ -15,26 +15,60 @@ PROMPTED_ALIGNER = "prompted"
 CONTENT_KEEPING = ("no-pii", "polite")  # starter criteria whose fix must keep the answer's content
 
 
+class CutOptions(StrictModel):
+    """How a `rewrite: cut` member cuts (serve.cutting)."""
+
+    max_cuts: int = Field(default=6, ge=1, description="Sentences cut from one answer at most.")
+    target: float | None = Field(
+        default=None, ge=0, le=1,
+        description="Keep cutting, while a cut raises the score, until P(aligned) reaches this "
+        "(default: the threshold). A threshold set to flag few good answers is a low bar for a fix: "
+        "an answer just above it often keeps a jab.",
+    )
+    sentences: Literal["any", "with-facts", "without-facts"] = Field(
+        default="any",
+        description="Which sentences may be cut, by whether they hold a checkable fact (a number, "
+        "name, URL, e-mail or inline code: aligners.facts): 'without-facts' for criteria whose fix "
+        "must keep every fact (polite: drop 'Seriously?', never 'Multiply by 9/5 and add 32'), "
+        "'with-facts' for those whose facts are the problem (no-pii: the phone number goes, the "
+        "advice around it stays).",
+    )
+
+
 class SquadMember(StrictModel):
-    """One criterion: its inspector decides, its aligner rewrites."""
+    """One criterion: its inspector decides, its aligner rewrites (or, `rewrite: cut`, the
+    inspector itself picks sentences to cut)."""
 
     criterion: str
     inspector: str = Field(description="Inspector artifact folder.")
-    aligner: str = Field(
+    aligner: str | None = Field(
+        default=None,
         description="Aligner artifact folder (adapter + manifest), or 'prompted': the backend's base "
-        "model given the aligner instruction without an adapter (the zero-shot baseline)."
+        "model given the aligner instruction without an adapter (the zero-shot baseline). Required "
+        "unless rewrite is 'cut', which runs no aligner.",
     )
     threshold: float | None = Field(default=None, ge=0, le=1, description="Overrides the inspector's.")
     taia: bool | None = Field(default=None, description="Attention-only deltas; default from the manifest.")
-    rewrite: Literal["answer", "paragraphs"] = Field(
+    rewrite: Literal["answer", "paragraphs", "cut"] = Field(
         default="answer",
         description="What the aligner rewrites: the whole answer, or only the paragraphs the "
         "inspector flags (the lowest-scoring one if none is below threshold), the rest kept byte "
-        "for byte — for criteria whose fix keeps the content (no-pii, polite) on long answers.",
+        "for byte — for criteria whose fix keeps the content (no-pii, polite) on long answers. "
+        "'cut': no aligner; the sentences whose removal most raises the inspector's score are "
+        "cut, one at a time, until the answer passes (see `cut`).",
     )
+    cut: CutOptions = Field(default_factory=CutOptions)
     served_name: str | None = Field(
         default=None, description="For HTTP/vLLM backends: the LoRA module name the server uses."
     )
+
+    @model_validator(mode="after")
+    def _aligner_matches_rewrite(self) -> SquadMember:
+        if self.rewrite == "cut" and self.aligner is not None:
+            raise ValueError(f"{self.criterion}: rewrite 'cut' runs no aligner; remove aligner: {self.aligner}")
+        if self.rewrite != "cut" and self.aligner is None:
+            raise ValueError(f"{self.criterion}: an aligner is required (or set rewrite: cut)")
+        return self
 
 
 class SquadPolicy(StrictModel):
@@ -85,8 +119,11 @@ class SquadConfig(StrictModel):
 
     def with_prompted_aligners(self) -> SquadConfig:
         """The same squad with every aligner replaced by the prompted base: what a trained aligner
-        must beat, measured with the very same routing."""
-        members = [m.model_copy(update={"aligner": PROMPTED_ALIGNER}) for m in self.members]
+        (or a cutting member) must beat, measured with the very same routing. A cutting member
+        becomes a prompted paragraph rewrite, the zero-shot fix any user could run."""
+        members = [m.model_copy(update={"aligner": PROMPTED_ALIGNER} |
+                                ({"rewrite": "paragraphs"} if m.rewrite == "cut" else {}))
+                   for m in self.members]
         return self.model_copy(update={"members": members})
 
 

@@ -31,7 +31,15 @@ from aligners.formatting import aligner_request
 from aligners.models import model_id_and_hash
 from aligners.paragraphs import paragraphs, replace_body
 from aligners.schema import Correction, Trace, TraceStep, Verdict
-from serve.config import PROMPTED_ALIGNER, SquadConfig, SquadMember, SquadPolicy, resolve_artifact
+from serve.config import (
+    PROMPTED_ALIGNER,
+    CutOptions,
+    SquadConfig,
+    SquadMember,
+    SquadPolicy,
+    resolve_artifact,
+)
+from serve.cutting import cut_sentences
 from serve.degenerate import trim_loop, unusable
 
 
@@ -42,13 +50,14 @@ class SquadError(ConfigError):
 @dataclass
 class Guard:
     """A loaded squad member: inspector + the adapter name of its aligner on the backend (None:
-    the prompted base)."""
+    the prompted base, or no aligner when the member cuts)."""
 
     criterion: str
     inspector: object  # inspectors.Inspector (sklearn API)
     adapter: str | None
     threshold_override: float | None = None  # one request's own threshold (per-request policy)
-    unit: str = "answer"  # SquadMember.rewrite: "answer" | "paragraphs"
+    unit: str = "answer"  # SquadMember.rewrite: "answer" | "paragraphs" | "cut"
+    cut: CutOptions | None = None
 
     @property
     def threshold(self) -> float:
@@ -85,7 +94,7 @@ class Squad:
             if member.threshold is not None:
                 inspector.set_threshold(member.threshold, why="squad config override")
             guards.append(Guard(member.criterion, inspector, _load_aligner(backend, cfg, member, config_file),
-                                unit=member.rewrite))
+                                unit=member.rewrite, cut=member.cut))
         if cfg.base == "shared":
             base = backend
         elif cfg.base == "none":
@@ -195,7 +204,13 @@ class Squad:
         """`guard`'s aligner's candidate for each answer: the whole answer rewritten, or (unit
         "paragraphs") only the paragraphs to rewrite, spliced back between the untouched rest. A
         rewrite that loops is cut where the loop starts; one that pastes in the request, or has
-        no whole sentence before its loop, is not used (serve.degenerate)."""
+        no whole sentence before its loop, is not used (serve.degenerate). A cutting member
+        generates nothing: its inspector picks the sentences to cut (serve.cutting)."""
+        if guard.unit == "cut":
+            target = max(guard.threshold, guard.cut.target or 0.0)
+            return cut_sentences(guard.inspector, prompts, answers, target, max_cuts=guard.cut.max_cuts,
+                                 which=guard.cut.sentences,
+                                 batch_size=self.config.policy.inspect_batch_size)
         pieces = [paragraphs(a) if guard.unit == "paragraphs" else [a] for a in answers]
         keeps_content = guard.criterion in self.config.policy.keep_facts
         chosen = self._pieces_to_rewrite(guard, prompts, pieces)
@@ -311,8 +326,8 @@ def word_pieces(text: str) -> list[str]:
 
 def _load_aligner(backend: Backend, cfg: SquadConfig, member: SquadMember, config_file: Path | None) -> str | None:
     """Register a member's aligner on the backend under its criterion name; returns that name
-    (None for the prompted base, which needs no adapter)."""
-    if member.aligner == PROMPTED_ALIGNER:
+    (None for the prompted base, which needs no adapter, and for a cutting member)."""
+    if member.aligner in (None, PROMPTED_ALIGNER):
         return None
     name = member.criterion
     if cfg.backend.type == "openai_http":

@@ -26,6 +26,7 @@ LAYER_OF = {
     "serve.config": "squad",
     "serve.pipeline": "squad",
     "serve.degenerate": "squad",
+    "serve.cutting": "squad",
     "serve": "server",  # the OpenAI-compatible server, batch correction, evaluation reports
     "aligners.cli": "cli",
     "aligners.commands": "cli",

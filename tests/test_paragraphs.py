@@ -3,7 +3,7 @@ and keep a heading with what it introduces."""
 
 import pytest
 
-from aligners.paragraphs import paragraphs, replace_body
+from aligners.paragraphs import paragraphs, replace_body, sentences
 
 LONG = "This paragraph is long enough to stand alone as a unit, " * 4
 
@@ -35,3 +35,18 @@ def test_code_blocks_stay_whole_and_short_pieces_join_the_next():
 def test_replace_body_keeps_the_layout_around_it():
     assert replace_body("\n  Old text.\n\n", " New text. ") == "\n  New text.\n\n"
     assert replace_body("Same.\n\n", "Same.") == "Same.\n\n"
+
+
+@pytest.mark.parametrize("text", TEXTS + ["Seriously? Multiply by 9/5, genius.", "Ask Dr. Lee, e.g. today.\n1. One. Two"])
+def test_sentences_join_back_and_keep_code_and_markers_whole(text):
+    assert "".join(sentences(text)) == text
+    for unit in sentences(text)[:-1]:
+        assert sum(ch.isalpha() for ch in unit) >= 3
+
+
+def test_sentence_units():
+    assert sentences("Seriously? Multiply by 9/5, genius.") == ["Seriously? ", "Multiply by 9/5, genius."]
+    assert sentences('He said "no." Then left.\n\n1. Ask Dr. Lee. Next') == [
+        'He said "no." ', "Then left.\n\n", "1. Ask Dr. Lee. ", "Next"]
+    fenced = "```py\nx = 1. Y = 2\n\n```\n"
+    assert sentences(f"Run this.\n{fenced}Done.") == ["Run this.\n", fenced, "Done."]
