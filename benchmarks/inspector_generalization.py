@@ -14,7 +14,8 @@ sensitive-but-benign requests, and at the squad's operating point (`at_2pct_beni
 most 2 % of good answers to benign requests flagged) the recall per part. For harmless, PyRIT's 395 human-scored answers of larger LLMs
 give a second, fully external AUROC. Arms: embed-logreg (MiniLM), hidden-probe (SmolLM2 hidden
 states at layer 15, mean+max pooled), hidden-probe-deep (layers 12/18/24/30, mean+max pooled: the
-harmless starter), their `-gated` twins (a request gate, inspectors/linear.py), finetuned
+harmless starter's model), their `-gated` twins (a request gate, inspectors/linear.py), the deep
+probe's `-guarded` one (gate + request guard: the harmless starter, docs/data.md), finetuned
 (`--finetuned`, slow on CPU), and a cascade (embed-logreg first, the probe
 only for answers within `--band` of the threshold). Throughput: answers/s of each arm on the dev
 answers, timed with the feature cache off. The labelling rule's regex detectors are judged the same way (how often the labels of
@@ -48,6 +49,7 @@ ARMS = {
     "hidden-probe-deep": "configs/inspectors/hidden-probe-deep.yaml",
     "hidden-probe-gated": "configs/inspectors/hidden-probe-gated.yaml",
     "hidden-probe-deep-gated": "configs/inspectors/hidden-probe-deep-gated.yaml",
+    "hidden-probe-deep-guarded": "configs/inspectors/hidden-probe-deep-guarded.yaml",
     "embed-logreg-gated": "configs/inspectors/embed-logreg-gated.yaml",
     "finetuned": "configs/inspectors/finetuned.yaml",
 }

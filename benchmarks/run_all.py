@@ -340,7 +340,7 @@ CPU = [
     Bench("aligner_training", py("aligner_training.py", "--aligner", STARTER, *TRAINING_LAYERS, "--steps", "4"), training_rows),
     # all-layer vs ILA vs cost-aware LoRA, each with and without the frozen-prefix cache, to the
     # early-stopping point on two criteria's aligner data (about 80 min on 2 cores; resumable per arm)
-    Bench("time_to_aligner", py("time_to_aligner.py", "--criterion", "harmless", "--criterion", "no-pii"),
+    Bench("time_to_aligner", py("time_to_aligner.py", "--criterion", "harmless", "--criterion", "no-pii", "--criterion", "polite"),
           time_to_aligner_rows,
           prepare=[(Path(f"runs/aligner-data/{c}/train.jsonl"), ["make", "aligner-data"]) for c in EVAL_CRITERIA]),
     # top-k vs all layers at the same short budget (40 steps, with and without TAIA), and the
@@ -367,7 +367,7 @@ CPU = [
     Bench("inspector_generalization", py("inspector_generalization.py", "--answers", *ANSWERS,
                                          "--dev", "evals/dev/answers.jsonl", "--arms", "embed-logreg",
                                          "hidden-probe", "hidden-probe-gated", "hidden-probe-deep",
-                                         "hidden-probe-deep-gated"), generalization_rows),
+                                         "hidden-probe-deep-gated", "hidden-probe-deep-guarded"), generalization_rows),
     Bench("squad_dev", py("squad_dev.py", "--squad", "configs/squad/default.yaml", "--dev", "evals/dev/answers.jsonl",
                           "--out", "runs/bench/dev", "--per-group", "50"), squad_dev_rows),
     Bench("proxy_overhead", py("proxy_overhead.py"), proxy_rows),
