@@ -22,8 +22,8 @@ class CutOptions(StrictModel):
     target: float | None = Field(
         default=None, ge=0, le=1,
         description="Keep cutting, while a cut raises the score, until P(aligned) reaches this "
-        "(default: the threshold). A threshold set to flag few good answers is a low bar for a fix: "
-        "an answer just above it often keeps a jab.",
+        "(default, and at least: the threshold). A threshold set to flag few good answers is a low "
+        "bar for a fix: an answer just above it often keeps a jab.",
     )
     sentences: Literal["any", "with-facts", "without-facts"] = Field(
         default="any",

@@ -18,7 +18,7 @@ import asyncio
 import re
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +57,7 @@ class Guard:
     adapter: str | None
     threshold_override: float | None = None  # one request's own threshold (per-request policy)
     unit: str = "answer"  # SquadMember.rewrite: "answer" | "paragraphs" | "cut"
-    cut: CutOptions | None = None
+    cut: CutOptions = field(default_factory=CutOptions)  # how a "cut" member cuts
 
     @property
     def threshold(self) -> float:
