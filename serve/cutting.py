@@ -18,7 +18,7 @@ not "Multiply by 9/5 and add 32"; a privacy fix should drop the phone number, no
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -32,8 +32,7 @@ class _Answer:
     units: list[str]
     score: float
     cuts: int = 0
-    done: bool = False
-    candidates: list[int] = field(default_factory=list)  # unit indices tried this round
+    done: bool = False  # no cut raised its score
 
 
 def _cuttable(unit: str, which: str) -> bool:
@@ -51,28 +50,22 @@ def cut_sentences(
     scores = inspector.score_answers(prompts, answers, batch_size=batch_size)
     state = [_Answer(p, sentences(a), float(s)) for p, a, s in zip(prompts, answers, scores, strict=True)]
     while True:
-        variants: list[tuple[_Answer, str]] = []
-        for a in state:
-            a.candidates = []
-            if a.done or a.score >= target or a.cuts >= max_cuts or len(a.units) < 2:
-                continue
-            a.candidates = [k for k, u in enumerate(a.units) if _cuttable(u, which)]
-            variants += [(a, "".join(_without(a.units, k))) for k in a.candidates]
-        if not variants:
+        rounds = [(a, [k for k, u in enumerate(a.units) if _cuttable(u, which)]) for a in state
+                  if not a.done and a.score < target and a.cuts < max_cuts and len(a.units) > 1]
+        rounds = [(a, ks) for a, ks in rounds if ks]  # unit indices to try leaving out, per answer
+        if not rounds:
             break
-        new = inspector.score_answers([a.prompt for a, _ in variants], [v for _, v in variants],
-                                      batch_size=batch_size)
+        variants = [(a.prompt, "".join(_without(a.units, k))) for a, ks in rounds for k in ks]
+        new = inspector.score_answers([p for p, _ in variants], [v for _, v in variants], batch_size=batch_size)
         at = 0
-        for a in state:
-            if not a.candidates:
-                continue
-            mine = new[at:at + len(a.candidates)]
-            at += len(a.candidates)
+        for a, ks in rounds:
+            mine = new[at:at + len(ks)]
+            at += len(ks)
             best = int(np.argmax(mine))
             if mine[best] <= a.score:
                 a.done = True
                 continue
-            a.units = _without(a.units, a.candidates[best])
+            a.units = _without(a.units, ks[best])
             a.score, a.cuts = float(mine[best]), a.cuts + 1
     return [_tidy("".join(a.units), original) if a.cuts else original
             for a, original in zip(state, answers, strict=True)]
