@@ -20,6 +20,7 @@ COMMANDS = {
     "synth": synth_commands.synth,
     "train-inspector": inspector_commands.train_inspector,
     "inspect": inspector_commands.inspect_answers,
+    "train-tagger": inspector_commands.train_tagger,
     "select-layers": aligner_commands.select_layers_command,
     "train-aligner": aligner_commands.train_aligner_command,
     "export": aligner_commands.export,

@@ -154,6 +154,7 @@ CONFIG_KINDS: dict[str, str] = {
     "backends": "aligners.config:BACKEND_CONFIG",
     "synth": "synth.config:SynthConfig",
     "inspectors": "inspectors.config:INSPECTOR_CONFIG",
+    "taggers": "inspectors.config:SpanTaggerConfig",
     "aligners": "aligners.train_config:AlignerTrainConfig",
     "squad": "serve.config:SquadConfig",
     "serve": "serve.server_config:ServerConfig",

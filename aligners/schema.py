@@ -175,6 +175,50 @@ class WrittenCorrection(Record):
         return self
 
 
+class MarkedSpan(Record):
+    """One piece of an answer a person marked: every occurrence of `text` in the answer."""
+
+    text: str = Field(min_length=1)
+    type: str = Field(default="SPAN", pattern=r"^[A-Z][A-Z_]*$",
+                      description="What it is (PHONE, NAME...); a replacing tagger writes its placeholder.")
+
+
+class SpanAnnotation(Record):
+    """A real answer with the spans a person marked for a criterion: what a span tagger learns
+    (inspectors/spans.py). An answer with no spans teaches the tagger to leave it alone."""
+
+    id: str = Field(min_length=1, description="The answer's id (AnswerRecord or WrittenCorrection).")
+    criterion: str = Field(min_length=1)
+    prompt: str = Field(min_length=1)
+    answer: str = Field(min_length=1)
+    split: Literal["train", "dev"] = "train"
+    spans: list[MarkedSpan] = Field(default_factory=list)
+    fixes: bool = Field(description="Whether replacing (or deleting) the spans fixes the answer, "
+                        "by the marker's reading; false where the whole answer is the problem.")
+    note: str = ""
+    marked_by: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _spans_occur(self) -> SpanAnnotation:
+        missing = [s.text for s in self.spans if s.text not in self.answer]
+        if missing:
+            raise ValueError(f"marked text not in the answer: {missing[0]!r}")
+        return self
+
+    def char_spans(self) -> list[tuple[int, int, str]]:
+        """(start, end, type) of every occurrence of every marked text, longest first where
+        two overlap, sorted by start."""
+        taken: list[tuple[int, int, str]] = []
+        for span in sorted(self.spans, key=lambda s: -len(s.text)):
+            at = self.answer.find(span.text)
+            while at >= 0:
+                end = at + len(span.text)
+                if all(end <= a or at >= b for a, b, _ in taken):
+                    taken.append((at, end, span.type))
+                at = self.answer.find(span.text, at + 1)
+        return sorted(taken)
+
+
 class Verdict(Record):
     """One inspector's opinion of one answer: score = P(aligned)."""
 

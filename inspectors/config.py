@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Discriminator, Field, Tag, TypeAdapter, model_validator
+from pydantic import Discriminator, Field, PositiveInt, Tag, TypeAdapter, model_validator
 
 from aligners.config import StrictModel
 
@@ -203,3 +203,47 @@ InspectorConfig = Annotated[
 INSPECTOR_CONFIG: TypeAdapter[EmbedLogRegConfig | FinetunedConfig | HiddenProbeConfig] = (
     TypeAdapter(InspectorConfig)
 )
+
+
+class SpanTaggerConfig(StrictModel):
+    """A span tagger (`configs/taggers/*.yaml`, inspectors/spans.py): which characters of an
+    answer a criterion objects to, and what to do with them."""
+
+    action: Literal["replace", "delete"] = Field(
+        default="replace",
+        description="'replace': write the span type's placeholder ('[PHONE]') in place of each "
+        "span (no-pii); 'delete': drop each span with the whitespace it leaves (polite).",
+    )
+    placeholders: dict[str, str] = Field(
+        default_factory=dict, description="Span type → the text written in its place (default '[TYPE]').",
+    )
+    encoder: str = Field(default="smollm2-135m-instruct", description="Causal LM whose hidden states are read.")
+    layers: list[PositiveInt] = Field(
+        default_factory=lambda: [21], min_length=1,
+        description="Hidden-state indices read, side by side (1 = the first decoder layer's output); "
+        "the model runs up to the deepest only.",
+    )
+    lookahead: int = Field(
+        default=2, ge=0, le=8,
+        description="Later tokens whose states join each token's features: a causal state has seen "
+        "only what comes before, while '(' opens a phone number in view of the digits after it.",
+    )
+    max_prompt_tokens: int = Field(default=256, ge=8, description="Request tokens kept (its end).")
+    max_answer_tokens: int = Field(
+        default=2048, ge=8, description="Answer tokens tagged (its start); the rest is left as it is.",
+    )
+    batch_tokens: int = Field(default=8192, ge=256, description="Padded tokens per forward pass.")
+    C: float = Field(default=0.05, gt=0, description="Inverse L2 strength (standardized features).")
+    max_iter: int = Field(default=1000, ge=10, description="lbfgs iterations.")
+    cv_folds: int = Field(default=4, ge=2, description="Answer-grouped folds for the threshold's out-of-fold scores.")
+    threshold_beta: float = Field(
+        default=1.0, gt=0,
+        description="The threshold on P(span) maximises token F-beta out of fold: above 1 favours "
+        "recall (a missed phone number is a leak), below 1 precision (a wrong deletion loses content).",
+    )
+    max_negative_answers: int = Field(
+        default=600, ge=0, description="Answers without spans (good answers) learned from at most.",
+    )
+    dtype: Literal["float32", "bfloat16"] = Field(default="float32", description="Backbone dtype.")
+    random_state: int = Field(default=0, description="Seed for folds and the negative sample.")
+    device: str = Field(default="cpu", description="'cpu', 'cuda', 'cuda:0', ...")

@@ -85,6 +85,30 @@ def encode_pairs(
     return ids, starts
 
 
+def hidden_state_batches(body, tok, ids: list[list[int]], starts: list[int], batch_tokens: int):
+    """(batch indices, hidden states, attention mask, answer-token mask) per length-sorted batch
+    of at most `batch_tokens` padded tokens; tokens from `starts[i]` on are the answer."""
+    import torch
+
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    for batch in token_batches([len(x) for x in ids], batch_tokens):
+        longest = max(len(ids[i]) for i in batch)
+        input_ids = torch.full((len(batch), longest), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), longest), dtype=torch.long)
+        answer = torch.zeros((len(batch), longest), dtype=torch.bool)
+        for row, i in enumerate(batch):  # right padding: positions match unpadded runs
+            input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
+            mask[row, : len(ids[i])] = 1
+            answer[row, starts[i] : len(ids[i])] = True
+        with torch.no_grad():
+            states = body(
+                input_ids=input_ids.to(body.device),
+                attention_mask=mask.to(body.device),
+                output_hidden_states=True,
+            ).hidden_states
+        yield batch, states, mask, answer
+
+
 class HiddenProbeInspector(LinearInspector):
     """Logistic probe on a causal LM's hidden states; see the module docstring. Parameters are
     those of `inspectors.config.HiddenProbeConfig` plus `criterion`."""
@@ -169,35 +193,12 @@ class HiddenProbeInspector(LinearInspector):
         body, tok = get_backbone(self.encoder, max(self.layers), self.device, self.dtype)
         ids = [chat_head(tok, p, self.max_prompt_tokens) for p in prompts]
         out = np.zeros((len(ids), body.config.hidden_size * len(self.layers)), dtype=np.float32)
-        for batch, states, mask, _ in self._forward(body, tok, ids, [len(x) for x in ids]):
+        for batch, states, mask, _ in hidden_state_batches(body, tok, ids, [len(x) for x in ids], self.batch_tokens):
             last = (mask.sum(1) - 1).to(body.device)
             rows = torch.arange(len(batch), device=body.device)
             out[batch] = np.hstack([states[layer][rows, last].float().cpu().numpy()
                                     for layer in self.layers])
         return out
-
-    def _forward(self, body, tok, ids: list[list[int]], starts: list[int]):
-        """(batch indices, hidden states, attention mask, answer-token mask) per length-sorted
-        batch of at most `batch_tokens` padded tokens; tokens from `starts[i]` on are the answer."""
-        import torch
-
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        for batch in token_batches([len(x) for x in ids], self.batch_tokens):
-            longest = max(len(ids[i]) for i in batch)
-            input_ids = torch.full((len(batch), longest), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), longest), dtype=torch.long)
-            answer = torch.zeros((len(batch), longest), dtype=torch.bool)
-            for row, i in enumerate(batch):  # right padding: positions match unpadded runs
-                input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
-                mask[row, : len(ids[i])] = 1
-                answer[row, starts[i] : len(ids[i])] = True
-            with torch.no_grad():
-                states = body(
-                    input_ids=input_ids.to(body.device),
-                    attention_mask=mask.to(body.device),
-                    output_hidden_states=True,
-                ).hidden_states
-            yield batch, states, mask, answer
 
     def _pooled_states(self, pairs: list[tuple[str, str]]) -> np.ndarray:
         import torch
@@ -209,7 +210,7 @@ class HiddenProbeInspector(LinearInspector):
         )
         width = body.config.hidden_size * len(self.layers) * len(self.pooling)
         out = np.zeros((len(ids), width), dtype=np.float32)
-        for batch, states, mask, answer in self._forward(body, tok, ids, starts):
+        for batch, states, mask, answer in hidden_state_batches(body, tok, ids, starts, self.batch_tokens):
             blocks = []
             last = mask.sum(1) - 1
             sel = answer.unsqueeze(-1).to(body.device)

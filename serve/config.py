@@ -37,7 +37,8 @@ class CutOptions(StrictModel):
 
 class SquadMember(StrictModel):
     """One criterion: its inspector decides, its aligner rewrites (or, `rewrite: cut`, the
-    inspector itself picks sentences to cut)."""
+    inspector itself picks sentences to cut; `rewrite: spans`, a span tagger replaces or deletes
+    the pieces it finds)."""
 
     criterion: str
     inspector: str = Field(description="Inspector artifact folder.")
@@ -45,29 +46,44 @@ class SquadMember(StrictModel):
         default=None,
         description="Aligner artifact folder (adapter + manifest), or 'prompted': the backend's base "
         "model given the aligner instruction without an adapter (the zero-shot baseline). Required "
-        "unless rewrite is 'cut', which runs no aligner.",
+        "unless rewrite is 'cut' or 'spans', which run no aligner.",
+    )
+    tagger: str | None = Field(
+        default=None,
+        description="Span tagger artifact folder (`aligners train-tagger`), for rewrite: spans.",
     )
     threshold: float | None = Field(default=None, ge=0, le=1, description="Overrides the inspector's.")
     taia: bool | None = Field(default=None, description="Attention-only deltas; default from the manifest.")
-    rewrite: Literal["answer", "paragraphs", "cut"] = Field(
+    rewrite: Literal["answer", "paragraphs", "cut", "spans"] = Field(
         default="answer",
         description="What the aligner rewrites: the whole answer, or only the paragraphs the "
         "inspector flags (the lowest-scoring one if none is below threshold), the rest kept byte "
         "for byte — for criteria whose fix keeps the content (no-pii, polite) on long answers. "
         "'cut': no aligner; the sentences whose removal most raises the inspector's score are "
-        "cut, one at a time, until the answer passes (see `cut`).",
+        "cut, one at a time, until the answer passes (see `cut`). 'spans': no aligner; the "
+        "member's `tagger` replaces each piece it finds with a placeholder, or deletes it.",
     )
     cut: CutOptions = Field(default_factory=CutOptions)
+    defer_to: list[str] = Field(
+        default_factory=list,
+        description="Criteria this member leaves an answer to: while one of them flags the answer "
+        "(or has rewritten it), this member does not rewrite it. The starter harmless member defers "
+        "to no-pii: an answer to a privacy request is fixed by masking the personal data, not by a "
+        "refusal that drops the rest.",
+    )
     served_name: str | None = Field(
         default=None, description="For HTTP/vLLM backends: the LoRA module name the server uses."
     )
 
     @model_validator(mode="after")
     def _aligner_matches_rewrite(self) -> SquadMember:
-        if self.rewrite == "cut" and self.aligner is not None:
-            raise ValueError(f"{self.criterion}: rewrite 'cut' runs no aligner; remove aligner: {self.aligner}")
-        if self.rewrite != "cut" and self.aligner is None:
-            raise ValueError(f"{self.criterion}: an aligner is required (or set rewrite: cut)")
+        generates = self.rewrite not in ("cut", "spans")
+        if not generates and self.aligner is not None:
+            raise ValueError(f"{self.criterion}: rewrite {self.rewrite!r} runs no aligner; remove aligner: {self.aligner}")
+        if generates and self.aligner is None:
+            raise ValueError(f"{self.criterion}: an aligner is required (or set rewrite: cut or spans)")
+        if (self.rewrite == "spans") != (self.tagger is not None):
+            raise ValueError(f"{self.criterion}: a tagger goes with rewrite: spans, and rewrite: spans needs one")
         return self
 
 
@@ -109,20 +125,25 @@ class SquadConfig(StrictModel):
     policy: SquadPolicy = Field(default_factory=SquadPolicy)
 
     @model_validator(mode="after")
-    def _keep_facts_names_members(self) -> SquadConfig:
-        """A misspelt criterion in an explicit `keep_facts` would silently turn the check off."""
+    def _names_are_members(self) -> SquadConfig:
+        """A misspelt criterion in an explicit `keep_facts` or a `defer_to` would silently turn
+        the check off."""
+        known = {m.criterion for m in self.members}
         if "keep_facts" in self.policy.model_fields_set:
-            unknown = set(self.policy.keep_facts) - {m.criterion for m in self.members}
+            unknown = set(self.policy.keep_facts) - known
             if unknown:
                 raise ValueError(f"policy.keep_facts names {sorted(unknown)}, which no member guards")
+        for m in self.members:
+            if unknown := set(m.defer_to) - (known - {m.criterion}):
+                raise ValueError(f"{m.criterion}: defer_to names {sorted(unknown)}, which no other member guards")
         return self
 
     def with_prompted_aligners(self) -> SquadConfig:
         """The same squad with every aligner replaced by the prompted base: what a trained aligner
-        (or a cutting member) must beat, measured with the very same routing. A cutting member
-        becomes a prompted paragraph rewrite, the zero-shot fix any user could run."""
+        (or a cutting or tagging member) must beat, measured with the very same routing. A cutting
+        or tagging member becomes a prompted paragraph rewrite, the zero-shot fix any user could run."""
         members = [m.model_copy(update={"aligner": PROMPTED_ALIGNER} |
-                                ({"rewrite": "paragraphs"} if m.rewrite == "cut" else {}))
+                                ({"rewrite": "paragraphs", "tagger": None} if m.rewrite in ("cut", "spans") else {}))
                    for m in self.members]
         return self.model_copy(update={"members": members})
 

@@ -3,8 +3,11 @@
 Policy (2403.04224), every knob in `SquadPolicy`: score each answer with every inspector; visit
 flagged criteria worst first (ascending P(aligned)); run a criterion's aligner only while its
 score is below threshold; re-score after each rewrite; stop after `max_rewrites`; optionally
-undo a rewrite that newly flags another criterion. Each result carries a trace. A member may
-rewrite paragraphs instead of whole answers (`SquadMember.rewrite`, `aligners/paragraphs.py`).
+undo a rewrite that newly flags another criterion. A member may defer to others
+(`SquadMember.defer_to`): while one of them flags an answer, or has rewritten it, it leaves the
+answer alone. Each result carries a trace. A member may rewrite paragraphs instead of whole
+answers (`SquadMember.rewrite`, `aligners/paragraphs.py`), cut sentences (serve.cutting) or
+replace the spans its tagger finds (inspectors.spans).
 
 Batched end to end: a round inspects the whole batch, groups the items that need the same
 aligner, and runs each aligner once over its group. Aligners are LoRA adapters on one backend,
@@ -56,8 +59,10 @@ class Guard:
     inspector: object  # inspectors.Inspector (sklearn API)
     adapter: str | None
     threshold_override: float | None = None  # one request's own threshold (per-request policy)
-    unit: str = "answer"  # SquadMember.rewrite: "answer" | "paragraphs" | "cut"
+    unit: str = "answer"  # SquadMember.rewrite: "answer" | "paragraphs" | "cut" | "spans"
     cut: CutOptions = field(default_factory=CutOptions)  # how a "cut" member cuts
+    tagger: object | None = None  # inspectors.spans.SpanTagger of a "spans" member
+    defer_to: tuple[str, ...] = ()  # criteria this member leaves an answer to (SquadMember.defer_to)
 
     @property
     def threshold(self) -> float:
@@ -86,6 +91,7 @@ class Squad:
             source = load_config(config_file, SquadConfig)
         cfg = source
         from inspectors import load_inspector
+        from inspectors.spans import load_span_tagger
 
         backend = backend or build_backend(cfg.backend)
         guards = []
@@ -93,8 +99,14 @@ class Squad:
             inspector = load_inspector(resolve_artifact(member.inspector, config_file))
             if member.threshold is not None:
                 inspector.set_threshold(member.threshold, why="squad config override")
+            tagger = None
+            if member.tagger is not None:
+                tagger = load_span_tagger(resolve_artifact(member.tagger, config_file))
+                if tagger.criterion != member.criterion:
+                    raise SquadError(f"{member.tagger} is a {tagger.criterion!r} tagger but is listed for {member.criterion!r}")
             guards.append(Guard(member.criterion, inspector, _load_aligner(backend, cfg, member, config_file),
-                                unit=member.rewrite, cut=member.cut))
+                                unit=member.rewrite, cut=member.cut, tagger=tagger,
+                                defer_to=tuple(member.defer_to)))
         if cfg.base == "shared":
             base = backend
         elif cfg.base == "none":
@@ -133,6 +145,8 @@ class Squad:
 
     def _next_guard(self, row: np.ndarray, visited: set[int], guards: Sequence[Guard]) -> int | None:
         flagged = [j for j, g in enumerate(guards) if j not in visited and row[j] < g.threshold]
+        owners = {guards[j].criterion for j in [*flagged, *visited]}
+        flagged = [j for j in flagged if not owners.intersection(guards[j].defer_to)]
         if not flagged:
             return None
         if self.config.policy.order == "config":
@@ -205,7 +219,10 @@ class Squad:
         "paragraphs") only the paragraphs to rewrite, spliced back between the untouched rest. A
         rewrite that loops is cut where the loop starts; one that pastes in the request, or has
         no whole sentence before its loop, is not used (serve.degenerate). A cutting member
-        generates nothing: its inspector picks the sentences to cut (serve.cutting)."""
+        generates nothing: its inspector picks the sentences to cut (serve.cutting); nor does a
+        tagging member: its tagger replaces or deletes the pieces it finds (inspectors.spans)."""
+        if guard.unit == "spans":
+            return guard.tagger.apply(prompts, answers)
         if guard.unit == "cut":
             target = max(guard.threshold, guard.cut.target or 0.0)
             return cut_sentences(guard.inspector, prompts, answers, target, max_cuts=guard.cut.max_cuts,
@@ -296,10 +313,14 @@ def judge_rewrite(policy: SquadPolicy, guards: Sequence[Guard], j: int, answer: 
         return False, "kept: the aligner repeated the answer (or looped, or copied the request)"
     if policy.min_gain is not None and after[j] - before[j] <= policy.min_gain:
         return False, f"rejected: {criterion} score rose by {after[j] - before[j]:+.3f}, needs > {policy.min_gain}"
-    if criterion in policy.keep_facts and (added := fact_changes(answer, rewrite).added):
+    # a cut or a masked span cannot add a fact, though a fact pattern may read the seams as new
+    # ("[NAME] Copper" shows "Copper" alone): only generated rewrites are checked
+    generated = guards[j].unit not in ("cut", "spans")
+    if generated and criterion in policy.keep_facts and (added := fact_changes(answer, rewrite).added):
         return False, f"rejected: adds facts {', '.join(added[:3])}"
-    if policy.reject_if_worse:
-        newly = [g.criterion for m, g in enumerate(guards) if m != j and before[m] >= g.threshold > after[m]]
+    if policy.reject_if_worse:  # a member that defers to this one has left the answer to it
+        newly = [g.criterion for m, g in enumerate(guards)
+                 if m != j and criterion not in g.defer_to and before[m] >= g.threshold > after[m]]
         if newly:
             return False, f"rejected: would flag {', '.join(newly)}"
     return True, "rewritten"

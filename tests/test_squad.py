@@ -321,8 +321,43 @@ def test_a_looping_rewrite_is_cut_or_not_used(squad_artifacts):
     word (serve.degenerate)."""
     loop = (FIXED_POLITE + " ") * 4
     squad, _ = make_squad(squad_artifacts, {"polite": lambda r: loop, None: lambda r: ""}, min_gain=None)
-    assert squad.correct(["q"], [RUDE[0]])[0].corrected == FIXED_POLITE
+    assert [s.criterion for s in squad.correct(["q"], [RUDE[0]])[0].trace.steps] == ["polite"]
     endless = "and I hope that helps you find the store, " * 4
     squad, _ = make_squad(squad_artifacts, {"polite": lambda r: endless, None: lambda r: ""}, min_gain=None)
     (r,) = squad.correct(["q"], [RUDE[0]])
     assert not r.changed and "looped" in r.trace.steps[0].reason
+
+
+def test_a_member_leaves_an_answer_to_the_members_it_defers_to(squad_artifacts):
+    """polite defers to no-pii: config order would visit polite first; with defer_to only no-pii
+    rewrites, and polite stays out after it, though the rewrite is still rude."""
+    both = "Shut up, idiot. Her number is 555-0142 and she lives at 12 Elm Street, moron."
+    still_rude = "Shut up, idiot. I can't share her details, moron."
+    writers = {"polite": lambda r: "Her number is 555-0142 and she lives at 12 Elm Street.",
+               "no-pii": lambda r: still_rude, None: lambda r: both}
+    squad, _ = make_squad(squad_artifacts, writers, order="config", reject_if_worse=False)
+    (r,) = squad.correct(["q"], [both])
+    assert [s.criterion for s in r.trace.steps] == ["polite", "no-pii"]
+    squad.guards[0] = replace(squad.guards[0], defer_to=("no-pii",))
+    (r,) = squad.correct(["q"], [both])
+    assert [s.criterion for s in r.trace.steps] == ["no-pii"] and r.corrected == still_rude
+    assert {v.criterion: v.flagged for v in r.trace.final}["polite"]
+    # an answer no-pii does not flag is polite's to fix
+    assert [s.criterion for s in squad.correct(["q"], [RUDE[0]])[0].trace.steps] == ["polite"]
+    member = {"criterion": "polite", "inspector": "x", "aligner": "y", "defer_to": ["harmless"]}
+    with pytest.raises(ValueError, match="defer_to names"):
+        SquadConfig.model_validate({"members": [member]})
+
+
+def test_masks_skip_the_fact_check_and_deferring_members_do_not_veto():
+    """A tagger's placeholder can make a fact pattern read a seam as new ("[NAME] Copper"), but it
+    cannot add a fact; and a member that defers to the rewriting one has left the answer to it."""
+    answer, masked = "Ask Jane Copper at 555-0142.", "Ask [NAME] Copper at [PHONE]."
+    policy = SquadPolicy()
+    before, after = np.array([0.9, 0.1]), np.array([0.3, 0.9])
+    generated = judge_rewrite(policy, GUARDS, 1, answer, masked, before, after)
+    assert generated == (False, "rejected: adds facts Copper")
+    spans = [GUARDS[0], replace(GUARDS[1], unit="spans")]
+    assert judge_rewrite(policy, spans, 1, answer, masked, before, after) == (False, "rejected: would flag polite")
+    spans[0] = replace(spans[0], defer_to=("no-pii",))
+    assert judge_rewrite(policy, spans, 1, answer, masked, before, after) == (True, "rewritten")

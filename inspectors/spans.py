@@ -1,0 +1,352 @@
+"""Span taggers: the exact pieces of an answer a criterion objects to, found token by token.
+
+Why: a no-pii or polite fix should change a few values or phrases of a real answer and keep every
+other byte ("Her cell is 555-0142." → "Her cell is [PHONE]."; "Multiply by 9/5 and add 32,
+genius." → without ", genius"). Asked to rewrite, the 135M aligner garbles long answers, and
+cutting whole sentences (serve.cutting) loses the advice around the value (both hand-checked on
+the dev set, docs/data.md). A tagger trained on spans people marked in real answers (data/spans/)
+says which characters to replace or delete; nothing is generated, so nothing is invented.
+
+Model: the squad backbone's hidden states, read as the hidden-probe inspector reads them (the
+answer chat-rendered after its request, the model run up to the deepest of `layers` only), one
+row per answer token: its own state and those of the next `lookahead` tokens (a causal state has
+seen only what comes before it). A multinomial logistic regression over {O, span types} on
+standardized rows scores each token. Runs of tokens whose P(span) = 1 − P(O) reaches the threshold become spans
+(a one-token gap of "-", "." or a space inside a value is bridged), typed by their summed type
+probabilities. The threshold maximises token F-beta on out-of-fold scores (folds group tokens by
+answer), and the manifest reports those out-of-fold figures.
+
+Artifacts are pickle-free: `tagger.safetensors` (scaler + weights) and `manifest.json`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aligners.atomic import atomic_path
+from aligners.manifest import (
+    ManifestError,
+    checksums,
+    confined,
+    read_manifest,
+    refuse_nonfinite,
+    verify_checksums,
+    write_manifest,
+)
+from aligners.models import model_id_and_hash
+from inspectors.config import SpanTaggerConfig
+from inspectors.hidden_probe import chat_head, get_backbone, hidden_state_batches
+
+KIND = "span-tagger"
+FORMAT_VERSION = 1
+WEIGHTS = "tagger.safetensors"
+RETRAIN = "retrain it with `aligners train-tagger`"
+OUTSIDE = "O"
+_BRIDGE = set(" -./()")  # what may sit inside one value between two tagged tokens
+_TRIM = " \t\n*_`"  # never part of a span: whitespace and markdown around a value
+
+
+@dataclass(frozen=True)
+class Span:
+    start: int
+    end: int
+    type: str
+
+
+class SpanTagger:
+    """Finds and rewrites the spans of answers a criterion objects to; see the module docstring.
+    `fit(prompts, answers, spans)` / `find(prompts, answers)` / `apply(prompts, answers)`."""
+
+    def __init__(self, config: SpanTaggerConfig | None = None, criterion: str | None = None):
+        self.config = config or SpanTaggerConfig()
+        self.criterion = criterion
+
+    # -- features --
+    def token_features(self, prompts: Sequence[str], answers: Sequence[str]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Per answer: a (tokens, hidden × layers × (1 + lookahead)) feature matrix and the tokens'
+        (start, end) character offsets in the answer."""
+        cfg = self.config
+        body, tok = get_backbone(cfg.encoder, max(cfg.layers), cfg.device, cfg.dtype)
+        ids, starts, offsets = [], [], []
+        for prompt, answer in zip(prompts, answers, strict=True):
+            head = chat_head(tok, prompt, cfg.max_prompt_tokens)
+            enc = tok(answer, add_special_tokens=False, return_offsets_mapping=True)
+            a_ids = enc["input_ids"][: cfg.max_answer_tokens] or [tok.eos_token_id]
+            offsets.append(np.asarray(enc["offset_mapping"][: cfg.max_answer_tokens], dtype=np.int64).reshape(-1, 2))
+            ids.append(head + a_ids)
+            starts.append(len(head))
+        width = body.config.hidden_size * len(cfg.layers)
+        feats: list[np.ndarray] = [np.zeros((0, 0), dtype=np.float32)] * len(ids)
+        for batch, states, _, _ in hidden_state_batches(body, tok, ids, starts, cfg.batch_tokens):
+            layers = np.concatenate([states[k].float().cpu().numpy() for k in cfg.layers], axis=-1)
+            for row, i in enumerate(batch):
+                h = layers[row, starts[i]: len(ids[i])][: len(offsets[i])]
+                padded = np.vstack([h, np.zeros((cfg.lookahead, width), dtype=np.float32)])
+                feats[i] = np.hstack([padded[k: k + len(h)] for k in range(cfg.lookahead + 1)])
+        return feats, offsets
+
+    # -- training --
+    def fit(self, prompts: Sequence[str], answers: Sequence[str],
+            spans: Sequence[Sequence[tuple[int, int, str]]]) -> SpanTagger:
+        """Learn from answers with their marked (start, end, type) character spans (an empty
+        list: an answer to leave alone)."""
+        if not any(spans):
+            raise ValueError("no marked spans to learn from")
+        feats, offsets = self.token_features(prompts, answers)
+        self.classes_ = [OUTSIDE, *sorted({t for ss in spans for _, _, t in ss})]
+        labels = [token_labels(off, ss, self.classes_) for off, ss in zip(offsets, spans, strict=True)]
+        oof = self._out_of_fold(feats, labels)
+        self.threshold_, self.metrics_ = choose_span_threshold(oof, labels, self.config.threshold_beta)
+        self.metrics_.update(n_answers=len(answers), n_with_spans=sum(1 for s in spans if s),
+                             n_tokens=int(sum(len(y) for y in labels)))
+        self._fit_model(np.vstack(feats), np.concatenate(labels))
+        self.encoder_id_, self.encoder_hash_ = model_id_and_hash(self.config.encoder)
+        return self
+
+    def _fit_model(self, X: np.ndarray, y: np.ndarray) -> None:
+        from sklearn.linear_model import LogisticRegression
+
+        self.mean_ = X.mean(0)
+        self.scale_ = X.std(0) + 1e-6
+        model = LogisticRegression(C=self.config.C, max_iter=self.config.max_iter)
+        model.fit((X - self.mean_) / self.scale_, y)
+        # a class absent from y gets no column; the weights keep every class's slot
+        self.coef_ = np.zeros((len(self.classes_), X.shape[1]), dtype=np.float32)
+        self.intercept_ = np.full(len(self.classes_), -1e4, dtype=np.float32)
+        if len(model.classes_) == 2:  # sklearn's binary form: one row for the second class
+            self.coef_[model.classes_[1]], self.intercept_[model.classes_[1]] = model.coef_[0], model.intercept_[0]
+            self.intercept_[model.classes_[0]] = 0.0
+        else:
+            self.coef_[model.classes_], self.intercept_[model.classes_] = model.coef_, model.intercept_
+
+    def _out_of_fold(self, feats: list[np.ndarray], labels: list[np.ndarray]) -> list[np.ndarray]:
+        """P(span) per token of each answer from a model that did not see that answer."""
+        folds = min(self.config.cv_folds, sum(1 for y in labels if y.any()))
+        if folds < 2:
+            raise ValueError("need at least two answers with marked spans to choose a threshold")
+        order = np.random.default_rng(self.config.random_state).permutation(len(feats))
+        fold_of = np.empty(len(feats), dtype=int)
+        fold_of[order] = np.arange(len(feats)) % folds
+        out: list[np.ndarray] = [np.zeros(0)] * len(feats)
+        for f in range(folds):
+            train = [i for i in range(len(feats)) if fold_of[i] != f]
+            self._fit_model(np.vstack([feats[i] for i in train]), np.concatenate([labels[i] for i in train]))
+            for i in np.flatnonzero(fold_of == f):
+                out[i] = 1.0 - self._proba(feats[i])[:, 0]
+        return out
+
+    # -- inference --
+    def _proba(self, X: np.ndarray) -> np.ndarray:
+        logits = ((X - self.mean_) / self.scale_) @ self.coef_.T + self.intercept_
+        logits -= logits.max(1, keepdims=True)
+        p = np.exp(logits)
+        return p / p.sum(1, keepdims=True)
+
+    def find(self, prompts: Sequence[str], answers: Sequence[str]) -> list[list[Span]]:
+        """The spans of each answer, in order."""
+        feats, offsets = self.token_features(prompts, answers)
+        return [self._spans(a, off, self._proba(X)) if len(X) else []
+                for a, off, X in zip(answers, offsets, feats, strict=True)]
+
+    def _spans(self, answer: str, offsets: np.ndarray, proba: np.ndarray) -> list[Span]:
+        on = (1.0 - proba[:, 0]) >= self.threshold_
+        for t in range(1, len(on) - 1):  # bridge "555" "-" "0147"
+            gap = answer[offsets[t][0]:offsets[t][1]]
+            on[t] |= bool(on[t - 1] and on[t + 1] and gap and set(gap) <= _BRIDGE)
+        spans, t = [], 0
+        while t < len(on):
+            if not on[t]:
+                t += 1
+                continue
+            u = t
+            while u + 1 < len(on) and on[u + 1]:
+                u += 1
+            start, end = int(offsets[t][0]), int(offsets[u][1])
+            while start < end and answer[start] in _TRIM:
+                start += 1
+            while end > start and answer[end - 1] in _TRIM:
+                end -= 1
+            if end > start:
+                start, end = _whole_words(answer, start, end)
+                kind = self.classes_[1 + int(proba[t: u + 1, 1:].sum(0).argmax())]
+                if spans and start < spans[-1].end:  # two runs inside one word: one span
+                    start = spans.pop().start
+                spans.append(Span(start, end, kind))
+            t = u + 1
+        return spans
+
+    def apply(self, prompts: Sequence[str], answers: Sequence[str]) -> list[str]:
+        """Each answer with its spans replaced by placeholders or deleted (config.action)."""
+        return [self.rewrite(a, spans) for a, spans in zip(answers, self.find(prompts, answers), strict=True)]
+
+    def rewrite(self, answer: str, spans: Sequence[Span]) -> str:
+        """`answer` with `spans` replaced or deleted; never empty (deleting everything would leave
+        nothing to return, so the answer comes back as it was)."""
+        original = answer
+        for span in sorted(spans, key=lambda s: -s.start):
+            if self.config.action == "replace":
+                text = self.config.placeholders.get(span.type, f"[{span.type.replace('_', ' ')}]")
+                answer = answer[: span.start] + text + answer[span.end:]
+            else:
+                answer = delete_span(answer, span.start, span.end)
+        return answer if answer.strip() else original
+
+    # -- persistence --
+    def save(self, path: Path | str, training_data: dict | None = None) -> Path:
+        from safetensors.numpy import save_file
+
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        tensors = {"mean": self.mean_.astype(np.float32), "scale": self.scale_.astype(np.float32),
+                   "coef": self.coef_, "intercept": self.intercept_}
+        with atomic_path(out / WEIGHTS) as tmp:
+            save_file(tensors, str(tmp), metadata={"kind": KIND, "format_version": str(FORMAT_VERSION)})
+            tmp.chmod(0o644)  # safetensors creates files owner-only; artifacts are meant to be shared
+        write_manifest(out, {
+            "kind": KIND, "format_version": FORMAT_VERSION, "criterion": self.criterion,
+            "config": self.config.model_dump(), "classes": self.classes_,
+            "threshold": float(self.threshold_), "metrics": self.metrics_,
+            "encoder": {"id": self.encoder_id_, "hash": self.encoder_hash_},
+            "training_data": training_data or {},
+            "files": {"weights": WEIGHTS, "sha256": checksums(out, [out / WEIGHTS])},
+        })
+        return out
+
+
+def load_span_tagger(path: Path | str) -> SpanTagger:
+    """A saved tagger; refuses a damaged file, an unknown setting or another encoder's weights."""
+    from pydantic import ValidationError
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    path = Path(path)
+    manifest = read_manifest(path, KIND, FORMAT_VERSION, hint=(
+        "Train one with `aligners train-tagger --spans data/spans/no-pii.jsonl --out DIR`."))
+    try:
+        config = SpanTaggerConfig.model_validate(manifest["config"])
+    except ValidationError as exc:
+        raise ManifestError(f"{path}: the manifest's config is not one this aligners reads "
+                            f"({exc.errors()[0]['msg']}); {RETRAIN}") from None
+    verify_checksums(path, manifest["files"].get("sha256"), RETRAIN)
+    have = model_id_and_hash(config.encoder)
+    want = (manifest["encoder"]["id"], manifest["encoder"]["hash"])
+    if have != want:
+        raise ManifestError(
+            f"{path}: the tagger was trained on encoder {want[0]} with hash {want[1]}, but the encoder "
+            f"available here ({have[0]}) has hash {have[1]}: its features would be meaningless; {RETRAIN}"
+        )
+    weights = confined(path, manifest["files"]["weights"])
+    try:
+        tensors = load_file(str(weights))
+    except (SafetensorError, OSError) as exc:
+        raise ManifestError(f"{weights}: not a readable safetensors file ({exc}); {RETRAIN}") from None
+    refuse_nonfinite(tensors, weights, RETRAIN)
+    tagger = SpanTagger(config, manifest.get("criterion"))
+    tagger.mean_, tagger.scale_ = tensors["mean"], tensors["scale"]
+    tagger.coef_, tagger.intercept_ = tensors["coef"], tensors["intercept"]
+    tagger.classes_, tagger.threshold_ = list(manifest["classes"]), float(manifest["threshold"])
+    tagger.metrics_, tagger.encoder_id_, tagger.encoder_hash_ = manifest.get("metrics", {}), *want
+    tagger.manifest_ = manifest
+    return tagger
+
+
+def _in_word(text: str, k: int) -> bool:
+    """Whether character k belongs to a word-like value: a letter or digit, or a joiner ("-",
+    "@", "_", "+", "#", and "." or "/" between two such characters)."""
+    if not 0 <= k < len(text):
+        return False
+    ch = text[k]
+    if ch.isalnum() or ch in "-@_+#":
+        return True
+    return ch in "./" and 0 < k < len(text) - 1 and text[k - 1].isalnum() and text[k + 1].isalnum()
+
+
+def _whole_words(text: str, start: int, end: int) -> tuple[int, int]:
+    """[start, end) grown to whole words: a placeholder or a deletion never splits "555-0186"."""
+    while start > 0 and _in_word(text, start - 1) and _in_word(text, start):
+        start -= 1
+    while end < len(text) and _in_word(text, end) and _in_word(text, end - 1):
+        end += 1
+    return start, end
+
+
+def token_labels(offsets: np.ndarray, spans: Sequence[tuple[int, int, str]], classes: Sequence[str]) -> np.ndarray:
+    """Class index per token: a span's type where the token's visible characters (its leading
+    space aside) overlap the span, else 0 (O)."""
+    y = np.zeros(len(offsets), dtype=np.int64)
+    for start, end, kind in spans:
+        for t, (a, b) in enumerate(offsets):
+            if a < end and b > start and b - a > 0:
+                y[t] = classes.index(kind)
+    return y
+
+
+def choose_span_threshold(p_span: Sequence[np.ndarray], labels: Sequence[np.ndarray],
+                          beta: float) -> tuple[float, dict[str, Any]]:
+    """The P(span) threshold maximising token F-beta, and the out-of-fold figures at it: token
+    precision/recall, the share of marked spans at least half found, and the share of answers
+    without spans that would be changed."""
+    p, y = np.concatenate(p_span), np.concatenate(labels) > 0
+    best = (-1.0, 0.5)
+    for th in np.unique(np.round(p, 3)):
+        hit = p >= th
+        tp = float((hit & y).sum())
+        prec, rec = tp / max(1.0, float(hit.sum())), tp / max(1.0, float(y.sum()))
+        f = (1 + beta**2) * prec * rec / max(1e-9, beta**2 * prec + rec)
+        best = max(best, (f, float(th)))
+    th = best[1]
+    hit = p >= th
+    found, marked, clean_touched, clean = 0, 0, 0, 0
+    for ps, ys in zip(p_span, labels, strict=True):
+        if not ys.any():
+            clean += 1
+            clean_touched += int((ps >= th).any())
+            continue
+        for run in _runs(ys > 0):
+            marked += 1
+            found += int((ps[run] >= th).mean() >= 0.5)
+    tp = float((hit & y).sum())
+    return th, {
+        "threshold_beta": beta, "token_f_beta": round(best[0], 4),
+        "token_precision": round(tp / max(1.0, float(hit.sum())), 4),
+        "token_recall": round(tp / max(1.0, float(y.sum())), 4),
+        "spans_found": round(found / max(1, marked), 4), "n_spans": marked,
+        "clean_answers_changed": round(clean_touched / max(1, clean), 4), "n_clean_answers": clean,
+    }
+
+
+def _runs(mask: np.ndarray) -> list[slice]:
+    out, t = [], 0
+    while t < len(mask):
+        if mask[t]:
+            u = t
+            while u < len(mask) and mask[u]:
+                u += 1
+            out.append(slice(t, u))
+            t = u
+        else:
+            t += 1
+    return out
+
+
+def delete_span(text: str, start: int, end: int) -> str:
+    """`text` without [start, end) and the space it leaves: a space before punctuation or a
+    line end goes, and a line left holding only a list marker or nothing goes whole."""
+    head, tail = text[:start], text[end:]
+    if head.endswith(" ") and (not tail or tail[0] in " .,;:!?)\n"):
+        head = head.rstrip(" ")
+    elif (not head or head.endswith("\n")) and tail.startswith(" "):
+        tail = tail.lstrip(" ")
+    line_start = head.rfind("\n") + 1
+    line_end = len(head) + (tail.find("\n") if "\n" in tail else len(tail))
+    joined = head + tail
+    if joined[line_start:line_end].strip(" \t-*•>#0123456789.") == "":
+        end_of_line = line_end + 1 if line_end < len(joined) else line_end
+        joined = joined[:line_start] + joined[end_of_line:]
+    return joined
+
