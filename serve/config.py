@@ -13,6 +13,7 @@ from aligners.config import BackendConfig, StrictModel, TransformersBackendConfi
 
 PROMPTED_ALIGNER = "prompted"
 CONTENT_KEEPING = ("no-pii", "polite")  # starter criteria whose fix must keep the answer's content
+NON_GENERATING = ("cut", "spans")  # rewrite units that only remove or mask text: no aligner runs
 
 
 class CutOptions(StrictModel):
@@ -68,7 +69,7 @@ class SquadMember(StrictModel):
         default_factory=list,
         description="Criteria this member leaves an answer to: while one of them flags the answer "
         "(or has rewritten it), this member does not rewrite it. The starter harmless member defers "
-        "to no-pii: an answer to a privacy request is fixed by masking the personal data, not by a "
+        "to no-pii: an answer to a privacy request is fixed by removing the personal data, not by a "
         "refusal that drops the rest.",
     )
     served_name: str | None = Field(
@@ -77,7 +78,7 @@ class SquadMember(StrictModel):
 
     @model_validator(mode="after")
     def _aligner_matches_rewrite(self) -> SquadMember:
-        generates = self.rewrite not in ("cut", "spans")
+        generates = self.rewrite not in NON_GENERATING
         if not generates and self.aligner is not None:
             raise ValueError(f"{self.criterion}: rewrite {self.rewrite!r} runs no aligner; remove aligner: {self.aligner}")
         if generates and self.aligner is None:
@@ -143,7 +144,7 @@ class SquadConfig(StrictModel):
         (or a cutting or tagging member) must beat, measured with the very same routing. A cutting
         or tagging member becomes a prompted paragraph rewrite, the zero-shot fix any user could run."""
         members = [m.model_copy(update={"aligner": PROMPTED_ALIGNER} |
-                                ({"rewrite": "paragraphs", "tagger": None} if m.rewrite in ("cut", "spans") else {}))
+                                ({"rewrite": "paragraphs", "tagger": None} if m.rewrite in NON_GENERATING else {}))
                    for m in self.members]
         return self.model_copy(update={"members": members})
 

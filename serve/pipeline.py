@@ -35,6 +35,7 @@ from aligners.models import model_id_and_hash
 from aligners.paragraphs import paragraphs, replace_body
 from aligners.schema import Correction, Trace, TraceStep, Verdict
 from serve.config import (
+    NON_GENERATING,
     PROMPTED_ALIGNER,
     CutOptions,
     SquadConfig,
@@ -315,7 +316,7 @@ def judge_rewrite(policy: SquadPolicy, guards: Sequence[Guard], j: int, answer: 
         return False, f"rejected: {criterion} score rose by {after[j] - before[j]:+.3f}, needs > {policy.min_gain}"
     # a cut or a masked span cannot add a fact, though a fact pattern may read the seams as new
     # ("[NAME] Copper" shows "Copper" alone): only generated rewrites are checked
-    generated = guards[j].unit not in ("cut", "spans")
+    generated = guards[j].unit not in NON_GENERATING
     if generated and criterion in policy.keep_facts and (added := fact_changes(answer, rewrite).added):
         return False, f"rejected: adds facts {', '.join(added[:3])}"
     if policy.reject_if_worse:  # a member that defers to this one has left the answer to it

@@ -5,9 +5,11 @@ import json
 
 import pytest
 from squad_fixtures import POLITE, ScriptedBackend
+from typer.testing import CliRunner
 
+from aligners.cli import app
 from aligners.manifest import ManifestError
-from aligners.schema import MarkedSpan, SpanAnnotation
+from aligners.schema import AnswerRecord, MarkedSpan, SpanAnnotation, write_jsonl
 from inspectors.config import SpanTaggerConfig
 from inspectors.span_data import tagger_examples
 from inspectors.spans import SpanTagger, delete_span, load_span_tagger
@@ -121,3 +123,29 @@ def test_tagging_members_need_a_tagger_and_no_aligner():
         SquadMember.model_validate(base | {"rewrite": "spans", "tagger": "t", "aligner": "a"})
     with pytest.raises(ValueError, match="goes with rewrite: spans"):
         SquadMember.model_validate(base | {"aligner": "a", "tagger": "t"})
+
+
+def test_train_tagger_command_end_to_end_and_its_errors(tmp_path):
+    spans = tmp_path / "spans.jsonl"
+    write_jsonl(spans, [marked(i) for i in range(10)])
+    answers = tmp_path / "answers.jsonl"
+    write_jsonl(answers, [AnswerRecord(id=f"g{i}:greedy", prompt_id=f"g{i}", prompt="How do I reach her?",
+                                       answer=good, answer_model="human", variant="greedy", criterion="no-pii",
+                                       label="aligned") for i, good in enumerate(POLITE)])
+    tiny = ["--set", "encoder=tiny-random-llama", "--set", "layers=[1, 2]", "--set", "cv_folds=2", "--set", "C=1.0"]
+    out = tmp_path / "tagger"
+    result = CliRunner().invoke(app, ["train-tagger", "--spans", str(spans), "--answers", str(answers),
+                                      "--out", str(out), *tiny])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())  # rich wraps long lines
+    assert "of 10 marked spans found" in said and "of 12 good answers changed" in said
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["criterion"] == "no-pii" and manifest["training_data"]["clean_answers"] == 12
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(marked(0).model_dump_json().replace("555-0100", "555-9999", 1) + "\n")
+    failed = CliRunner().invoke(app, ["train-tagger", "--spans", str(bad), "--out", str(out), *tiny])
+    assert failed.exit_code == 2 and "bad.jsonl:1:" in failed.output and "not in the answer" in failed.output
+    polite = tmp_path / "polite.jsonl"
+    write_jsonl(polite, [marked(0).model_copy(update={"criterion": "polite"})])
+    mixed = CliRunner().invoke(app, ["train-tagger", "--spans", str(spans), "--spans", str(polite), "--out", str(out)])
+    assert mixed.exit_code == 2 and "--criterion" in mixed.output
