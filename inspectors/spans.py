@@ -158,26 +158,19 @@ class SpanTagger:
         for t in range(1, len(on) - 1):  # bridge "555" "-" "0147"
             gap = answer[offsets[t][0]:offsets[t][1]]
             on[t] |= bool(on[t - 1] and on[t + 1] and gap and set(gap) <= _BRIDGE)
-        spans, t = [], 0
-        while t < len(on):
-            if not on[t]:
-                t += 1
-                continue
-            u = t
-            while u + 1 < len(on) and on[u + 1]:
-                u += 1
-            start, end = int(offsets[t][0]), int(offsets[u][1])
+        spans: list[Span] = []
+        for run in _runs(on):
+            start, end = int(offsets[run.start][0]), int(offsets[run.stop - 1][1])
             while start < end and answer[start] in _TRIM:
                 start += 1
             while end > start and answer[end - 1] in _TRIM:
                 end -= 1
             if end > start:
                 start, end = _whole_words(answer, start, end)
-                kind = self.classes_[1 + int(proba[t: u + 1, 1:].sum(0).argmax())]
+                kind = self.classes_[1 + int(proba[run, 1:].sum(0).argmax())]
                 if spans and start < spans[-1].end:  # two runs inside one word: one span
                     start = spans.pop().start
                 spans.append(Span(start, end, kind))
-            t = u + 1
         return spans
 
     def apply(self, prompts: Sequence[str], answers: Sequence[str]) -> list[str]:
@@ -276,13 +269,12 @@ def _whole_words(text: str, start: int, end: int) -> tuple[int, int]:
 
 
 def token_labels(offsets: np.ndarray, spans: Sequence[tuple[int, int, str]], classes: Sequence[str]) -> np.ndarray:
-    """Class index per token: a span's type where the token's visible characters (its leading
-    space aside) overlap the span, else 0 (O)."""
+    """Class index per token: a span's type where the token's characters overlap the span, else
+    0 (O)."""
     y = np.zeros(len(offsets), dtype=np.int64)
+    a, b = offsets[:, 0], offsets[:, 1]
     for start, end, kind in spans:
-        for t, (a, b) in enumerate(offsets):
-            if a < end and b > start and b - a > 0:
-                y[t] = classes.index(kind)
+        y[(a < end) & (b > start) & (b > a)] = classes.index(kind)
     return y
 
 
@@ -321,6 +313,7 @@ def choose_span_threshold(p_span: Sequence[np.ndarray], labels: Sequence[np.ndar
 
 
 def _runs(mask: np.ndarray) -> list[slice]:
+    """The maximal runs of True in `mask`."""
     out, t = [], 0
     while t < len(mask):
         if mask[t]:
