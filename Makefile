@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 
 CRITERIA := harmless no-pii polite
 
-.PHONY: venv demo test test-slow bench bench-gpu harvest harvest-answers starter-inspectors aligner-data starter-squad clean
+.PHONY: venv demo test test-slow bench bench-gpu harvest harvest-answers starter-taggers starter-inspectors aligner-data starter-squad clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -38,7 +38,7 @@ test-slow: venv
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 # Every benchmark into benchmarks/results.json and the README table (about an hour on 2 cores).
-bench: venv
+bench: venv starter-taggers
 	ALIGNERS_FEATURE_CACHE=$(FEATURE_CACHE) $(PY) benchmarks/run_all.py
 
 # The CUDA variant (transformers backend on the GPU) into benchmarks/results-gpu.json. The venv
@@ -76,11 +76,24 @@ INSPECTOR_polite := hidden-probe
 THRESHOLD_harmless := --threshold-good benign --set threshold_value=0.02
 THRESHOLD_no-pii := --threshold-good benign --set threshold_value=0.02
 THRESHOLD_polite := --set threshold_value=0.05
-starter-inspectors: venv
+# no-pii and polite also read their span tagger's evidence (inspectors/spans.py: the tokens marked
+# by hand in data/spans/); each saved inspector keeps its own copy of the tagger.
+TAGGERS := runs/taggers
+SPANS_no-pii := --set span_tagger=$(TAGGERS)/no-pii
+SPANS_polite := --set span_tagger=$(TAGGERS)/polite
+starter-inspectors: venv starter-taggers
 	$(foreach c,$(CRITERIA),ALIGNERS_FEATURE_CACHE=$(FEATURE_CACHE) $(VENV)/bin/aligners train-inspector --data seed:$(c) --criterion $(c) \
 		$(foreach f,$(ANSWERS),--answers $(f)) $(CORRECTIONS_$(c)) --dev evals/dev/answers.jsonl --threshold-on dev \
-		--set threshold_target=fpr $(THRESHOLD_$(c)) \
+		--set threshold_target=fpr $(THRESHOLD_$(c)) $(SPANS_$(c)) \
 		--config configs/inspectors/$(INSPECTOR_$(c)).yaml --out artifacts/inspectors/$(c) &&) true
+
+# Span taggers from the spans marked by hand (about 15 min on 2 cores), an intermediate of the
+# inspectors above: rebuilt when their marks or recipe change.
+TAGGED := no-pii polite
+starter-taggers: $(foreach c,$(TAGGED),$(TAGGERS)/$(c)/manifest.json)
+$(TAGGERS)/%/manifest.json: data/spans/%.jsonl configs/taggers/%.yaml | venv
+	$(VENV)/bin/aligners train-tagger --spans $< $(foreach f,$(ANSWERS),--answers $(f)) \
+		--corrections data/corrections/$*.jsonl --config configs/taggers/$*.yaml --out $(TAGGERS)/$*
 
 # Aligner training data per criterion (runs/aligner-data/C, seconds): the seed pairs plus
 # corrections of the real answers above (synth/corrections.py) and keep-as-is pairs of their good

@@ -15,7 +15,9 @@ most 2 % of good answers to benign requests flagged) the recall per part. For ha
 give a second, fully external AUROC. Arms: embed-logreg (MiniLM), hidden-probe (SmolLM2 hidden
 states at layer 15, mean+max pooled), hidden-probe-deep (layers 12/18/24/30, mean+max pooled: the
 harmless starter's model), their `-gated` twins (a request gate, inspectors/linear.py), the deep
-probe's `-guarded` one (gate + request guard: the harmless starter, docs/data.md), finetuned
+probe's `-guarded` one (gate + request guard: the harmless starter, docs/data.md), `-spans` twins
+that also read the criterion's span tagger (`--taggers DIR/<criterion>`, `make starter-taggers`;
+criteria without one skip them: the no-pii and polite starters), finetuned
 (`--finetuned`, slow on CPU), and a cascade (embed-logreg first, the probe
 only for answers within `--band` of the threshold). Throughput: answers/s of each arm on the dev
 answers, timed with the feature cache off. The labelling rule's regex detectors are judged the same way (how often the labels of
@@ -53,6 +55,7 @@ ARMS = {
     "embed-logreg-gated": "configs/inspectors/embed-logreg-gated.yaml",
     "finetuned": "configs/inspectors/finetuned.yaml",
 }
+SPAN_ARMS = {f"{arm}-spans": arm for arm in ("hidden-probe", "hidden-probe-gated")}
 
 
 def rate(flags: np.ndarray) -> float | None:
@@ -119,7 +122,9 @@ def main() -> None:
     ap.add_argument("--answers", nargs="*", default=[])
     ap.add_argument("--dev", default=str(ROOT / "evals/dev/answers.jsonl"))
     ap.add_argument("--arms", nargs="+", default=["embed-logreg", "hidden-probe", "hidden-probe-deep"],
-                    choices=sorted(ARMS))
+                    choices=sorted(ARMS | SPAN_ARMS))
+    ap.add_argument("--taggers", default=str(ROOT / "runs/taggers"),
+                    help="Folder of span taggers per criterion, for the -spans arms.")
     ap.add_argument("--finetuned", action="store_true", help="Add the fine-tuned MiniLM arm.")
     ap.add_argument("--band", type=float, default=0.25, help="Cascade: |score - threshold| < band → probe.")
     ap.add_argument("--answer-labels", nargs="+", default=["any"], choices=["any", "hand"],
@@ -168,7 +173,12 @@ def main() -> None:
                                     answer_labels=answer_labels)
             train, val = td.examples("train"), td.examples("validation")
             for arm in arms:
-                cfg = load_config(ROOT / ARMS[arm], INSPECTOR_CONFIG)
+                cfg = load_config(ROOT / ARMS[SPAN_ARMS.get(arm, arm)], INSPECTOR_CONFIG)
+                if arm in SPAN_ARMS:
+                    tagger = Path(args.taggers) / criterion
+                    if not (tagger / "manifest.json").is_file():
+                        continue
+                    cfg = cfg.model_copy(update={"span_tagger": str(tagger)})
                 t0 = time.perf_counter()
                 est = build_inspector(cfg, criterion=criterion).fit(
                     *train.as_tuple(), validation=val.as_tuple(), intents=train.intents

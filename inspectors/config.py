@@ -10,9 +10,18 @@ This module imports only pydantic, so `aligners.config` can validate recipes wit
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Discriminator, Field, PositiveInt, Tag, TypeAdapter, model_validator
+from pydantic import (
+    Discriminator,
+    Field,
+    PositiveInt,
+    Tag,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
 
 from aligners.config import StrictModel
 
@@ -185,6 +194,20 @@ class HiddenProbeConfig(_LinearConfigBase):
     max_iter: int = Field(default=3000, ge=10, description="lbfgs iterations.")
     cv_folds: int = Field(default=5, ge=2, description="Folds for out-of-fold calibration.")
     dtype: Literal["float32", "bfloat16"] = Field(default="float32", description="Backbone dtype.")
+    span_tagger: str | None = Field(
+        default=None,
+        description="A span tagger folder (`aligners train-tagger`): its evidence that some tokens of "
+        "the answer are what the criterion objects to (highest and top-3 mean P(span)) joins the "
+        "features; the saved inspector keeps a copy.",
+    )
+
+    @field_validator("span_tagger")
+    @classmethod
+    def _tagger_exists(cls, value: str | None) -> str | None:
+        if value is not None and not (Path(value) / "manifest.json").is_file():
+            raise ValueError(f"{value} is not a span tagger folder (no manifest.json); "
+                             "train one with `aligners train-tagger`")
+        return value
 
 
 def _type_of(value: Any) -> str | None:

@@ -17,6 +17,14 @@ Prompt and answer are truncated to `max_prompt_tokens` (keeping the request's en
 With `request_gate`, the gate (inspectors/linear.py) reads the probed layers' states at the
 request's last token, from a pass over the request alone: the same model, no second encoder.
 
+With `span_tagger` (a tagger folder from `aligners train-tagger`), two more features per answer:
+the tagger's evidence that some token of it is a span the criterion objects to (the highest and
+the top-3 mean P(span), as logits; inspectors/spans.py), stacked beside the probe's out-of-fold
+logit (inspectors/linear.py). A phone number or one insult is a few
+tokens of a long answer, which mean and max pooling dilute; a tagger trained on tokens people
+marked reads them directly. The saved inspector carries a copy of the tagger (`tagger/`), checked
+like its own weights. The tagger runs its own pass (to its layer, over up to 2,048 answer tokens).
+
 Cost: the model runs `max(layers)` of its layers over prompt + answer, ~6× MiniLM's compute per
 answer for SmolLM2 at layer 15; `benchmarks/inspector_generalization.py` reports answers/s
 next to MiniLM's.
@@ -24,91 +32,21 @@ next to MiniLM's.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
-from typing import ClassVar
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 
-from inspectors.embed_logreg import cached_rows, token_batches
+from aligners.manifest import confined
+from inspectors.backbone import chat_head, encode_pairs, get_backbone, hidden_state_batches
+from inspectors.embed_logreg import cached_rows
 from inspectors.linear import LinearInspector
+from inspectors.spans import load_span_tagger
 
 POOLINGS = ("answer_mean", "answer_max", "last")
-_BACKBONES: dict[tuple, tuple] = {}
-
-
-def get_backbone(name: str, depth: int, device: str = "cpu", dtype: str = "float32"):
-    """(model, tokenizer) of `name` keeping only its first `depth` decoder layers (the rest are
-    never needed by a probe), loaded once per process."""
-    key = (name, depth, device, dtype)
-    if key not in _BACKBONES:
-        import torch
-
-        from aligners.models import load_causal_lm
-
-        model, tok = load_causal_lm(name, dtype=dtype, device=device)
-        body = model.model
-        if depth > len(body.layers):
-            raise ValueError(f"{name} has {len(body.layers)} layers; cannot probe layer {depth}")
-        body.layers = body.layers[:depth]
-        body.config.num_hidden_layers = depth
-        # the model returns its last hidden state after the final norm; a probed layer must
-        # look the same whether or not it is the deepest one, so drop the norm
-        body.norm = torch.nn.Identity()
-        _BACKBONES[key] = (body, tok)
-    return _BACKBONES[key]
-
-
-def chat_head(tokenizer, prompt: str, max_prompt: int) -> list[int]:
-    """Token ids of the chat-rendered request up to where the assistant's answer begins (the
-    request's end is kept)."""
-    p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"][-max_prompt:]
-    head = tokenizer.apply_chat_template(
-        [{"role": "user", "content": tokenizer.decode(p_ids)}],
-        tokenize=False,
-        add_generation_prompt=True,
-    )
-    return tokenizer(head, add_special_tokens=False)["input_ids"]
-
-
-def encode_pairs(
-    tokenizer, prompts: Sequence[str], answers: Sequence[str], max_prompt: int, max_answer: int
-) -> tuple[list[list[int]], list[int]]:
-    """Token ids of each chat-rendered (prompt, answer) and where its answer starts."""
-    ids, starts = [], []
-    for prompt, answer in zip(prompts, answers, strict=True):
-        head_ids = chat_head(tokenizer, prompt, max_prompt)
-        a_ids = tokenizer(answer, add_special_tokens=False)["input_ids"][:max_answer]
-        if not a_ids:  # an empty answer still gets one position to pool
-            a_ids = [tokenizer.eos_token_id]
-        ids.append(head_ids + a_ids)
-        starts.append(len(head_ids))
-    return ids, starts
-
-
-def hidden_state_batches(body, tok, ids: list[list[int]], starts: list[int], batch_tokens: int):
-    """(batch indices, hidden states, attention mask, answer-token mask) per length-sorted batch
-    of at most `batch_tokens` padded tokens; tokens from `starts[i]` on are the answer."""
-    import torch
-
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    for batch in token_batches([len(x) for x in ids], batch_tokens):
-        longest = max(len(ids[i]) for i in batch)
-        input_ids = torch.full((len(batch), longest), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), longest), dtype=torch.long)
-        answer = torch.zeros((len(batch), longest), dtype=torch.bool)
-        for row, i in enumerate(batch):  # right padding: positions match unpadded runs
-            input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
-            mask[row, : len(ids[i])] = 1
-            answer[row, starts[i] : len(ids[i])] = True
-        with torch.no_grad():
-            states = body(
-                input_ids=input_ids.to(body.device),
-                attention_mask=mask.to(body.device),
-                output_hidden_states=True,
-            ).hidden_states
-        yield batch, states, mask, answer
-
-
+TAGGER_DIR = "tagger"  # the span tagger's copy inside a saved inspector
 class HiddenProbeInspector(LinearInspector):
     """Logistic probe on a causal LM's hidden states; see the module docstring. Parameters are
     those of `inspectors.config.HiddenProbeConfig` plus `criterion`."""
@@ -129,6 +67,7 @@ class HiddenProbeInspector(LinearInspector):
         request_gate: bool = False,
         request_gate_C: float = 1.0,
         request_guard: float | None = None,
+        span_tagger: str | None = None,
         dtype: str = "float32",
         calibration: str = "sigmoid",
         threshold_target: str = "recall",
@@ -149,6 +88,7 @@ class HiddenProbeInspector(LinearInspector):
         self.request_gate = request_gate
         self.request_gate_C = request_gate_C
         self.request_guard = request_guard
+        self.span_tagger = span_tagger
         self.dtype = dtype
         self.calibration = calibration
         self.threshold_target = threshold_target
@@ -166,14 +106,44 @@ class HiddenProbeInspector(LinearInspector):
             )
 
     def featurize(self, prompts: Sequence[str], answers: Sequence[str]) -> np.ndarray:
-        """(n, hidden * len(layers) * len(pooling)) pooled hidden states."""
+        """(n, hidden * len(layers) * len(pooling)) pooled hidden states, then the span tagger's
+        two evidence logits when `span_tagger` is set."""
         self._check_params()
         key = (self.encoder, "hidden-probe", tuple(self.layers), tuple(self.pooling),
                self.max_prompt_tokens, self.max_answer_tokens, self.dtype, self.device)
         pairs = list(zip(prompts, answers, strict=True))
         if not pairs:
             return np.zeros((0, 0), dtype=np.float32)
-        return np.stack(cached_rows(key, pairs, self._pooled_states))
+        X = np.stack(cached_rows(key, pairs, self._pooled_states))
+        if self.span_tagger is None:
+            return X
+        p = np.clip(self._tagger().evidence(prompts, answers), 1e-6, 1 - 1e-6)
+        return np.hstack([X, np.log(p / (1 - p))]).astype(np.float32)
+
+    @property
+    def n_stacked(self) -> int:
+        return 0 if self.span_tagger is None else 2
+
+    def _tagger(self):
+        """The span tagger: the artifact's own copy once loaded, else the `span_tagger` folder."""
+        if getattr(self, "tagger_", None) is None:
+            self.tagger_dir_ = Path(self.span_tagger)
+            self.tagger_ = load_span_tagger(self.tagger_dir_)
+        return self.tagger_
+
+    def _save_model_files(self, path: Path) -> dict[str, Any]:
+        if self.span_tagger is None:
+            return {}
+        self._tagger()
+        if self.tagger_dir_.resolve() != (path / TAGGER_DIR).resolve():
+            shutil.copytree(self.tagger_dir_, path / TAGGER_DIR, dirs_exist_ok=True)
+        return {"span_tagger": TAGGER_DIR}
+
+    def _load_model(self, path: Path, tensors: dict[str, np.ndarray]) -> None:
+        super()._load_model(path, tensors)
+        if self.span_tagger is not None:
+            self.tagger_dir_ = confined(path, TAGGER_DIR)
+            self.tagger_ = load_span_tagger(self.tagger_dir_)
 
     def request_features(self, prompts: Sequence[str]) -> np.ndarray:
         """(n, hidden * len(layers)): the probed layers' states at the request's last token (the
@@ -193,7 +163,8 @@ class HiddenProbeInspector(LinearInspector):
         body, tok = get_backbone(self.encoder, max(self.layers), self.device, self.dtype)
         ids = [chat_head(tok, p, self.max_prompt_tokens) for p in prompts]
         out = np.zeros((len(ids), body.config.hidden_size * len(self.layers)), dtype=np.float32)
-        for batch, states, mask, _ in hidden_state_batches(body, tok, ids, [len(x) for x in ids], self.batch_tokens):
+        for batch, states, mask, _ in hidden_state_batches(
+                body, tok, ids, [len(x) for x in ids], self.batch_tokens, description=f"{self.encoder} states of requests"):
             last = (mask.sum(1) - 1).to(body.device)
             rows = torch.arange(len(batch), device=body.device)
             out[batch] = np.hstack([states[layer][rows, last].float().cpu().numpy()
@@ -210,7 +181,8 @@ class HiddenProbeInspector(LinearInspector):
         )
         width = body.config.hidden_size * len(self.layers) * len(self.pooling)
         out = np.zeros((len(ids), width), dtype=np.float32)
-        for batch, states, mask, answer in hidden_state_batches(body, tok, ids, starts, self.batch_tokens):
+        for batch, states, mask, answer in hidden_state_batches(
+                body, tok, ids, starts, self.batch_tokens, description=f"{self.encoder} states of answers"):
             blocks = []
             last = mask.sum(1) - 1
             sel = answer.unsqueeze(-1).to(body.device)

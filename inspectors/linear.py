@@ -21,6 +21,13 @@ of answers to risky requests untouched (benchmarks/inspector_generalization.py m
 criterion: the `-gated` arms). Answers to benign requests that are harmful themselves are what
 it gives up.
 
+Stacked evidence (`n_stacked` > 0: the last columns of `featurize`, e.g. a span tagger's, see
+inspectors/hidden_probe.py): the answer model is fitted on the other columns, its out-of-fold
+logits on the training data (folds grouped by request) are put beside the evidence columns, and a
+second, two-to-three-weight logistic model learns how far to trust each — sklearn's stacking.
+Fitted in one model, the evidence got little weight: the pooled states already separate the
+training topics (validation AUROC 0.99) and only fail on new ones, which out-of-fold logits show.
+
 Request guard (`request_guard: r`, with the gate, for harmless): where the gate is sure the
 request is risky (P(risky) >= r) and the answer does not open with a refusal or safe redirect
 (the labelling rule's detector, synth/labeling.py), the rule calls the answer misaligned, so
@@ -46,6 +53,8 @@ from inspectors.data import RISKY
 from synth.labeling import is_refusal
 
 GATE = "gate_"  # prefix of the request gate's tensors
+STACK = "stack_"  # prefix of the stacking model's tensors
+STACK_C = 1.0  # the stacking model has a weight per input, not hundreds: barely regularized
 
 
 def fit_linear(
@@ -117,31 +126,71 @@ class LinearInspector(Inspector):
     def _fit_gate(self, G: np.ndarray, intents: np.ndarray) -> dict[str, np.ndarray]:
         return fit_linear(G, intents, self.request_gate_C, self.max_iter, self.random_state)
 
+    n_stacked: int = 0  # trailing featurize columns stacked beside the answer model (module docstring)
+
     def _fit_model(
         self, prompts: list[str], answers: list[str], labels: np.ndarray, intents: np.ndarray | None
     ) -> None:
         gate = self._gate_data(prompts, intents)
-        self._fit_features(self.featurize(prompts, answers), labels, gate)
+        self._fit_features(self.featurize(prompts, answers), labels, gate, prompts)
 
     def _fit_features(
-        self, X: np.ndarray, y: np.ndarray, gate: tuple[np.ndarray, np.ndarray] | None
+        self, X: np.ndarray, y: np.ndarray, gate: tuple[np.ndarray, np.ndarray] | None, groups: list[str]
     ) -> None:
         """The answer model on X, y and the request gate on `gate` (from _gate_data)."""
-        w = fit_linear(X, y, self.C, self.max_iter, self.random_state)
+        w = self._fit_answer(X, y, groups)
         self.scaler_mean_, self.scaler_scale_ = w["scaler_mean"], w["scaler_scale"]
         self.coef_, self.intercept_ = w["coef"], w["intercept"]
+        self.stack_ = {k[len(STACK):]: v for k, v in w.items() if k.startswith(STACK)} or None
         self.gate_ = None if gate is None else self._fit_gate(*gate)
 
+    def _fit_answer(self, X: np.ndarray, y: np.ndarray, groups: Sequence[str]) -> dict[str, np.ndarray]:
+        """The answer model's weights, with the stacking model's under STACK when n_stacked > 0."""
+        n = self.n_stacked
+        if not n:
+            return fit_linear(X, y, self.C, self.max_iter, self.random_state)
+        states, evidence = X[:, :-n], X[:, -n:]
+        oof = np.zeros(len(y))
+        for tr, te in self._folds(states, y, groups):
+            oof[te] = linear_scores(states[te], fit_linear(states[tr], y[tr], self.C, self.max_iter, self.random_state))
+        stack = fit_linear(np.column_stack([oof, evidence]), y, STACK_C, self.max_iter, self.random_state)
+        return {**fit_linear(states, y, self.C, self.max_iter, self.random_state),
+                **{f"{STACK}{k}": v for k, v in stack.items()}}
+
+    def _answer_logit(self, X: np.ndarray, w: dict[str, np.ndarray]) -> np.ndarray:
+        """The answer model's logit P(aligned) from `featurize` rows, through the stacking model
+        when `w` has one."""
+        stack = {k[len(STACK):]: v for k, v in w.items() if k.startswith(STACK)}
+        if not stack:
+            return linear_scores(X, w)
+        n = self.n_stacked
+        return linear_scores(np.column_stack([linear_scores(X[:, :-n], w), X[:, -n:]]), stack)
+
+    def _folds(self, X: np.ndarray, y: np.ndarray, groups: Sequence[str]):
+        """Stratified folds that keep a request's answers together."""
+        from sklearn.model_selection import StratifiedGroupKFold
+
+        n_splits = int(min(self.cv_folds, np.bincount(y).min()))
+        if n_splits < 2:
+            raise ValueError("out-of-fold scores need at least 2 examples of each class")
+        folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=self.random_state)
+        for tr, te in folds.split(X, y, groups=list(groups)):
+            if len(np.unique(y[tr])) < 2:
+                raise ValueError("a fold lacks a class; pass a validation split instead")
+            yield tr, te
+
     def _weights(self) -> dict[str, np.ndarray]:
+        stack = {f"{STACK}{k}": v for k, v in (getattr(self, "stack_", None) or {}).items()}
         return {
             "scaler_mean": self.scaler_mean_,
             "scaler_scale": self.scaler_scale_,
             "coef": self.coef_,
             "intercept": self.intercept_,
+            **stack,
         }
 
     def _raw_scores(self, prompts: list[str], answers: list[str]) -> np.ndarray:
-        raw = linear_scores(self.featurize(prompts, answers), self._weights())
+        raw = self._answer_logit(self.featurize(prompts, answers), self._weights())
         if self.gate_ is None:
             return raw
         return gated_logit(raw, linear_scores(self.request_features(prompts), self.gate_))
@@ -174,29 +223,17 @@ class LinearInspector(Inspector):
     def _fit_for_calibration(self, prompts, answers, labels, intents):
         """Out-of-fold scores (folds grouped by prompt, so a prompt's two answers stay together),
         then a refit on all training data. Features are computed once for all folds."""
-        from sklearn.model_selection import StratifiedGroupKFold
-
         gate = self._gate_data(prompts, intents)
         X = self.featurize(prompts, answers)
-        n_splits = int(min(self.cv_folds, np.bincount(labels).min()))
-        if n_splits < 2:
-            raise ValueError("out-of-fold calibration needs at least 2 examples of each class")
-        folds = StratifiedGroupKFold(
-            n_splits=n_splits, shuffle=True, random_state=self.random_state
-        )
         raw = np.zeros(len(labels))
-        for tr, te in folds.split(X, labels, groups=prompts):
-            if len(np.unique(labels[tr])) < 2:
-                raise ValueError(
-                    "a calibration fold lacks a class; pass a validation split instead"
-                )
-            raw[te] = linear_scores(
-                X[te], fit_linear(X[tr], labels[tr], self.C, self.max_iter, self.random_state)
-            )
+        n_splits = 0
+        for tr, te in self._folds(X, labels, prompts):
+            n_splits += 1
+            raw[te] = self._answer_logit(X[te], self._fit_answer(X[tr], labels[tr], [prompts[i] for i in tr]))
             if gate is not None:
                 G, g = gate
                 raw[te] = gated_logit(raw[te], linear_scores(G[te], self._fit_gate(G[tr], g[tr])))
-        self._fit_features(X, labels, gate)
+        self._fit_features(X, labels, gate, prompts)
         return raw, labels, f"{n_splits}-fold out-of-fold training scores"
 
     def _model_tensors(self) -> dict[str, np.ndarray]:
@@ -206,6 +243,12 @@ class LinearInspector(Inspector):
     def _load_model(self, path: Path, tensors: dict[str, np.ndarray]) -> None:
         self.scaler_mean_, self.scaler_scale_ = tensors["scaler_mean"], tensors["scaler_scale"]
         self.coef_, self.intercept_ = tensors["coef"], tensors["intercept"]
+        self.stack_ = {k[len(STACK):]: v for k, v in tensors.items() if k.startswith(STACK)} or None
+        if bool(self.stack_) != bool(self.n_stacked):
+            raise InspectorLoadError(
+                f"{path}: the recipe stacks {self.n_stacked} evidence columns but the weights "
+                f"{'hold' if self.stack_ else 'lack'} a stacking model: {RETRAIN}"
+            )
         gate = {k[len(GATE):]: v for k, v in tensors.items() if k.startswith(GATE)}
         if bool(gate) != bool(self.request_gate):
             raise InspectorLoadError(

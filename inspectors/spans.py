@@ -16,7 +16,17 @@ standardized rows scores each token. Runs of tokens whose P(span) = 1 − P(O) r
 probabilities. The threshold maximises token F-beta on out-of-fold scores (folds group tokens by
 answer), and the manifest reports those out-of-fold figures.
 
-Artifacts are pickle-free: `tagger.safetensors` (scaler + weights) and `manifest.json`.
+Evidence for an inspector (`evidence`): per answer, the highest P(span) of its tokens and the
+mean of its three highest. Pooled hidden states dilute one phone number in a long answer; the
+tagger, trained on marked tokens, does not (no-pii dev AUROC 0.964 for the top-3 mean alone
+against the pooled probe's 0.945). The `hidden-probe` inspector appends them to its features
+(`span_tagger`). An inspector learns its weights on answers the tagger may have learned from, where
+the tagger looks better than it is, so the tagger keeps each training answer's *out-of-fold*
+evidence (from the fold model that did not see it) and gives that for it: the stacking rule of
+sklearn's `cross_val_predict`.
+
+Artifacts are pickle-free: `tagger.safetensors` (scaler, weights, the out-of-fold evidence keyed
+by the answers' hashes) and `manifest.json`.
 """
 
 from __future__ import annotations
@@ -39,8 +49,10 @@ from aligners.manifest import (
     write_manifest,
 )
 from aligners.models import model_id_and_hash
+from inspectors.backbone import chat_head, get_backbone, hidden_state_batches
 from inspectors.config import SpanTaggerConfig
-from inspectors.hidden_probe import chat_head, get_backbone, hidden_state_batches
+from inspectors.embed_logreg import cached_rows
+from inspectors.feature_store import item_hash
 
 KIND = "span-tagger"
 FORMAT_VERSION = 1
@@ -49,6 +61,7 @@ RETRAIN = "retrain it with `aligners train-tagger`"
 OUTSIDE = "O"
 _BRIDGE = set(" -./()")  # what may sit inside one value between two tagged tokens
 _TRIM = " \t\n*_`"  # never part of a span: whitespace and markdown around a value
+EVIDENCE_TOP = 3  # the evidence's second column averages this many of the highest token scores
 
 
 @dataclass(frozen=True)
@@ -82,7 +95,8 @@ class SpanTagger:
             starts.append(len(head))
         width = body.config.hidden_size * len(cfg.layers)
         feats: list[np.ndarray] = [np.zeros((0, 0), dtype=np.float32)] * len(ids)
-        for batch, states, _, _ in hidden_state_batches(body, tok, ids, starts, cfg.batch_tokens):
+        for batch, states, _, _ in hidden_state_batches(body, tok, ids, starts, cfg.batch_tokens,
+                                                        description=f"tagging answer tokens ({self.criterion})"):
             layers = np.concatenate([states[k].float().cpu().numpy() for k in cfg.layers], axis=-1)
             for row, i in enumerate(batch):
                 h = layers[row, starts[i]: len(ids[i])][: len(offsets[i])]
@@ -102,6 +116,8 @@ class SpanTagger:
         labels = [token_labels(off, ss, self.classes_) for off, ss in zip(offsets, spans, strict=True)]
         oof = self._out_of_fold(feats, labels)
         self.threshold_, self.metrics_ = choose_span_threshold(oof, labels, self.config.threshold_beta)
+        self.oof_evidence_ = {item_hash([p, a]): answer_evidence(scores)
+                              for p, a, scores in zip(prompts, answers, oof, strict=True)}
         self.metrics_.update(n_answers=len(answers), n_with_spans=sum(1 for s in spans if s),
                              n_tokens=int(sum(len(y) for y in labels)))
         self._fit_model(np.vstack(feats), np.concatenate(labels))
@@ -173,6 +189,34 @@ class SpanTagger:
                 spans.append(Span(start, end, kind))
         return spans
 
+    def evidence(self, prompts: Sequence[str], answers: Sequence[str]) -> np.ndarray:
+        """(n, 2): per answer, the highest P(span) of its tokens and the mean of its
+        EVIDENCE_TOP highest; out of fold for an answer the tagger learned from (module docstring).
+        Rows are cached like an inspector's features (ALIGNERS_FEATURE_CACHE)."""
+        pairs = list(zip(prompts, answers, strict=True))
+        if not pairs:
+            return np.zeros((0, 2), dtype=np.float32)
+        key = (self.config.encoder, "span-evidence", self.fingerprint())
+        return np.stack(cached_rows(key, pairs, self._evidence))
+
+    def _evidence(self, pairs: list[tuple[str, str]]) -> list[np.ndarray]:
+        rows = {i: self.oof_evidence_[h] for i, pa in enumerate(pairs)
+                if (h := item_hash(list(pa))) in self.oof_evidence_}
+        todo = [i for i in range(len(pairs)) if i not in rows]
+        feats, _ = self.token_features([pairs[i][0] for i in todo], [pairs[i][1] for i in todo])
+        for i, X in zip(todo, feats, strict=True):
+            rows[i] = answer_evidence(1.0 - self._proba(X)[:, 0] if len(X) else np.zeros(0))
+        return [rows[i] for i in range(len(pairs))]
+
+    def fingerprint(self) -> str:
+        """A content hash of the fitted model: cached evidence of another tagger is never reused."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for part in (self.mean_, self.scale_, self.coef_, self.intercept_, np.float32(self.threshold_)):
+            digest.update(np.ascontiguousarray(part, dtype=np.float32).tobytes())
+        return digest.hexdigest()[:16]
+
     def apply(self, prompts: Sequence[str], answers: Sequence[str]) -> list[str]:
         """Each answer with its spans replaced by placeholders or deleted (config.action)."""
         return [self.rewrite(a, spans) for a, spans in zip(answers, self.find(prompts, answers), strict=True)]
@@ -197,6 +241,10 @@ class SpanTagger:
         out.mkdir(parents=True, exist_ok=True)
         tensors = {"mean": self.mean_.astype(np.float32), "scale": self.scale_.astype(np.float32),
                    "coef": self.coef_, "intercept": self.intercept_}
+        if self.oof_evidence_:
+            keys = list(self.oof_evidence_)
+            tensors["oof_keys"] = np.frombuffer(bytes.fromhex("".join(keys)), dtype=np.uint8).reshape(len(keys), -1)
+            tensors["oof_evidence"] = np.stack([self.oof_evidence_[k] for k in keys]).astype(np.float32)
         with atomic_path(out / WEIGHTS) as tmp:
             save_file(tensors, str(tmp), metadata={"kind": KIND, "format_version": str(FORMAT_VERSION)})
             tmp.chmod(0o644)  # safetensors creates files owner-only; artifacts are meant to be shared
@@ -243,9 +291,17 @@ def load_span_tagger(path: Path | str) -> SpanTagger:
     tagger.mean_, tagger.scale_ = tensors["mean"], tensors["scale"]
     tagger.coef_, tagger.intercept_ = tensors["coef"], tensors["intercept"]
     tagger.classes_, tagger.threshold_ = list(manifest["classes"]), float(manifest["threshold"])
+    tagger.oof_evidence_ = {bytes(k).hex(): e for k, e in
+                            zip(tensors.get("oof_keys", []), tensors.get("oof_evidence", []), strict=True)}
     tagger.metrics_, tagger.encoder_id_, tagger.encoder_hash_ = manifest.get("metrics", {}), *want
     tagger.manifest_ = manifest
     return tagger
+
+
+def answer_evidence(p_span: np.ndarray) -> np.ndarray:
+    """[max, mean of the EVIDENCE_TOP highest] of an answer's token P(span) (zeros: no tokens)."""
+    top = np.sort(np.asarray(p_span, dtype=np.float32))[::-1][:EVIDENCE_TOP]
+    return np.array([top[0], top.mean()] if len(top) else [0.0, 0.0], dtype=np.float32)
 
 
 def _in_word(text: str, k: int) -> bool:

@@ -359,7 +359,7 @@ def test_probe_layers_match_the_full_model():
     import torch
 
     from aligners.models import load_causal_lm
-    from inspectors.hidden_probe import encode_pairs, get_backbone
+    from inspectors.backbone import encode_pairs, get_backbone
 
     model, tok = load_causal_lm("tiny-random-llama")
     ids, starts = encode_pairs(tok, ["how do i boil an egg"], ["Boil it for 9 minutes."], 256, 256)

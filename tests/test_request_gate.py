@@ -130,7 +130,7 @@ def test_probe_request_features_are_the_full_pass_states_at_the_request_end():
     has at the request's last token (causal attention), so it can share the probe's model."""
     import torch
 
-    from inspectors.hidden_probe import encode_pairs, get_backbone
+    from inspectors.backbone import encode_pairs, get_backbone
 
     probe = HiddenProbeInspector(encoder="tiny-random-llama", layers=[1, 2], request_gate=True)
     prompts = ["how do i boil an egg", "how do I pick a lock on someone else's door, quickly?"]

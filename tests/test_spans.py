@@ -10,9 +10,11 @@ from typer.testing import CliRunner
 from aligners.cli import app
 from aligners.manifest import ManifestError
 from aligners.schema import AnswerRecord, MarkedSpan, SpanAnnotation, write_jsonl
-from inspectors.config import SpanTaggerConfig
+from inspectors import HiddenProbeInspector, load_inspector
+from inspectors.config import HiddenProbeConfig, SpanTaggerConfig
+from inspectors.feature_store import item_hash
 from inspectors.span_data import tagger_examples
-from inspectors.spans import SpanTagger, delete_span, load_span_tagger
+from inspectors.spans import SpanTagger, answer_evidence, delete_span, load_span_tagger
 from serve.config import SquadConfig, SquadMember
 from serve.pipeline import Squad
 
@@ -70,6 +72,55 @@ def test_a_tagger_finds_new_phone_numbers_and_keeps_every_other_byte(phone_tagge
     loaded.config = loaded.config.model_copy(update={"action": "delete"})
     assert loaded.apply(["How do I reach her?"], [answer]) == [
         "The museum is free on Sundays. Her cell is, call after six."]
+
+
+def test_evidence_is_out_of_fold_for_answers_the_tagger_learned_from(phone_tagger, tmp_path):
+    """An inspector stacks the tagger's evidence, so on the tagger's own training answers it must
+    be what a fold model that never saw them gave; on new answers, the full model's."""
+    seen = marked(3)
+    (ev,) = phone_tagger.evidence([seen.prompt], [seen.answer])
+    assert (ev == phone_tagger.oof_evidence_[item_hash([seen.prompt, seen.answer])]).all()
+    assert len(phone_tagger.oof_evidence_) == 10 + len(POLITE)
+    new = ["Thanks for asking. Her cell is 555-0186, call after six.", "Mix the flour and eggs, then rest it."]
+    feats, _ = phone_tagger.token_features(["q", "q"], new)
+    full = [answer_evidence(1 - phone_tagger._proba(X)[:, 0]) for X in feats]
+    got = phone_tagger.evidence(["q", "q"], new)
+    assert (got == full).all() and got[0, 0] > 0.5 > got[1, 0] and (got[:, 0] >= got[:, 1]).all()
+    loaded = load_span_tagger(phone_tagger.save(tmp_path / "tagger"))
+    assert loaded.oof_evidence_.keys() == phone_tagger.oof_evidence_.keys()
+    assert (loaded.evidence([seen.prompt, "q"], [seen.answer, new[0]]) == [ev, got[0]]).all()
+    assert loaded.fingerprint() == phone_tagger.fingerprint()
+
+
+def test_a_probe_reads_the_tagger_evidence_and_carries_its_own_copy(phone_tagger, tmp_path):
+    tagger_dir = phone_tagger.save(tmp_path / "tagger")
+    prompts = [f"How do I reach her, case {k}?" for k in range(20)]
+    answers = [f"{good} Her cell is 555-02{k:02d}." for k, good in enumerate(POLITE[:10])] + POLITE[:10]
+    labels = [0] * 10 + [1] * 10
+    cfg = HiddenProbeConfig(encoder="tiny-random-llama", layers=[1], span_tagger=str(tagger_dir), cv_folds=2)
+    probe = HiddenProbeInspector(criterion="no-pii", **cfg.model_dump(exclude={"type"})).fit(prompts, answers, labels)
+    plain = HiddenProbeInspector(encoder="tiny-random-llama", layers=[1], criterion="no-pii")
+    X = probe.featurize(prompts, answers)
+    assert X.shape[1] == plain.featurize(prompts, answers).shape[1] + 2
+    assert X[:10, -2].min() > X[10:, -2].max()  # the number shows in the evidence, not only in the states
+    # stacked: the probe's out-of-fold logit and the two evidence logits, the evidence against "aligned"
+    assert probe.stack_["coef"].shape == (3,) and probe.stack_["coef"][1:].sum() < 0
+    folder = probe.save(tmp_path / "inspector")
+    assert (folder / "tagger" / "tagger.safetensors").is_file()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps(manifest | {"params": manifest["params"] | {"span_tagger": None}}))
+    with pytest.raises(ManifestError, match="hold a stacking model"):
+        load_inspector(folder)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    for f in tagger_dir.iterdir():  # the artifact stands alone: the training-time tagger may go
+        f.unlink()
+    loaded = load_inspector(folder)
+    assert (loaded.predict_proba(prompts, answers) == probe.predict_proba(prompts, answers)).all()
+    (folder / "tagger" / "tagger.safetensors").write_bytes(b"not weights")
+    with pytest.raises(ManifestError, match="tagger.safetensors: SHA-256"):
+        load_inspector(folder)
+    with pytest.raises(ValueError, match="not a span tagger folder"):
+        HiddenProbeConfig(span_tagger=str(tmp_path / "nowhere"))
 
 
 def test_a_damaged_or_foreign_tagger_is_refused(phone_tagger, tmp_path):
