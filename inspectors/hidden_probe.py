@@ -47,6 +47,8 @@ from inspectors.spans import load_span_tagger
 
 POOLINGS = ("answer_mean", "answer_max", "last")
 TAGGER_DIR = "tagger"  # the span tagger's copy inside a saved inspector
+
+
 class HiddenProbeInspector(LinearInspector):
     """Logistic probe on a causal LM's hidden states; see the module docstring. Parameters are
     those of `inspectors.config.HiddenProbeConfig` plus `criterion`."""

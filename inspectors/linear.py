@@ -24,7 +24,7 @@ it gives up.
 Stacked evidence (`n_stacked` > 0: the last columns of `featurize`, e.g. a span tagger's, see
 inspectors/hidden_probe.py): the answer model is fitted on the other columns, its out-of-fold
 logits on the training data (folds grouped by request) are put beside the evidence columns, and a
-second, two-to-three-weight logistic model learns how far to trust each — sklearn's stacking.
+second logistic model with one weight per input learns how far to trust each: sklearn's stacking.
 Fitted in one model, the evidence got little weight: the pooled states already separate the
 training topics (validation AUROC 0.99) and only fail on new ones, which out-of-fold logits show.
 
@@ -99,6 +99,7 @@ class LinearInspector(Inspector):
     cv_folds: int
     request_gate: bool
     request_gate_C: float
+    n_stacked: int = 0  # trailing featurize columns stacked beside the answer model (module docstring)
 
     def featurize(self, prompts: Sequence[str], answers: Sequence[str]) -> np.ndarray:
         raise NotImplementedError
@@ -125,8 +126,6 @@ class LinearInspector(Inspector):
 
     def _fit_gate(self, G: np.ndarray, intents: np.ndarray) -> dict[str, np.ndarray]:
         return fit_linear(G, intents, self.request_gate_C, self.max_iter, self.random_state)
-
-    n_stacked: int = 0  # trailing featurize columns stacked beside the answer model (module docstring)
 
     def _fit_model(
         self, prompts: list[str], answers: list[str], labels: np.ndarray, intents: np.ndarray | None
@@ -180,7 +179,7 @@ class LinearInspector(Inspector):
             yield tr, te
 
     def _weights(self) -> dict[str, np.ndarray]:
-        stack = {f"{STACK}{k}": v for k, v in (getattr(self, "stack_", None) or {}).items()}
+        stack = {f"{STACK}{k}": v for k, v in (self.stack_ or {}).items()}
         return {
             "scaler_mean": self.scaler_mean_,
             "scaler_scale": self.scaler_scale_,
