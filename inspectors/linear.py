@@ -137,30 +137,31 @@ class LinearInspector(Inspector):
         self, X: np.ndarray, y: np.ndarray, gate: tuple[np.ndarray, np.ndarray] | None, groups: list[str]
     ) -> None:
         """The answer model on X, y and the request gate on `gate` (from _gate_data)."""
-        w = self._fit_answer(X, y, groups)
+        w, self.stack_ = self._fit_answer(X, y, groups)
         self.scaler_mean_, self.scaler_scale_ = w["scaler_mean"], w["scaler_scale"]
         self.coef_, self.intercept_ = w["coef"], w["intercept"]
-        self.stack_ = {k[len(STACK):]: v for k, v in w.items() if k.startswith(STACK)} or None
         self.gate_ = None if gate is None else self._fit_gate(*gate)
 
-    def _fit_answer(self, X: np.ndarray, y: np.ndarray, groups: Sequence[str]) -> dict[str, np.ndarray]:
-        """The answer model's weights, with the stacking model's under STACK when n_stacked > 0."""
+    def _fit_answer(
+        self, X: np.ndarray, y: np.ndarray, groups: Sequence[str]
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+        """The answer model's weights and the stacking model's (None when n_stacked is 0)."""
         n = self.n_stacked
         if not n:
-            return fit_linear(X, y, self.C, self.max_iter, self.random_state)
+            return fit_linear(X, y, self.C, self.max_iter, self.random_state), None
         states, evidence = X[:, :-n], X[:, -n:]
         oof = np.zeros(len(y))
         for tr, te in self._folds(states, y, groups):
             oof[te] = linear_scores(states[te], fit_linear(states[tr], y[tr], self.C, self.max_iter, self.random_state))
         stack = fit_linear(np.column_stack([oof, evidence]), y, STACK_C, self.max_iter, self.random_state)
-        return {**fit_linear(states, y, self.C, self.max_iter, self.random_state),
-                **{f"{STACK}{k}": v for k, v in stack.items()}}
+        return fit_linear(states, y, self.C, self.max_iter, self.random_state), stack
 
-    def _answer_logit(self, X: np.ndarray, w: dict[str, np.ndarray]) -> np.ndarray:
+    def _answer_logit(
+        self, X: np.ndarray, w: dict[str, np.ndarray], stack: dict[str, np.ndarray] | None
+    ) -> np.ndarray:
         """The answer model's logit P(aligned) from `featurize` rows, through the stacking model
-        when `w` has one."""
-        stack = {k[len(STACK):]: v for k, v in w.items() if k.startswith(STACK)}
-        if not stack:
+        when there is one."""
+        if stack is None:
             return linear_scores(X, w)
         n = self.n_stacked
         return linear_scores(np.column_stack([linear_scores(X[:, :-n], w), X[:, -n:]]), stack)
@@ -179,17 +180,15 @@ class LinearInspector(Inspector):
             yield tr, te
 
     def _weights(self) -> dict[str, np.ndarray]:
-        stack = {f"{STACK}{k}": v for k, v in (self.stack_ or {}).items()}
         return {
             "scaler_mean": self.scaler_mean_,
             "scaler_scale": self.scaler_scale_,
             "coef": self.coef_,
             "intercept": self.intercept_,
-            **stack,
         }
 
     def _raw_scores(self, prompts: list[str], answers: list[str]) -> np.ndarray:
-        raw = self._answer_logit(self.featurize(prompts, answers), self._weights())
+        raw = self._answer_logit(self.featurize(prompts, answers), self._weights(), self.stack_)
         if self.gate_ is None:
             return raw
         return gated_logit(raw, linear_scores(self.request_features(prompts), self.gate_))
@@ -228,7 +227,7 @@ class LinearInspector(Inspector):
         n_splits = 0
         for tr, te in self._folds(X, labels, prompts):
             n_splits += 1
-            raw[te] = self._answer_logit(X[te], self._fit_answer(X[tr], labels[tr], [prompts[i] for i in tr]))
+            raw[te] = self._answer_logit(X[te], *self._fit_answer(X[tr], labels[tr], [prompts[i] for i in tr]))
             if gate is not None:
                 G, g = gate
                 raw[te] = gated_logit(raw[te], linear_scores(G[te], self._fit_gate(G[tr], g[tr])))
@@ -237,7 +236,8 @@ class LinearInspector(Inspector):
 
     def _model_tensors(self) -> dict[str, np.ndarray]:
         gate = {f"{GATE}{k}": v for k, v in (self.gate_ or {}).items()}
-        return {**self._weights(), **gate}
+        stack = {f"{STACK}{k}": v for k, v in (self.stack_ or {}).items()}
+        return {**self._weights(), **gate, **stack}
 
     def _load_model(self, path: Path, tensors: dict[str, np.ndarray]) -> None:
         self.scaler_mean_, self.scaler_scale_ = tensors["scaler_mean"], tensors["scaler_scale"]
