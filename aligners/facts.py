@@ -27,14 +27,14 @@ _FACT = re.compile(
 _NOT_NAMES = {"I", "I'm", "I'd", "I'll", "I've", "OK", "Okay"}
 # "[NAME]", "[DATE OF BIRTH]": a withheld value, which is what a privacy fix should write
 _PLACEHOLDER = re.compile(r"\[[A-Z][A-Z0-9 _/'-]*\]")
-_MARKUP = " \t*_>#\"'“‘(`-•"
+MARKUP = " \t*_>#\"'“‘(`-•"
 
 
-def _opens_sentence(text: str, start: int) -> bool:
-    """Whether a word at `start` opens a sentence, a line or a list item (markdown marks and
-    quotes before it do not count): there a capital letter says nothing about a name."""
-    before = text[max(0, start - 80):start].rstrip(_MARKUP)
-    return not before or before[-1] in ".!?:\n"
+def opens_sentence(text: str, start: int) -> bool:
+    """Whether a word at `start` opens a sentence, a line, a list item or a table cell (markdown
+    marks and quotes before it do not count): there a capital letter says nothing about a name."""
+    before = text[max(0, start - 80):start].rstrip(MARKUP)
+    return not before or before[-1] in ".!?:|\n"
 
 
 def facts(text: str) -> set[str]:
@@ -44,7 +44,7 @@ def facts(text: str) -> set[str]:
     text = _PLACEHOLDER.sub(" ", text)
     for m in _FACT.finditer(text):
         kind, value = m.lastgroup, m.group(0)
-        if kind == "name" and _opens_sentence(text, m.start()):
+        if kind == "name" and opens_sentence(text, m.start()):
             value = value.split(None, 1)[1] if " " in value else ""  # "Ask Dana Ruiz" → "Dana Ruiz"
         if kind == "name" and (not value or value in _NOT_NAMES):
             continue
@@ -62,6 +62,14 @@ class FactChanges:
     dropped: tuple[str, ...]
 
 
+_WORD = re.compile(r"[^\W\d_]+")
+
+
 def fact_changes(original: str, rewrite: str) -> FactChanges:
+    """What `rewrite` added and dropped. A fact without digits made only of words the original
+    held is not added: what is left of "Dana Copper" once "[NAME]" masks "Dana", or of a code
+    span around a placeholder. A number must match exactly ("320" is not "32")."""
     before, after = facts(original), facts(rewrite)
-    return FactChanges(tuple(sorted(after - before)), tuple(sorted(before - after)))
+    known = set(_WORD.findall(_PLACEHOLDER.sub(" ", original)))
+    added = [f for f in after - before if any(c.isdigit() for c in f) or not set(_WORD.findall(f)) <= known]
+    return FactChanges(tuple(sorted(added)), tuple(sorted(before - after)))

@@ -329,6 +329,7 @@ def train_tagger(
     m = tagger.metrics_
     console.print(
         f"out of fold at threshold {tagger.threshold_:.3f}: token precision {m['token_precision']:.3f}, "
-        f"recall {m['token_recall']:.3f}; {m['spans_found']:.1%} of {m['n_spans']} marked spans found; "
+        f"recall {m['token_recall']:.3f}; {m['spans_found']:.1%} of {m['n_spans']} marked spans found, "
+        f"{m['span_precision']:.1%} of the spans found overlap a mark; "
         f"{m['clean_answers_changed']:.1%} of {m['n_clean_answers']} good answers changed -> {out}"
     )

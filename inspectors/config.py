@@ -240,6 +240,12 @@ class SpanTaggerConfig(StrictModel):
     placeholders: dict[str, str] = Field(
         default_factory=dict, description="Span type → the text written in its place (default '[TYPE]').",
     )
+    values_only: bool = Field(
+        default=False,
+        description="Keep only the words of a span that hold a value (a digit, an '@', a capitalised "
+        "word that opens no sentence, line or table cell) and what lies between them: free text "
+        "('a rare illness', 'usually') is left as it is (no-pii).",
+    )
     encoder: str = Field(default="smollm2-135m-instruct", description="Causal LM whose hidden states are read.")
     layers: list[PositiveInt] = Field(
         default_factory=lambda: [21], min_length=1,

@@ -314,8 +314,8 @@ def judge_rewrite(policy: SquadPolicy, guards: Sequence[Guard], j: int, answer: 
         return False, "kept: the aligner repeated the answer (or looped, or copied the request)"
     if policy.min_gain is not None and after[j] - before[j] <= policy.min_gain:
         return False, f"rejected: {criterion} score rose by {after[j] - before[j]:+.3f}, needs > {policy.min_gain}"
-    # a cut or a masked span cannot add a fact, though a fact pattern may read the seams as new
-    # ("[NAME] Copper" shows "Copper" alone): only generated rewrites are checked
+    # a cut or a masked span only removes text, so it cannot add a fact: only generated rewrites
+    # are checked (a pattern may still read a cut's seam as a new line opener)
     generated = guards[j].unit not in NON_GENERATING
     if generated and criterion in policy.keep_facts and (added := fact_changes(answer, rewrite).added):
         return False, f"rejected: adds facts {', '.join(added[:3])}"

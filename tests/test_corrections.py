@@ -40,6 +40,10 @@ def test_facts_catch_an_added_step_and_ignore_tone():
     assert facts("It costs 1,200 dollars; see https://example.org/a. Ask Dana Ruiz in Lisbon.") == {
         "1200", "https://example.org/a", "Dana Ruiz", "Lisbon"}
     assert fact_changes("Run `ls -la` first.", "Run `ls` first.").dropped == ("`ls -la`",)
+    # a mask leaves part of a name or a code span: no new fact; a changed number or name is one
+    masked = fact_changes("Email Dana Copper at `dana@x.org`, room 320.", "Email [NAME] Copper at `[EMAIL]`, room 320.")
+    assert masked.added == () and masked.dropped == ("Dana Copper", "`dana@x.org`")
+    assert fact_changes("Room 320, ask Dana.", "Room 32, ask Dana Kettle.").added == ("32", "Dana Kettle")
 
 
 def test_rudeness_is_cut_and_the_content_kept():

@@ -3,6 +3,7 @@ replaced or deleted, every other byte kept; the real tokenizer, backbone and skl
 
 import json
 
+import numpy as np
 import pytest
 from squad_fixtures import POLITE, ScriptedBackend
 from typer.testing import CliRunner
@@ -14,7 +15,7 @@ from inspectors import HiddenProbeInspector, load_inspector
 from inspectors.config import HiddenProbeConfig, SpanTaggerConfig
 from inspectors.feature_store import item_hash
 from inspectors.span_data import tagger_examples
-from inspectors.spans import SpanTagger, answer_evidence, delete_span, load_span_tagger
+from inspectors.spans import SpanTagger, answer_evidence, delete_span, holds_value, load_span_tagger
 from serve.config import SquadConfig, SquadMember
 from serve.pipeline import Squad
 
@@ -72,6 +73,36 @@ def test_a_tagger_finds_new_phone_numbers_and_keeps_every_other_byte(phone_tagge
     loaded.config = loaded.config.model_copy(update={"action": "delete"})
     assert loaded.apply(["How do I reach her?"], [answer]) == [
         "The museum is free on Sundays. Her cell is, call after six."]
+
+
+def test_values_only_leaves_free_text_spans_alone(phone_tagger):
+    """A placeholder over "usually" or "a rare illness" garbles an answer and hides nothing: with
+    values_only a tagger keeps the words that hold a digit, an @ or a capitalised word, and what lies
+between them."""
+    text = "Ask Dana at dana@x.org or 555-0142, usually.\n| Cash | Works from home |\n**ANNUAL** review"
+    values = [w for w in text.split() if holds_value(text, text.index(w), text.index(w) + len(w))]
+    assert values == ["Dana", "dana@x.org", "555-0142,"]  # not a sentence's, a cell's or a heading's opener
+    answer = "Ask Dana usually at 555-0142 today."
+    words = answer.rstrip(".").split()
+    offsets = np.array([(answer.index(w), answer.index(w) + len(w)) for w in words])
+    tagger = SpanTagger(phone_tagger.config, "no-pii")
+    tagger.classes_, tagger.threshold_ = ["O", "NAME"], 0.5
+
+    def found(p_outside: list[float]) -> list[str]:
+        proba = np.stack([p_outside, 1 - np.array(p_outside)], axis=1)
+        return [answer[s.start:s.end] for s in tagger._spans(answer, offsets, proba)]
+
+    assert found([0.9, 0.1, 0.1, 0.9, 0.1, 0.9]) == ["Dana usually", "555-0142"]
+    assert found([0.9, 0.9, 0.1, 0.9, 0.1, 0.9]) == ["usually", "555-0142"]
+    # values_only: "usually" beside "Dana" is trimmed off, and alone it is no span
+    tagger.config = tagger.config.model_copy(update={"values_only": True})
+    assert found([0.9, 0.1, 0.1, 0.9, 0.1, 0.9]) == ["Dana", "555-0142"]
+    assert found([0.9, 0.9, 0.1, 0.9, 0.1, 0.9]) == ["555-0142"]
+    assert found([0.1, 0.1, 0.1, 0.1, 0.1, 0.9]) == ["Dana usually at 555-0142"]  # inner words stay
+    # the out-of-fold figures count spans as find returns them
+    m = phone_tagger.metrics_
+    assert m["n_found_spans"] >= 1 and 0 < m["span_precision"] <= 1 and m["spans_found"] > 0.5
+    assert 0 <= m["marked_answers_with_stray_span"] <= 1 and m["n_clean_answers"] == len(POLITE)
 
 
 def test_evidence_is_out_of_fold_for_answers_the_tagger_learned_from(phone_tagger, tmp_path):

@@ -350,14 +350,16 @@ def test_a_member_leaves_an_answer_to_the_members_it_defers_to(squad_artifacts):
 
 
 def test_masks_skip_the_fact_check_and_deferring_members_do_not_veto():
-    """A tagger's placeholder can make a fact pattern read a seam as new ("[NAME] Copper"), but it
-    cannot add a fact; and a member that defers to the rewriting one has left the answer to it."""
+    """A mask or a cut only removes text, so the fact check is for generated rewrites (what a mask
+    leaves of a name, "[NAME] Copper", is no new fact to it either); and a member that defers to
+    the rewriting one has left the answer to it."""
     answer, masked = "Ask Jane Copper at 555-0142.", "Ask [NAME] Copper at [PHONE]."
     policy = SquadPolicy()
     before, after = np.array([0.9, 0.1]), np.array([0.3, 0.9])
-    generated = judge_rewrite(policy, GUARDS, 1, answer, masked, before, after)
-    assert generated == (False, "rejected: adds facts Copper")
+    assert judge_rewrite(policy, GUARDS, 1, answer, masked, before, after) == (False, "rejected: would flag polite")
+    pasted = "Ask [NAME] Copper at [PHONE], room 12."
+    assert judge_rewrite(policy, GUARDS, 1, answer, pasted, before, after) == (False, "rejected: adds facts 12")
     spans = [GUARDS[0], replace(GUARDS[1], unit="spans")]
-    assert judge_rewrite(policy, spans, 1, answer, masked, before, after) == (False, "rejected: would flag polite")
+    assert judge_rewrite(policy, spans, 1, answer, pasted, before, after) == (False, "rejected: would flag polite")
     spans[0] = replace(spans[0], defer_to=("no-pii",))
     assert judge_rewrite(policy, spans, 1, answer, masked, before, after) == (True, "rewritten")

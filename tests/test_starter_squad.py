@@ -35,3 +35,20 @@ def test_every_shipped_adapter_changes_smollm2(smollm2):
             assert backend.self_test(criterion) > 1e-3
     finally:
         backend.peft_model.unload()  # give the session fixture its plain model back
+
+
+def test_the_default_squad_names_shipped_artifacts_built_by_their_recipes():
+    """configs/squad/default.yaml validates, every artifact it names is committed, and the tagger
+    its no-pii member masks with (the no-pii inspector's own copy) matches configs/taggers/."""
+    from inspectors.config import SpanTaggerConfig
+    from inspectors.spans import load_span_tagger
+    from serve.config import SquadConfig
+
+    squad = load_config(ROOT / "configs" / "squad" / "default.yaml", SquadConfig)
+    for member in squad.members:
+        for path in (member.inspector, member.aligner, member.tagger):
+            assert path is None or (ROOT / path / "manifest.json").is_file(), path
+    (masking,) = [m for m in squad.members if m.rewrite == "spans"]
+    tagger = load_span_tagger(ROOT / masking.tagger)
+    recipe = load_config(ROOT / "configs" / "taggers" / f"{masking.criterion}.yaml", SpanTaggerConfig)
+    assert tagger.config == recipe and tagger.config.values_only
