@@ -5,6 +5,8 @@ not with a shape error deep inside torch. The manifest also records the SHA-256 
 file (`checksums`); loading verifies them (`verify_checksums`), keeps every file path inside the
 artifact folder (`confined`) and refuses NaN or infinite weights (`refuse_nonfinite`), so a
 damaged or tampered artifact fails at load with the file named, not mid-batch or silently.
+`save_numpy_weights` / `load_numpy_weights` are the one way the numpy artifacts (inspectors, span
+taggers) write and read their safetensors.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from aligners.atomic import write_text_atomic
+from aligners.atomic import atomic_path, write_text_atomic
 
 log = logging.getLogger("aligners.artifacts")
 
@@ -138,3 +140,30 @@ def refuse_nonfinite(tensors: Mapping[str, Any], path: Path | str, retrain: str)
             f"{path}: {len(bad)} tensor(s) hold NaN or infinite values ({', '.join(sorted(bad)[:3])}): the "
             f"weights are damaged or training diverged; {retrain}"
         )
+
+
+def save_numpy_weights(path: Path | str, tensors: Mapping[str, Any], metadata: Mapping[str, str]) -> None:
+    """Write numpy `tensors` to the safetensors file `path` atomically, readable by everyone
+    (safetensors creates files owner-only; artifacts are meant to be shared)."""
+    from safetensors.numpy import save_file
+
+    with atomic_path(Path(path)) as tmp:
+        save_file(dict(tensors), str(tmp), metadata=dict(metadata))
+        tmp.chmod(0o644)
+
+
+def load_numpy_weights(path: Path | str, retrain: str, error: type[ManifestError] = ManifestError) -> dict[str, Any]:
+    """The numpy tensors of the safetensors file `path`; `error` names an unreadable file or
+    NaN / infinite weights."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise error(f"{path}: not a readable safetensors file ({exc}); {retrain}") from None
+    try:
+        refuse_nonfinite(tensors, path, retrain)
+    except ManifestError as exc:
+        raise error(str(exc)) from None
+    return tensors

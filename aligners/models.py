@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aligners.atomic import atomic_dir
-from aligners.manifest import file_sha256
+from aligners.manifest import ManifestError, file_sha256
 
 if TYPE_CHECKING:  # heavy imports stay out of `aligners --help`
     from sentence_transformers import SentenceTransformer
@@ -242,3 +242,16 @@ def model_id_and_hash(name: str) -> tuple[str, str]:
 
 
 _IDENTITY: dict[tuple, tuple[str, str]] = {}
+
+
+def require_encoder(folder: Path | str, name: str, recorded: dict, what: str, retrain: str,
+                    error: type[ManifestError] = ManifestError) -> None:
+    """Refuse an artifact whose features came from another encoder than the `name` installed here
+    (`recorded`: its manifest's {"id", "hash"}): they would load and mean nothing."""
+    have_id, have_hash = model_id_and_hash(name)
+    if (have_id, have_hash) != (recorded["id"], recorded["hash"]):
+        raise error(
+            f"{folder}: the {what} was trained on encoder {recorded['id']} with hash {recorded['hash']}, but the "
+            f"encoder available here ({have_id}) has hash {have_hash}: its features would be meaningless; "
+            f"{retrain}, or install the encoder version it was trained with."
+        )

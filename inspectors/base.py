@@ -37,13 +37,13 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from aligners.atomic import atomic_path
 from aligners.manifest import (
     MANIFEST,
     ManifestError,
     checksums,
     confined,
-    refuse_nonfinite,
+    load_numpy_weights,
+    save_numpy_weights,
     verify_checksums,
     write_manifest,
 )
@@ -387,8 +387,6 @@ class Inspector(ClassifierMixin, BaseEstimator):
         self, path: Path | str, *, metrics: dict | None = None, training_data: dict | None = None
     ) -> Path:
         """Write `inspector.safetensors` + `manifest.json` (+ model files) into folder `path`."""
-        from safetensors.numpy import save_file
-
         check_is_fitted(self)
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
@@ -399,10 +397,8 @@ class Inspector(ClassifierMixin, BaseEstimator):
         elif cal["method"] == "isotonic":
             tensors["calibration.isotonic.x"] = np.asarray(cal["x"], dtype=np.float64)
             tensors["calibration.isotonic.y"] = np.asarray(cal["y"], dtype=np.float64)
-        with atomic_path(out / WEIGHTS) as tmp:
-            meta = {"kind": "inspector", "format_version": str(FORMAT_VERSION), "type": self.type}
-            save_file(tensors, str(tmp), metadata=meta)
-            tmp.chmod(0o644)  # safetensors creates files owner-only; artifacts are meant to be shared
+        save_numpy_weights(out / WEIGHTS, tensors,
+                           {"kind": "inspector", "format_version": str(FORMAT_VERSION), "type": self.type})
         files = {"weights": WEIGHTS, **self._save_model_files(out)}
         files["sha256"] = checksums(out, [
             p for p in out.rglob("*")
@@ -432,9 +428,6 @@ class Inspector(ClassifierMixin, BaseEstimator):
 
     @classmethod
     def _from_artifact(cls, path: Path, manifest: dict) -> Inspector:
-        from safetensors import SafetensorError
-        from safetensors.numpy import load_file
-
         params = manifest["params"]
         unknown = sorted(set(params) - set(cls._get_param_names()))
         if unknown:
@@ -448,11 +441,7 @@ class Inspector(ClassifierMixin, BaseEstimator):
         verify_checksums(path, files.get("sha256"), RETRAIN)
         est._check_artifact(path, manifest)
         weights = confined(path, files.get("weights", WEIGHTS))
-        try:
-            tensors = load_file(str(weights))
-        except (SafetensorError, OSError) as exc:
-            raise InspectorLoadError(f"{weights}: not a readable safetensors file ({exc}); {RETRAIN}") from None
-        refuse_nonfinite(tensors, weights, RETRAIN)
+        tensors = load_numpy_weights(weights, RETRAIN, InspectorLoadError)
         cal = dict(manifest["calibration"])
         if cal["method"] == "sigmoid":
             cal["a"], cal["b"] = (float(v) for v in tensors["calibration.sigmoid"])

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aligners.models import model_id_and_hash
+from aligners.models import require_encoder
 from inspectors.base import RETRAIN, Inspector, InspectorLoadError
 from inspectors.calibration import sigmoid
 from inspectors.data import RISKY
@@ -258,12 +258,4 @@ class LinearInspector(Inspector):
 
     def _check_artifact(self, path: Path, manifest: dict) -> None:
         """The feature model is loaded from this machine, so it must be the very one trained with."""
-        want_id, want_hash = manifest["encoder"]["id"], manifest["encoder"]["hash"]
-        have_id, have_hash = model_id_and_hash(self.encoder)
-        if (have_id, have_hash) != (want_id, want_hash):
-            raise InspectorLoadError(
-                f"{path}: the inspector was trained on encoder {want_id} with hash {want_hash}, but the "
-                f"encoder available here ({have_id}) has hash {have_hash}. Its features would be "
-                "meaningless: retrain it with `aligners train-inspector`, or install the encoder "
-                "version it was trained with."
-            )
+        require_encoder(path, self.encoder, manifest["encoder"], "inspector", RETRAIN, InspectorLoadError)

@@ -39,18 +39,18 @@ from typing import Any
 
 import numpy as np
 
-from aligners.atomic import atomic_path
 from aligners.facts import MARKUP, opens_sentence
 from aligners.manifest import (
     ManifestError,
     checksums,
     confined,
+    load_numpy_weights,
     read_manifest,
-    refuse_nonfinite,
+    save_numpy_weights,
     verify_checksums,
     write_manifest,
 )
-from aligners.models import model_id_and_hash
+from aligners.models import model_id_and_hash, require_encoder
 from inspectors.backbone import chat_head, get_backbone, hidden_state_batches
 from inspectors.config import SpanTaggerConfig
 from inspectors.embed_logreg import cached_rows
@@ -269,8 +269,6 @@ class SpanTagger:
 
     # -- persistence --
     def save(self, path: Path | str, training_data: dict | None = None) -> Path:
-        from safetensors.numpy import save_file
-
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
         tensors = {"mean": self.mean_.astype(np.float32), "scale": self.scale_.astype(np.float32),
@@ -279,9 +277,7 @@ class SpanTagger:
             keys = list(self.oof_evidence_)
             tensors["oof_keys"] = np.frombuffer(bytes.fromhex("".join(keys)), dtype=np.uint8).reshape(len(keys), -1)
             tensors["oof_evidence"] = np.stack([self.oof_evidence_[k] for k in keys]).astype(np.float32)
-        with atomic_path(out / WEIGHTS) as tmp:
-            save_file(tensors, str(tmp), metadata={"kind": KIND, "format_version": str(FORMAT_VERSION)})
-            tmp.chmod(0o644)  # safetensors creates files owner-only; artifacts are meant to be shared
+        save_numpy_weights(out / WEIGHTS, tensors, {"kind": KIND, "format_version": str(FORMAT_VERSION)})
         write_manifest(out, {
             "kind": KIND, "format_version": FORMAT_VERSION, "criterion": self.criterion,
             "config": self.config.model_dump(), "classes": self.classes_,
@@ -296,8 +292,6 @@ class SpanTagger:
 def load_span_tagger(path: Path | str) -> SpanTagger:
     """A saved tagger; refuses a damaged file, an unknown setting or another encoder's weights."""
     from pydantic import ValidationError
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
 
     path = Path(path)
     manifest = read_manifest(path, KIND, FORMAT_VERSION, hint=(
@@ -308,26 +302,17 @@ def load_span_tagger(path: Path | str) -> SpanTagger:
         raise ManifestError(f"{path}: the manifest's config is not one this aligners reads "
                             f"({exc.errors()[0]['msg']}); {RETRAIN}") from None
     verify_checksums(path, manifest["files"].get("sha256"), RETRAIN)
-    have = model_id_and_hash(config.encoder)
-    want = (manifest["encoder"]["id"], manifest["encoder"]["hash"])
-    if have != want:
-        raise ManifestError(
-            f"{path}: the tagger was trained on encoder {want[0]} with hash {want[1]}, but the encoder "
-            f"available here ({have[0]}) has hash {have[1]}: its features would be meaningless; {RETRAIN}"
-        )
+    require_encoder(path, config.encoder, manifest["encoder"], "tagger", RETRAIN)
     weights = confined(path, manifest["files"]["weights"])
-    try:
-        tensors = load_file(str(weights))
-    except (SafetensorError, OSError) as exc:
-        raise ManifestError(f"{weights}: not a readable safetensors file ({exc}); {RETRAIN}") from None
-    refuse_nonfinite(tensors, weights, RETRAIN)
+    tensors = load_numpy_weights(weights, RETRAIN)
     tagger = SpanTagger(config, manifest.get("criterion"))
     tagger.mean_, tagger.scale_ = tensors["mean"], tensors["scale"]
     tagger.coef_, tagger.intercept_ = tensors["coef"], tensors["intercept"]
     tagger.classes_, tagger.threshold_ = list(manifest["classes"]), float(manifest["threshold"])
     tagger.oof_evidence_ = {bytes(k).hex(): e for k, e in
                             zip(tensors.get("oof_keys", []), tensors.get("oof_evidence", []), strict=True)}
-    tagger.metrics_, tagger.encoder_id_, tagger.encoder_hash_ = manifest.get("metrics", {}), *want
+    tagger.metrics_ = manifest.get("metrics", {})
+    tagger.encoder_id_, tagger.encoder_hash_ = manifest["encoder"]["id"], manifest["encoder"]["hash"]
     tagger.manifest_ = manifest
     return tagger
 
