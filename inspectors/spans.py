@@ -332,20 +332,31 @@ def holds_value(text: str, start: int, end: int) -> bool:
     word = text[start:end]
     if any(c.isdigit() or c == "@" for c in word):
         return True
-    letters = word.strip(MARKUP + ".,;:!?)]}|")
-    if not letters[:1].isupper() or not letters[1:2].islower():
-        return False
-    return not opens_sentence(text, start + word.index(letters))
+    return _capitalised(word) and not opens_sentence(text, start + word.index(_letters(word)))
+
+
+def _letters(word: str) -> str:
+    return word.strip(MARKUP + ".,;:!?)]}|")
+
+
+def _capitalised(word: str) -> bool:
+    """"Dana", "McLeod", not "ANNUAL" or "usually"."""
+    letters = _letters(word)
+    return letters[:1].isupper() and letters[1:2].islower()
 
 
 def value_part(answer: str, span: Span) -> Span | None:
     """`span` without the words at its edges that hold no value ("currently at 5th Street" →
-    "5th Street", "Dana usually" → "Dana"); None when no word of it holds one."""
-    words = [m.span() for m in re.finditer(r"\S+", answer[span.start:span.end])]
-    keep = [k for k, (a, b) in enumerate(words) if holds_value(answer, span.start + a, span.start + b)]
+    "5th Street", "Dana usually" → "Dana"; a capitalised word before a capitalised value is one,
+    so "Dana Whitfield" opening a sentence stays whole); None when no word of it holds one."""
+    words = [(span.start + m.start(), span.start + m.end()) for m in re.finditer(r"\S+", answer[span.start:span.end])]
+    value = [holds_value(answer, a, b) for a, b in words]
+    for k in range(len(words) - 2, -1, -1):  # "Dana Whitfield lives": a name may open a sentence
+        value[k] |= value[k + 1] and _capitalised(answer[slice(*words[k])]) and _capitalised(answer[slice(*words[k + 1])])
+    keep = [k for k, v in enumerate(value) if v]
     if not keep:
         return None
-    start, end = span.start + words[keep[0]][0], span.start + words[keep[-1]][1]
+    start, end = words[keep[0]][0], words[keep[-1]][1]
     while end > start and answer[end - 1] in _TRIM + ",;:":
         end -= 1
     return Span(start, end, span.type)

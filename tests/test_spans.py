@@ -15,7 +15,15 @@ from inspectors import HiddenProbeInspector, load_inspector
 from inspectors.config import HiddenProbeConfig, SpanTaggerConfig
 from inspectors.feature_store import item_hash
 from inspectors.span_data import tagger_examples
-from inspectors.spans import SpanTagger, answer_evidence, delete_span, holds_value, load_span_tagger
+from inspectors.spans import (
+    Span,
+    SpanTagger,
+    answer_evidence,
+    delete_span,
+    holds_value,
+    load_span_tagger,
+    value_part,
+)
 from serve.config import SquadConfig, SquadMember
 from serve.pipeline import Squad
 
@@ -98,7 +106,11 @@ between them."""
     tagger.config = tagger.config.model_copy(update={"values_only": True})
     assert found([0.9, 0.1, 0.1, 0.9, 0.1, 0.9]) == ["Dana", "555-0142"]
     assert found([0.9, 0.9, 0.1, 0.9, 0.1, 0.9]) == ["555-0142"]
-    assert found([0.1, 0.1, 0.1, 0.1, 0.1, 0.9]) == ["Dana usually at 555-0142"]  # inner words stay
+    # inner words stay, and a capitalised word before a name joins it (the tagger rarely tags a verb)
+    assert found([0.1, 0.1, 0.1, 0.1, 0.1, 0.9]) == ["Ask Dana usually at 555-0142"]
+    opening = "Dana Whitfield lives upstairs. Works nights."
+    assert value_part(opening, Span(0, 26, "NAME")) == Span(0, 14, "NAME")  # a full name may open a sentence
+    assert value_part(opening, Span(30, 42, "OTHER")) is None
     # the out-of-fold figures count spans as find returns them
     m = phone_tagger.metrics_
     assert m["n_found_spans"] >= 1 and 0 < m["span_precision"] <= 1 and m["spans_found"] > 0.5
