@@ -153,8 +153,8 @@ def save_numpy_weights(path: Path | str, tensors: Mapping[str, Any], metadata: M
 
 
 def load_numpy_weights(path: Path | str, retrain: str, error: type[ManifestError] = ManifestError) -> dict[str, Any]:
-    """The numpy tensors of the safetensors file `path`; `error` names an unreadable file or
-    NaN / infinite weights."""
+    """The numpy tensors of the safetensors file `path`; `error` names an unreadable file,
+    `refuse_nonfinite` NaN or infinite weights."""
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
@@ -162,8 +162,5 @@ def load_numpy_weights(path: Path | str, retrain: str, error: type[ManifestError
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as exc:
         raise error(f"{path}: not a readable safetensors file ({exc}); {retrain}") from None
-    try:
-        refuse_nonfinite(tensors, path, retrain)
-    except ManifestError as exc:
-        raise error(str(exc)) from None
+    refuse_nonfinite(tensors, path, retrain)
     return tensors
