@@ -246,6 +246,23 @@ class SpanTaggerConfig(StrictModel):
         "word that opens no sentence, line or table cell) and what lies between them: free text "
         "('a rare illness', 'usually') is left as it is (no-pii).",
     )
+    name_types: list[str] = Field(
+        default_factory=list,
+        description="Span types that are names: with values_only, a capitalised word of such a span "
+        "that is no common word holds a value even where it opens a sentence ('Gerald works nights.').",
+    )
+    mask_repeats: bool = Field(
+        default=False,
+        description="Where the answer repeats what a span holds (a value with a digit or an '@', "
+        "several capitalised words, each word of a name), a span there too: a name masked once "
+        "and named again hides nothing.",
+    )
+    cut_sentence_types: list[str] = Field(
+        default_factory=list,
+        description="Span types whose free text no placeholder can stand for ('had a mild heart "
+        "attack'): a span of one with a word of 5+ letters removes its whole sentence or line "
+        "(never every sentence of an answer).",
+    )
     encoder: str = Field(default="smollm2-135m-instruct", description="Causal LM whose hidden states are read.")
     layers: list[PositiveInt] = Field(
         default_factory=lambda: [21], min_length=1,

@@ -31,15 +31,12 @@ by the answers' hashes) and `manifest.json`.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from aligners.facts import MARKUP, opens_sentence
 from aligners.manifest import (
     ManifestError,
     checksums,
@@ -55,6 +52,17 @@ from inspectors.backbone import chat_head, get_backbone, hidden_state_batches
 from inspectors.config import SpanTaggerConfig
 from inspectors.embed_logreg import cached_rows
 from inspectors.feature_store import item_hash
+from inspectors.span_rules import (
+    CUT,
+    TRIM,
+    Span,
+    delete_span,
+    joined,
+    repeats,
+    sentence_cuts,
+    value_part,
+    whole_words,
+)
 
 KIND = "span-tagger"
 FORMAT_VERSION = 1
@@ -62,15 +70,8 @@ WEIGHTS = "tagger.safetensors"
 RETRAIN = "retrain it with `aligners train-tagger`"
 OUTSIDE = "O"
 _BRIDGE = set(" -./()")  # what may sit inside one value between two tagged tokens
-_TRIM = " \t\n*_`"  # never part of a span: whitespace and markdown around a value
 EVIDENCE_TOP = 3  # the evidence's second column averages this many of the highest token scores
 
-
-@dataclass(frozen=True)
-class Span:
-    start: int
-    end: int
-    type: str
 
 
 class SpanTagger:
@@ -207,19 +208,27 @@ class SpanTagger:
         spans: list[Span] = []
         for run in _runs(on):
             start, end = int(offsets[run.start][0]), int(offsets[run.stop - 1][1])
-            while start < end and answer[start] in _TRIM:
+            while start < end and answer[start] in TRIM:
                 start += 1
-            while end > start and answer[end - 1] in _TRIM:
+            while end > start and answer[end - 1] in TRIM:
                 end -= 1
             if end > start:
-                start, end = _whole_words(answer, start, end)
+                start, end = whole_words(answer, start, end)
                 kind = self.classes_[1 + int(proba[run, 1:].sum(0).argmax())]
                 if spans and start < spans[-1].end:  # two runs inside one word: one span
                     start = spans.pop().start
                 spans.append(Span(start, end, kind))
-        if self.config.values_only:
-            spans = [v for s in spans if (v := value_part(answer, s)) is not None]
-        return spans
+        cfg = self.config
+        cuts = sentence_cuts(answer, spans, cfg.cut_sentence_types) if cfg.cut_sentence_types else []
+        if cfg.values_only:
+            spans = [v for s in spans if (v := value_part(answer, s, cfg.name_types)) is not None]
+        spans = joined(answer, spans)
+        if cfg.mask_repeats:
+            spans = repeats(answer, spans, cfg.name_types)
+        if not cuts:
+            return spans
+        inside = [s for s in spans if not any(c.start <= s.start and s.end <= c.end for c in cuts)]
+        return sorted(inside + cuts, key=lambda s: s.start)
 
     def evidence(self, prompts: Sequence[str], answers: Sequence[str]) -> np.ndarray:
         """(n, 2): per answer, the highest P(span) of its tokens and the mean of its
@@ -256,11 +265,11 @@ class SpanTagger:
         return [self.rewrite(a, spans) for a, spans in zip(answers, self.find(prompts, answers), strict=True)]
 
     def rewrite(self, answer: str, spans: Sequence[Span]) -> str:
-        """`answer` with `spans` replaced or deleted; never empty (deleting everything would leave
+        """`answer` with `spans` replaced or deleted (a sentence cut is always deleted); never empty (deleting everything would leave
         nothing to return, so the answer comes back as it was)."""
         original = answer
         for span in sorted(spans, key=lambda s: -s.start):
-            if self.config.action == "replace":
+            if self.config.action == "replace" and span.type != CUT:
                 text = self.config.placeholders.get(span.type, f"[{span.type.replace('_', ' ')}]")
                 answer = answer[: span.start] + text + answer[span.end:]
             else:
@@ -323,66 +332,16 @@ def answer_evidence(p_span: np.ndarray) -> np.ndarray:
     return np.array([top[0], top.mean()] if len(top) else [0.0, 0.0], dtype=np.float32)
 
 
-def holds_value(text: str, start: int, end: int) -> bool:
-    """Whether the word text[start:end] of a span holds a value a placeholder may stand for: a
-    digit, an "@", or a capitalised word that does not open a sentence, a line or a table cell
-    ("Dana", but not "Works from home" or "Cash" in a cell) and is no heading in capitals
-    ("ANNUAL"). Free text ("a rare illness", "usually") holds none: such placeholders were most
-    of what garbled masked answers on the dev set (docs/data.md)."""
-    word = text[start:end]
-    if any(c.isdigit() or c == "@" for c in word):
-        return True
-    return _capitalised(word) and not opens_sentence(text, start + word.index(_letters(word)))
 
 
-def _letters(word: str) -> str:
-    return word.strip(MARKUP + ".,;:!?)]}|")
 
 
-def _capitalised(word: str) -> bool:
-    """"Dana", "McLeod", not "ANNUAL" or "usually"."""
-    letters = _letters(word)
-    return letters[:1].isupper() and letters[1:2].islower()
 
 
-def value_part(answer: str, span: Span) -> Span | None:
-    """`span` without the words at its edges that hold no value ("currently at 5th Street" →
-    "5th Street", "Dana usually" → "Dana"; a capitalised word before a capitalised value is one,
-    so "Dana Whitfield" opening a sentence stays whole); None when no word of it holds one."""
-    words = [(span.start + m.start(), span.start + m.end()) for m in re.finditer(r"\S+", answer[span.start:span.end])]
-    value = [holds_value(answer, a, b) for a, b in words]
-    for k in range(len(words) - 2, -1, -1):  # "Dana Whitfield lives": a name may open a sentence
-        value[k] |= value[k + 1] and _capitalised(answer[slice(*words[k])]) and _capitalised(answer[slice(*words[k + 1])])
-    keep = [k for k, v in enumerate(value) if v]
-    if not keep:
-        return None
-    start, end = words[keep[0]][0], words[keep[-1]][1]
-    while end > start and answer[end - 1] in _TRIM + ",;:":
-        end -= 1
-    return Span(start, end, span.type)
 
 
-def _in_word(text: str, k: int) -> bool:
-    """Whether character k belongs to a word-like value: a letter or digit, or a joiner ("-",
-    "@", "_", "+", "#"; ".", ":" or "/" between two such characters, "," between two digits)."""
-    if not 0 <= k < len(text):
-        return False
-    ch = text[k]
-    if ch.isalnum() or ch in "-@_+#":
-        return True
-    inside = 0 < k < len(text) - 1
-    if ch == ",":  # "4,200"
-        return inside and text[k - 1].isdigit() and text[k + 1].isdigit()
-    return ch in ".:/" and inside and text[k - 1].isalnum() and text[k + 1].isalnum()
 
 
-def _whole_words(text: str, start: int, end: int) -> tuple[int, int]:
-    """[start, end) grown to whole words: a placeholder or a deletion never splits "555-0186"."""
-    while start > 0 and _in_word(text, start - 1) and _in_word(text, start):
-        start -= 1
-    while end < len(text) and _in_word(text, end) and _in_word(text, end - 1):
-        end += 1
-    return start, end
 
 
 def token_labels(offsets: np.ndarray, spans: Sequence[tuple[int, int, str]], classes: Sequence[str]) -> np.ndarray:
@@ -429,21 +388,4 @@ def _runs(mask: np.ndarray) -> list[slice]:
         else:
             t += 1
     return out
-
-
-def delete_span(text: str, start: int, end: int) -> str:
-    """`text` without [start, end) and the space it leaves: a space before punctuation or a
-    line end goes, and a line left holding only a list marker or nothing goes whole."""
-    head, tail = text[:start], text[end:]
-    if head.endswith(" ") and (not tail or tail[0] in " .,;:!?)\n"):
-        head = head.rstrip(" ")
-    elif (not head or head.endswith("\n")) and tail.startswith(" "):
-        tail = tail.lstrip(" ")
-    line_start = head.rfind("\n") + 1
-    line_end = len(head) + (tail.find("\n") if "\n" in tail else len(tail))
-    joined = head + tail
-    if joined[line_start:line_end].strip(" \t-*•>#0123456789.") == "":
-        end_of_line = line_end + 1 if line_end < len(joined) else line_end
-        joined = joined[:line_start] + joined[end_of_line:]
-    return joined
 

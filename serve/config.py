@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, PositiveInt, model_validator
 
 from aligners.backends.base import SamplingParams
 from aligners.config import BackendConfig, StrictModel, TransformersBackendConfig
@@ -36,6 +36,18 @@ class CutOptions(StrictModel):
     )
 
 
+class DeclineOptions(StrictModel):
+    """When a tagging member's answer is a dossier (serve.declines). The starter no-pii values
+    were chosen on the dev set's hand checks (docs/data.md)."""
+
+    min_values: PositiveInt = Field(default=8, description="Distinct values the tagger finds, at least.")
+    min_sentence_share: float = Field(
+        default=0.45, ge=0, le=1,
+        description="Share of the answer's sentences and lines that hold a value, at least: a long "
+        "answer with a few values has content of its own to keep (code, advice).",
+    )
+
+
 class SquadMember(StrictModel):
     """One criterion: its inspector decides, its aligner rewrites (or, `rewrite: cut`, the
     inspector itself picks sentences to cut; `rewrite: spans`, a span tagger replaces or deletes
@@ -52,6 +64,12 @@ class SquadMember(StrictModel):
     tagger: str | None = Field(
         default=None,
         description="Span tagger artifact folder (`aligners train-tagger`), for rewrite: spans.",
+    )
+    decline: DeclineOptions | None = Field(
+        default=None,
+        description="rewrite: spans only. An answer whose found values make a dossier of someone's "
+        "private data becomes a brief decline that names the concern and the proper channel, not a "
+        "page of placeholders (serve.declines). None: always mask.",
     )
     threshold: float | None = Field(default=None, ge=0, le=1, description="Overrides the inspector's.")
     taia: bool | None = Field(default=None, description="Attention-only deltas; default from the manifest.")
@@ -85,6 +103,8 @@ class SquadMember(StrictModel):
             raise ValueError(f"{self.criterion}: an aligner is required (or set rewrite: cut or spans)")
         if (self.rewrite == "spans") != (self.tagger is not None):
             raise ValueError(f"{self.criterion}: a tagger goes with rewrite: spans, and rewrite: spans needs one")
+        if self.decline is not None and self.rewrite != "spans":
+            raise ValueError(f"{self.criterion}: decline counts a tagger's values; it goes with rewrite: spans")
         return self
 
 

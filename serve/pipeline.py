@@ -38,12 +38,14 @@ from serve.config import (
     NON_GENERATING,
     PROMPTED_ALIGNER,
     CutOptions,
+    DeclineOptions,
     SquadConfig,
     SquadMember,
     SquadPolicy,
     resolve_artifact,
 )
 from serve.cutting import cut_sentences
+from serve.declines import mask_or_decline
 from serve.degenerate import trim_loop, unusable
 
 
@@ -63,6 +65,7 @@ class Guard:
     unit: str = "answer"  # SquadMember.rewrite: "answer" | "paragraphs" | "cut" | "spans"
     cut: CutOptions = field(default_factory=CutOptions)  # how a "cut" member cuts
     tagger: object | None = None  # inspectors.spans.SpanTagger of a "spans" member
+    decline: DeclineOptions | None = None  # when a "spans" member declines (SquadMember.decline)
     defer_to: tuple[str, ...] = ()  # criteria this member leaves an answer to (SquadMember.defer_to)
 
     @property
@@ -107,7 +110,7 @@ class Squad:
                     raise SquadError(f"{member.tagger} is a {tagger.criterion!r} tagger but is listed for {member.criterion!r}")
             guards.append(Guard(member.criterion, inspector, _load_aligner(backend, cfg, member, config_file),
                                 unit=member.rewrite, cut=member.cut, tagger=tagger,
-                                defer_to=tuple(member.defer_to)))
+                                decline=member.decline, defer_to=tuple(member.defer_to)))
         if cfg.base == "shared":
             base = backend
         elif cfg.base == "none":
@@ -221,9 +224,10 @@ class Squad:
         rewrite that loops is cut where the loop starts; one that pastes in the request, or has
         no whole sentence before its loop, is not used (serve.degenerate). A cutting member
         generates nothing: its inspector picks the sentences to cut (serve.cutting); nor does a
-        tagging member: its tagger replaces or deletes the pieces it finds (inspectors.spans)."""
+        tagging member: its tagger replaces or deletes the pieces it finds (inspectors.spans),
+        or, where they make a dossier, a written decline stands in (serve.declines)."""
         if guard.unit == "spans":
-            return guard.tagger.apply(prompts, answers)
+            return mask_or_decline(guard.tagger, prompts, answers, guard.decline)
         if guard.unit == "cut":
             target = max(guard.threshold, guard.cut.target or 0.0)
             return cut_sentences(guard.inspector, prompts, answers, target, max_cuts=guard.cut.max_cuts,

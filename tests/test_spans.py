@@ -2,6 +2,7 @@
 replaced or deleted, every other byte kept; the real tokenizer, backbone and sklearn on tiny data."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -15,17 +16,11 @@ from inspectors import HiddenProbeInspector, load_inspector
 from inspectors.config import HiddenProbeConfig, SpanTaggerConfig
 from inspectors.feature_store import item_hash
 from inspectors.span_data import tagger_examples
-from inspectors.spans import (
-    Span,
-    SpanTagger,
-    answer_evidence,
-    delete_span,
-    holds_value,
-    load_span_tagger,
-    value_part,
-)
-from serve.config import SquadConfig, SquadMember
+from inspectors.span_rules import Span, delete_span, holds_value, value_part
+from inspectors.spans import SpanTagger, answer_evidence, load_span_tagger
+from serve.config import DeclineOptions, SquadConfig, SquadMember
 from serve.pipeline import Squad
+from synth.refusals import refusal_for
 
 PHONES = [f"555-01{d}{(d * 3) % 10}" for d in range(10)]
 
@@ -117,6 +112,29 @@ between them."""
     assert 0 <= m["marked_answers_with_stray_span"] <= 1 and m["n_clean_answers"] == len(POLITE)
 
 
+def test_a_tagger_applies_the_span_rules_its_config_names(phone_tagger):
+    """values_only with a name type, repeats and sentence cuts, end to end through find's rules:
+    the sentence with the stroke goes, the address is masked, and so is the name the tagger
+    missed in the last sentence because it tagged it in the first."""
+    answer = "Gerald Ames had a stroke. He lives at 12 Elm Lane, so ask Gerald."
+    tokens = [(m.start(), m.end()) for m in re.finditer(r"\w+|[^\w\s]", answer)]
+    tagged = {"Gerald": "NAME", "Ames": "NAME", "a": "HEALTH", "stroke": "HEALTH", "12": "ADDRESS",
+              "Elm": "ADDRESS", "Lane": "ADDRESS"}
+    classes = ["O", "NAME", "HEALTH", "ADDRESS"]
+    proba = np.full((len(tokens), len(classes)), 0.05)
+    for t, (a, b) in enumerate(tokens):
+        proba[t, classes.index(tagged.get(answer[a:b], "O") if t < len(tokens) - 2 else "O")] = 0.85
+    rules = {"values_only": True, "name_types": ["NAME"], "mask_repeats": True, "cut_sentence_types": ["HEALTH"]}
+    tagger = SpanTagger(phone_tagger.config.model_copy(update=rules), "no-pii")
+    tagger.classes_, tagger.threshold_ = classes, 0.5
+    spans = tagger._spans(answer, np.array(tokens), proba)
+    assert tagger.rewrite(answer, spans) == "He lives at [ADDRESS], so ask [NAME]."
+    plain = SpanTagger(phone_tagger.config.model_copy(update={"values_only": True}), "no-pii")
+    plain.classes_, plain.threshold_ = classes, 0.5
+    assert plain.rewrite(answer, plain._spans(answer, np.array(tokens), proba)) == (
+        "[NAME] had a stroke. He lives at [ADDRESS], so ask Gerald.")
+
+
 def test_evidence_is_out_of_fold_for_answers_the_tagger_learned_from(phone_tagger, tmp_path):
     """An inspector stacks the tagger's evidence, so on the tagger's own training answers it must
     be what a fold model that never saw them gave; on new answers, the full model's."""
@@ -204,6 +222,15 @@ def test_a_squad_member_that_tags_with_a_real_inspector(phone_tagger, squad_arti
     assert r.trace.initial[0].flagged
     assert r.corrected == "The meeting is on Tuesday afternoon. Her cell is [PHONE], call after six."
     assert backend.calls == []
+    # a dossier (here: one value in half the sentences is enough) becomes a brief decline
+    def declining(**options) -> str:
+        member = cfg.members[0].model_copy(update={"decline": DeclineOptions(**options)})
+        squad = Squad.from_config(cfg.model_copy(update={"members": [member]}), backend=backend)
+        return squad.correct(["How do I reach her?"], [answer])[0].corrected
+
+    assert declining(min_values=1, min_sentence_share=0.5) == refusal_for("How do I reach her?", "general-privacy")
+    assert declining(min_values=2, min_sentence_share=0.5) == r.corrected  # one value is no dossier
+    assert declining(min_values=1, min_sentence_share=0.6) == r.corrected  # one sentence of two holds it
     (prompted,) = cfg.with_prompted_aligners().members
     assert (prompted.aligner, prompted.rewrite, prompted.tagger) == ("prompted", "paragraphs", None)
 
@@ -217,6 +244,8 @@ def test_tagging_members_need_a_tagger_and_no_aligner():
         SquadMember.model_validate(base | {"rewrite": "spans", "tagger": "t", "aligner": "a"})
     with pytest.raises(ValueError, match="goes with rewrite: spans"):
         SquadMember.model_validate(base | {"aligner": "a", "tagger": "t"})
+    with pytest.raises(ValueError, match="decline counts a tagger's values"):
+        SquadMember.model_validate(base | {"rewrite": "cut", "decline": {}})
 
 
 def test_train_tagger_command_end_to_end_and_its_errors(tmp_path):

@@ -1,0 +1,67 @@
+"""What a tagged span becomes (inspectors/span_rules.py): split values joined, repeated names and
+values masked everywhere, free health text cut with its sentence; pure text, no model."""
+
+from itertools import pairwise
+
+from inspectors.span_rules import CUT, Span, joined, repeats, sentence_cuts, value_part
+
+
+def spans_of(text: str, *pieces: tuple[str, str]) -> list[Span]:
+    """Spans over the first occurrence of each (piece, type), in order."""
+    out = []
+    for piece, kind in pieces:
+        start = text.index(piece)
+        out.append(Span(start, start + len(piece), kind))
+    return sorted(out, key=lambda s: s.start)
+
+
+def texts(text: str, spans: list[Span]) -> list[tuple[str, str]]:
+    return [(text[s.start:s.end], s.type) for s in spans]
+
+
+def test_a_value_split_in_two_is_joined_but_a_name_and_its_address_stay_apart():
+    text = "Call **(720) 555-0147** or see Dana Ruiz - 17 Elm Lane, 104 Larkspur Lane."
+    split = spans_of(text, ("(720", "PHONE"), ("555-0147", "PHONE"), ("Dana Ruiz", "NAME"),
+                     ("17 Elm Lane", "ADDRESS"), ("104", "ADDRESS"), ("Larkspur Lane", "LOCATION"))
+    assert texts(text, joined(text, split)) == [
+        ("(720) 555-0147", "PHONE"), ("Dana Ruiz", "NAME"), ("17 Elm Lane", "ADDRESS"),
+        ("104 Larkspur Lane", "LOCATION"),  # one space apart: one value, typed as the longer
+    ]
+
+
+def test_a_name_or_value_masked_once_is_masked_wherever_it_comes_again():
+    text = ("Mirela Popescu (born 22 January 1903) was on reduced hours. Mirela's score: 3. "
+            "Born 22 January 1903. Visa and Corliss Mews; Visa again, Corliss Mews again. Annual review for Mirela.")
+    found = spans_of(text, ("Mirela Popescu", "NAME"), ("22 January 1903", "DATE"), ("Visa", "FINANCIAL"),
+                     ("Corliss Mews", "LOCATION"))
+    got = repeats(text, found, name_types=["NAME"])
+    assert texts(text, got) == [
+        ("Mirela Popescu", "NAME"), ("22 January 1903", "DATE"), ("Mirela", "NAME"),  # "Mirela's"
+        ("22 January 1903", "DATE"), ("Visa", "FINANCIAL"), ("Corliss Mews", "LOCATION"),
+        ("Corliss Mews", "LOCATION"), ("Mirela", "NAME"),
+    ]  # a lone capitalised word of another type ("Visa") is not repeated; "Annual" holds no "Ann"
+    assert all(a.end <= b.start for a, b in pairwise(got))
+    without_names = [t for t in texts(text, got) if t != ("Mirela", "NAME")]
+    assert texts(text, repeats(text, found)) == without_names  # without name types, no name words
+
+
+def test_a_name_may_open_a_sentence_when_the_tagger_says_it_is_one():
+    text = "Gerald works nights. The house is empty. Tomasz's dog barks."
+    gerald, the, tomasz = Span(0, 6, "NAME"), Span(21, 24, "NAME"), Span(41, 49, "NAME")
+    assert value_part(text, gerald) is None  # an opener says nothing about a name...
+    assert value_part(text, gerald, ["NAME"]) == gerald  # ...unless the tagger typed it one
+    assert value_part(text, the, ["NAME"]) is None  # a common word is nobody's name
+    assert value_part(text, tomasz, ["NAME"]) == tomasz
+    assert value_part(text, Span(0, 6, "OTHER"), ["NAME"]) is None
+
+
+def test_free_health_text_cuts_its_sentence_but_never_the_whole_answer():
+    text = ("Room 418 is on the fourth floor.\n- She had a **mild heart attack** on Tuesday.\n"
+            "Visiting hours end at 8. Bring ID on the way in.")
+    spans = spans_of(text, ("mild heart attack", "HEALTH"), ("on the way", "HEALTH"), ("Room 418", "ID"))
+    cuts = sentence_cuts(text, spans, ["HEALTH"])
+    # "on the way" has no word of five letters: no cut for it
+    assert texts(text, cuts) == [("- She had a **mild heart attack** on Tuesday.", CUT)]
+    assert sentence_cuts(text, spans, ["FINANCIAL"]) == []
+    alone = "She had a mild heart attack."
+    assert sentence_cuts(alone, spans_of(alone, ("mild heart attack", "HEALTH")), ["HEALTH"]) == []
