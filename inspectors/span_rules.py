@@ -20,12 +20,16 @@ from aligners.paragraphs import sentences
 CUT = "SENTENCE"  # the type of a span that removes a whole sentence
 TRIM = " \t\n*_`"  # never part of a span: whitespace and markdown around a value
 _JOIN = set(" ()-./")  # what may lie between two spans of one value: "(720) 555-0147"
-# capitalised words a tagger may type NAME at a sentence's start that are no one's name
+_SENTENCE_GAP = re.compile(r"\.\s")  # but not a sentence's end: "Dana Ruiz. Tom Lee"
+# capitalised words (3+ letters) a tagger may type NAME that are too often no one's name: at a
+# sentence's start, or as a month ("May Chen" must not mask "born in May")
 _NOT_NAMES = frozenset({
     "And", "But", "For", "From", "Her", "Hers", "His", "Its", "Not", "Our", "She", "That", "The", "Their",
-    "Them", "Then", "There", "These", "They", "This", "Those", "What", "When", "Where", "Who", "With", "You",
-    "Your", "Dear", "Hello", "Mrs", "Sir", "Madam", "Name", "Names", "Neighbor", "Neighbour", "Resident",
-    "Owner", "Tenant",
+    "Them", "Then", "There", "These", "They", "This", "Those", "What", "When", "Where", "Who", "With", "Will",
+    "You", "Your", "Dear", "Hello", "Mrs", "Sir", "Madam", "Name", "Names", "Neighbor", "Neighbour",
+    "Resident", "Owner", "Tenant", "January", "February", "March", "April", "May", "June", "July", "August",
+    "September", "October", "November", "December", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday",
+    "Saturday", "Sunday",
 })
 
 
@@ -46,8 +50,13 @@ def _capitalised(word: str) -> bool:
     return letters[:1].isupper() and letters[1:2].islower()
 
 
+def _bare_name(word: str) -> str:
+    """"Mirela's" → "Mirela"; "O'Brien" stays whole."""
+    return re.sub(r"['’]s$", "", _letters(word))
+
+
 def _is_name(word: str) -> bool:
-    letters = _letters(word).split("'")[0]
+    letters = _bare_name(word)
     return _capitalised(letters) and len(letters) >= 3 and letters not in _NOT_NAMES
 
 
@@ -84,15 +93,40 @@ def value_part(answer: str, span: Span, name_types: Sequence[str] = ()) -> Span 
     return Span(start, end, span.type)
 
 
+def within_sentences(answer: str, spans: Sequence[Span]) -> list[Span]:
+    """`spans` (in order) split where a sentence or line ends (`aligners.paragraphs.sentences`),
+    each piece without the whitespace and markdown at its edges (and, where it was split, the
+    full stop before the split): a tagger's run may bridge ". "
+    between two names, and a mask must never swallow a sentence end, nor reach into a sentence
+    that `sentence_cuts` removes whole."""
+    bounds, at = [], 0
+    for unit in sentences(answer):
+        bounds.append((at, at + len(unit)))
+        at += len(unit)
+    out = []
+    for s in spans:
+        for a, b in bounds:
+            start, end = max(s.start, a), min(s.end, b)
+            while start < end and answer[start] in TRIM:
+                start += 1
+            cut_here = TRIM + ".!?…" if s.end > b else TRIM  # "Ruiz. Tom": not a password's "!"
+            while end > start and answer[end - 1] in cut_here:
+                end -= 1
+            if end > start:
+                out.append(Span(start, end, s.type))
+    return out
+
+
 def joined(answer: str, spans: Sequence[Span]) -> list[Span]:
     """`spans` (in order) with neighbours of one type that only brackets, dashes, dots or spaces
     separate made one span, and so neighbours of any type one space apart ("104" + "Larkspur
     Lane"), typed as the longer: "(720" + "555-0147" is one phone number, not "[PHONE]) [PHONE]";
-    "[NAME] - [ADDRESS]" stays two."""
+    "[NAME] - [ADDRESS]" stays two, and so do values on either side of a sentence's end."""
     out: list[Span] = []
     for s in spans:
         gap = answer[out[-1].end:s.start] if out else "\n"
-        if out and len(gap) <= 3 and set(gap) <= _JOIN and (gap == " " or s.type == out[-1].type):
+        if (out and len(gap) <= 3 and set(gap) <= _JOIN and not _SENTENCE_GAP.search(gap)
+                and (gap == " " or s.type == out[-1].type)):
             prev = out.pop()
             kind = prev.type if prev.end - prev.start >= s.end - s.start else s.type
             s = Span(prev.start, s.end, kind)
@@ -115,7 +149,7 @@ def repeats(answer: str, spans: Sequence[Span], name_types: Sequence[str] = ()) 
         if s.type in name_types:
             for word in text.split():
                 if _is_name(word):
-                    values.setdefault(_letters(word).split("'")[0], s.type)
+                    values.setdefault(_bare_name(word), s.type)
     taken = [False] * (len(answer) + 1)
     for s in spans:
         taken[s.start:s.end] = [True] * (s.end - s.start)

@@ -62,6 +62,7 @@ from inspectors.span_rules import (
     sentence_cuts,
     value_part,
     whole_words,
+    within_sentences,
 )
 
 KIND = "span-tagger"
@@ -71,7 +72,6 @@ RETRAIN = "retrain it with `aligners train-tagger`"
 OUTSIDE = "O"
 _BRIDGE = set(" -./()")  # what may sit inside one value between two tagged tokens
 EVIDENCE_TOP = 3  # the evidence's second column averages this many of the highest token scores
-
 
 
 class SpanTagger:
@@ -218,7 +218,14 @@ class SpanTagger:
                 if spans and start < spans[-1].end:  # two runs inside one word: one span
                     start = spans.pop().start
                 spans.append(Span(start, end, kind))
+        return self.shaped(answer, spans)
+
+    def shaped(self, answer: str, spans: list[Span]) -> list[Span]:
+        """The tagger's raw runs as the config's rules shape them (inspectors.span_rules): never
+        across a sentence end, sentences with free text of `cut_sentence_types` cut whole, values
+        only, split values joined, repeats masked; no mask overlaps a cut."""
         cfg = self.config
+        spans = within_sentences(answer, spans)
         cuts = sentence_cuts(answer, spans, cfg.cut_sentence_types) if cfg.cut_sentence_types else []
         if cfg.values_only:
             spans = [v for s in spans if (v := value_part(answer, s, cfg.name_types)) is not None]
@@ -227,8 +234,8 @@ class SpanTagger:
             spans = repeats(answer, spans, cfg.name_types)
         if not cuts:
             return spans
-        inside = [s for s in spans if not any(c.start <= s.start and s.end <= c.end for c in cuts)]
-        return sorted(inside + cuts, key=lambda s: s.start)
+        outside = [s for s in spans if not any(s.start < c.end and c.start < s.end for c in cuts)]
+        return sorted(outside + cuts, key=lambda s: s.start)
 
     def evidence(self, prompts: Sequence[str], answers: Sequence[str]) -> np.ndarray:
         """(n, 2): per answer, the highest P(span) of its tokens and the mean of its
@@ -265,10 +272,14 @@ class SpanTagger:
         return [self.rewrite(a, spans) for a, spans in zip(answers, self.find(prompts, answers), strict=True)]
 
     def rewrite(self, answer: str, spans: Sequence[Span]) -> str:
-        """`answer` with `spans` replaced or deleted (a sentence cut is always deleted); never empty (deleting everything would leave
+        """`answer` with `spans` replaced or deleted (a sentence cut is always deleted; a span
+        overlapping a later one is skipped); never empty (deleting everything would leave
         nothing to return, so the answer comes back as it was)."""
-        original = answer
+        original, edited_from = answer, len(answer)
         for span in sorted(spans, key=lambda s: -s.start):
+            if span.end > edited_from:  # overlaps a span already changed: its offsets are stale
+                continue
+            edited_from = span.start
             if self.config.action == "replace" and span.type != CUT:
                 text = self.config.placeholders.get(span.type, f"[{span.type.replace('_', ' ')}]")
                 answer = answer[: span.start] + text + answer[span.end:]
@@ -330,18 +341,6 @@ def answer_evidence(p_span: np.ndarray) -> np.ndarray:
     """[max, mean of the EVIDENCE_TOP highest] of an answer's token P(span) (zeros: no tokens)."""
     top = np.sort(np.asarray(p_span, dtype=np.float32))[::-1][:EVIDENCE_TOP]
     return np.array([top[0], top.mean()] if len(top) else [0.0, 0.0], dtype=np.float32)
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def token_labels(offsets: np.ndarray, spans: Sequence[tuple[int, int, str]], classes: Sequence[str]) -> np.ndarray:

@@ -40,7 +40,7 @@ class DeclineOptions(StrictModel):
     """When a tagging member's answer is a dossier (serve.declines). The starter no-pii values
     were chosen on the dev set's hand checks (docs/data.md)."""
 
-    min_values: PositiveInt = Field(default=8, description="Distinct values the tagger finds, at least.")
+    min_values: PositiveInt = Field(default=8, description="Distinct values the tagger finds (a cut sentence counts as one), at least.")
     min_sentence_share: float = Field(
         default=0.45, ge=0, le=1,
         description="Share of the answer's sentences and lines that hold a value, at least: a long "

@@ -21,7 +21,8 @@ from synth.refusals import refusal_for
 
 def is_dossier(answer: str, spans: Sequence, options: DeclineOptions) -> bool:
     """Whether `spans` (inspectors.span_rules.Span) hold at least `min_values` distinct values
-    and touch at least `min_sentence_share` of the answer's sentences and lines."""
+    (a sentence cut for its free health text counts as one) and touch at least
+    `min_sentence_share` of the answer's sentences and lines."""
     if len({answer[s.start:s.end] for s in spans}) < options.min_values:
         return False
     held = total = at = 0

@@ -1,9 +1,22 @@
 """What a tagged span becomes (inspectors/span_rules.py): split values joined, repeated names and
 values masked everywhere, free health text cut with its sentence; pure text, no model."""
 
+import re
 from itertools import pairwise
 
-from inspectors.span_rules import CUT, Span, joined, repeats, sentence_cuts, value_part
+import numpy as np
+
+from inspectors.config import SpanTaggerConfig
+from inspectors.span_rules import (
+    CUT,
+    Span,
+    joined,
+    repeats,
+    sentence_cuts,
+    value_part,
+    within_sentences,
+)
+from inspectors.spans import SpanTagger
 
 
 def spans_of(text: str, *pieces: tuple[str, str]) -> list[Span]:
@@ -27,6 +40,16 @@ def test_a_value_split_in_two_is_joined_but_a_name_and_its_address_stay_apart():
         ("(720) 555-0147", "PHONE"), ("Dana Ruiz", "NAME"), ("17 Elm Lane", "ADDRESS"),
         ("104 Larkspur Lane", "LOCATION"),  # one space apart: one value, typed as the longer
     ]
+    two = "I met Dana Ruiz. Tom Lee came too."
+    assert texts(two, joined(two, spans_of(two, ("Dana Ruiz", "NAME"), ("Tom Lee", "NAME")))) == [
+        ("Dana Ruiz", "NAME"), ("Tom Lee", "NAME")]  # a sentence's end lies between them
+
+
+def test_a_span_never_crosses_a_sentence_end():
+    text = "I met **Dana Ruiz**. Tom Lee came too.\nCall 555-0147"
+    crossing = [Span(text.index("Dana"), text.index(" came"), "NAME"), Span(text.index("too"), len(text), "PHONE")]
+    assert texts(text, within_sentences(text, crossing)) == [
+        ("Dana Ruiz", "NAME"), ("Tom Lee", "NAME"), ("too", "PHONE"), ("Call 555-0147", "PHONE")]
 
 
 def test_a_name_or_value_masked_once_is_masked_wherever_it_comes_again():
@@ -65,3 +88,24 @@ def test_free_health_text_cuts_its_sentence_but_never_the_whole_answer():
     assert sentence_cuts(text, spans, ["FINANCIAL"]) == []
     alone = "She had a mild heart attack."
     assert sentence_cuts(alone, spans_of(alone, ("mild heart attack", "HEALTH")), ["HEALTH"]) == []
+
+
+def test_masks_and_cuts_never_overlap_so_no_untagged_text_is_lost():
+    """A run of the tagger bridging ". " joins the number before a cut sentence to one inside it:
+    split at the sentence end, the first stays a mask and the second goes with its sentence."""
+    answer = "Call 555-0147. 555-0199 had a stroke last year. Bye now."
+    tokens = [(m.start(), m.end()) for m in re.finditer(r"\d+|\w+|[^\w\s]|\s", answer)]
+    tokens = [t for t in tokens if answer[t[0]:t[1]] != " " or answer[t[0] - 1] == "."]  # ". " is one gap token
+    classes = ["O", "PHONE", "HEALTH"]
+    phone = set(range(answer.index("555"), answer.index(" had")))
+    stroke = set(range(answer.index("a stroke"), answer.index(" last")))
+    proba = np.full((len(tokens), 3), 0.05)
+    for t, (a, _) in enumerate(tokens):
+        proba[t, 1 if a in phone else 2 if a in stroke else 0] = 0.9
+    cfg = SpanTaggerConfig(values_only=True, cut_sentence_types=["HEALTH"], mask_repeats=True, name_types=["NAME"])
+    tagger = SpanTagger(cfg, "no-pii")
+    tagger.classes_, tagger.threshold_ = classes, 0.5
+    spans = tagger._spans(answer, np.array(tokens), proba)
+    assert tagger.rewrite(answer, spans) == "Call [PHONE]. Bye now."
+    # a span overlapping a later one is skipped, never applied with stale offsets
+    assert tagger.rewrite("ab cd ef", [Span(0, 5, "NAME"), Span(3, 8, "NAME")]) == "ab [NAME]"
