@@ -27,6 +27,7 @@ LAYER_OF = {
     "serve.pipeline": "squad",
     "serve.degenerate": "squad",
     "serve.cutting": "squad",
+    "serve.declines": "squad",
     "serve": "server",  # the OpenAI-compatible server, batch correction, evaluation reports
     "aligners.cli": "cli",
     "aligners.commands": "cli",
