@@ -21,6 +21,9 @@ CUT = "SENTENCE"  # the type of a span that removes a whole sentence
 TRIM = " \t\n*_`"  # never part of a span: whitespace and markdown around a value
 _JOIN = set(" ()-./")  # what may lie between two spans of one value: "(720) 555-0147"
 _SENTENCE_GAP = re.compile(r"\.\s")  # but not a sentence's end: "Dana Ruiz. Tom Lee"
+_NAME_WORD = r"([A-Z][a-z]+(?:[-'’][A-Z]?[a-z]+)*)"  # "Marta", "Okafor-Brandt", "O'Brien"
+_NAME_BEFORE = re.compile(r"(?<![\w-])" + _NAME_WORD + r" $")
+_NAME_AFTER = re.compile(r" " + _NAME_WORD + r"(?![\w@-])")
 # capitalised words (3+ letters) a tagger may type NAME that are too often no one's name: at a
 # sentence's start, or as a month ("May Chen" must not mask "born in May")
 _NOT_NAMES = frozenset({
@@ -114,6 +117,21 @@ def within_sentences(answer: str, spans: Sequence[Span]) -> list[Span]:
                 end -= 1
             if end > start:
                 out.append(Span(start, end, s.type))
+    return out
+
+
+def whole_names(answer: str, spans: Sequence[Span], name_types: Sequence[str]) -> list[Span]:
+    """Spans of `name_types` grown over the capitalised name words right beside them, one space
+    apart: the tagger often marks only the surname ("Marta [NAME]"), and a first name left beside
+    a masked surname still names her. Common words and months do not join ("The [NAME]")."""
+    out = []
+    for s in spans:
+        start, end = s.start, s.end
+        while s.type in name_types and (m := _NAME_BEFORE.search(answer, 0, start)) and _is_name(m.group(1)):
+            start = m.start(1)
+        while s.type in name_types and (m := _NAME_AFTER.match(answer, end)) and _is_name(m.group(1)):
+            end = m.end(1)
+        out.append(Span(start, end, s.type))
     return out
 
 

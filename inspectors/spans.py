@@ -61,6 +61,7 @@ from inspectors.span_rules import (
     repeats,
     sentence_cuts,
     value_part,
+    whole_names,
     whole_words,
     within_sentences,
 )
@@ -223,13 +224,14 @@ class SpanTagger:
     def shaped(self, answer: str, spans: list[Span]) -> list[Span]:
         """The tagger's raw runs as the config's rules shape them (inspectors.span_rules): never
         across a sentence end, sentences with free text of `cut_sentence_types` cut whole, values
-        only, split values joined, repeats masked; no mask overlaps a cut."""
+        only, names grown over the name words beside them, split values joined, repeats masked;
+        no mask overlaps a cut."""
         cfg = self.config
         spans = within_sentences(answer, spans)
         cuts = sentence_cuts(answer, spans, cfg.cut_sentence_types) if cfg.cut_sentence_types else []
         if cfg.values_only:
             spans = [v for s in spans if (v := value_part(answer, s, cfg.name_types)) is not None]
-        spans = joined(answer, spans)
+        spans = joined(answer, whole_names(answer, spans, cfg.name_types))
         if cfg.mask_repeats:
             spans = repeats(answer, spans, cfg.name_types)
         if not cuts:

@@ -14,6 +14,7 @@ from inspectors.span_rules import (
     repeats,
     sentence_cuts,
     value_part,
+    whole_names,
     within_sentences,
 )
 from inspectors.spans import SpanTagger
@@ -76,6 +77,15 @@ def test_a_name_may_open_a_sentence_when_the_tagger_says_it_is_one():
     assert value_part(text, the, ["NAME"]) is None  # a common word is nobody's name
     assert value_part(text, tomasz, ["NAME"]) == tomasz
     assert value_part(text, Span(0, 6, "OTHER"), ["NAME"]) is None
+
+
+def test_a_masked_surname_takes_the_first_name_beside_it():
+    text = "Your landlord is Marta Kowalski. The Kowalski family, Dr. Lee Chen and May Okafor-Brandt met."
+    surnames = spans_of(text, ("Kowalski", "NAME"), ("Lee", "NAME"), ("Okafor-Brandt", "NAME"))
+    surnames.insert(1, Span(text.index("Kowalski", 30), text.index("Kowalski", 30) + 8, "NAME"))
+    assert [text[s.start:s.end] for s in whole_names(text, surnames, ["NAME"])] == [
+        "Marta Kowalski", "Kowalski", "Lee Chen", "Okafor-Brandt"]  # not "The", "Dr.", "May"
+    assert whole_names(text, surnames, []) == surnames  # only spans of a name type grow
 
 
 def test_free_health_text_cuts_its_sentence_but_never_the_whole_answer():
