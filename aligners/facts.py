@@ -62,7 +62,7 @@ class FactChanges:
     dropped: tuple[str, ...]
 
 
-_WORD = re.compile(r"[^\W\d_]+")
+WORD = re.compile(r"[^\W\d_]+")  # a run of letters
 
 
 def fact_changes(original: str, rewrite: str) -> FactChanges:
@@ -70,6 +70,6 @@ def fact_changes(original: str, rewrite: str) -> FactChanges:
     held is not added: what is left of "Dana Copper" once "[NAME]" masks "Dana", or of a code
     span around a placeholder. A number must match exactly ("320" is not "32")."""
     before, after = facts(original), facts(rewrite)
-    known = set(_WORD.findall(_PLACEHOLDER.sub(" ", original)))
-    added = [f for f in after - before if any(c.isdigit() for c in f) or not set(_WORD.findall(f)) <= known]
+    known = set(WORD.findall(_PLACEHOLDER.sub(" ", original)))
+    added = [f for f in after - before if any(c.isdigit() for c in f) or not set(WORD.findall(f)) <= known]
     return FactChanges(tuple(sorted(added)), tuple(sorted(before - after)))

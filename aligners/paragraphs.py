@@ -70,6 +70,15 @@ def sentences(text: str) -> list[str]:
     return units
 
 
+def sentence_bounds(text: str) -> list[tuple[int, int]]:
+    """The [start, end) character range of each of `sentences(text)`, whitespace after it included."""
+    bounds, at = [], 0
+    for unit in sentences(text):
+        bounds.append((at, at + len(unit)))
+        at += len(unit)
+    return bounds
+
+
 def join_paragraphs(paras: Sequence[str]) -> str:
     """Paragraphs as one text: each stripped, one blank line between them."""
     return "\n\n".join(p.strip() for p in paras)

@@ -14,8 +14,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from aligners.facts import MARKUP, opens_sentence
-from aligners.paragraphs import sentences
+from aligners.facts import MARKUP, WORD, opens_sentence
+from aligners.paragraphs import sentence_bounds
 
 CUT = "SENTENCE"  # the type of a span that removes a whole sentence
 TRIM = " \t\n*_`"  # never part of a span: whitespace and markdown around a value
@@ -63,6 +63,10 @@ def _is_name(word: str) -> bool:
     return _capitalised(letters) and len(letters) >= 3 and letters not in _NOT_NAMES
 
 
+def _has_digit_or_at(text: str) -> bool:
+    return any(c.isdigit() or c == "@" for c in text)
+
+
 def holds_value(text: str, start: int, end: int, name: bool = False) -> bool:
     """Whether the word text[start:end] of a span holds a value a placeholder may stand for: a
     digit, an "@", or a capitalised word that does not open a sentence, a line or a table cell
@@ -72,7 +76,7 @@ def holds_value(text: str, start: int, end: int, name: bool = False) -> bool:
     "usually") holds none: such placeholders were most of what garbled masked answers on the dev
     set (docs/data.md)."""
     word = text[start:end]
-    if any(c.isdigit() or c == "@" for c in word):
+    if _has_digit_or_at(word):
         return True
     if name and _is_name(word):
         return True
@@ -99,13 +103,10 @@ def value_part(answer: str, span: Span, name_types: Sequence[str] = ()) -> Span 
 def within_sentences(answer: str, spans: Sequence[Span]) -> list[Span]:
     """`spans` (in order) split where a sentence or line ends (`aligners.paragraphs.sentences`),
     each piece without the whitespace and markdown at its edges (and, where it was split, the
-    full stop before the split): a tagger's run may bridge ". "
-    between two names, and a mask must never swallow a sentence end, nor reach into a sentence
-    that `sentence_cuts` removes whole."""
-    bounds, at = [], 0
-    for unit in sentences(answer):
-        bounds.append((at, at + len(unit)))
-        at += len(unit)
+    full stop before the split): a tagger's run may bridge ". " between two names, and a mask
+    must never swallow a sentence end, nor reach into a sentence that `sentence_cuts` removes
+    whole."""
+    bounds = sentence_bounds(answer)
     out = []
     for s in spans:
         for a, b in bounds:
@@ -156,13 +157,13 @@ def repeats(answer: str, spans: Sequence[Span], name_types: Sequence[str] = ()) 
     """Where the answer says again what a span holds, a span there too: a value with a digit or
     an "@" ("22 January 1903" twice), one of several capitalised words ("Corliss Mews"), and for
     a name each of its words ("Mirela" after "Mirela Popescu"); a lone capitalised word of
-    another type ("Visa") is too often a tagger's slip to repeat. A masked name that the next paragraph repeats hides nothing (hand-checked on the
-    dev set, docs/data.md). Only whole words match; the result is in order, without overlaps."""
+    another type ("Visa") is too often a tagger's slip to repeat. A masked name that the next
+    paragraph repeats hides nothing (hand-checked on the dev set, docs/data.md). Only whole
+    words match; the result is in order, without overlaps."""
     values: dict[str, str] = {}
     for s in spans:
         text = answer[s.start:s.end]
-        if len(text) >= 3 and (any(c.isdigit() or c == "@" for c in text)
-                               or (_capitalised(text) and len(text.split()) > 1)):
+        if len(text) >= 3 and (_has_digit_or_at(text) or (_capitalised(text) and len(text.split()) > 1)):
             values.setdefault(text, s.type)
         if s.type in name_types:
             for word in text.split():
@@ -190,16 +191,16 @@ def sentence_cuts(answer: str, spans: Sequence[Span], types: Sequence[str], min_
     word of at least `min_letters` letters ("had a **mild heart attack**"), which no placeholder
     can stand for. None when that would leave no sentence with words: what is left to say is
     then not the tagger's to decide."""
-    units, cuts, at = sentences(answer), [], 0
+    bounds, cuts = sentence_bounds(answer), []
     spans = [s for s in spans if s.type in types
-             and any(len(w) >= min_letters for w in re.findall(r"[^\W\d_]+", answer[s.start:s.end]))]
-    for unit in units:
-        end = at + len(unit.rstrip())
-        if any(s.start < end and s.end > at for s in spans):
-            cuts.append(Span(at + len(unit) - len(unit.lstrip()), end, CUT))
-        at += len(unit)
-    kept = [u for u in units if any(ch.isalpha() for ch in u)]
-    return [] if len(cuts) >= len(kept) else cuts
+             and any(len(w) >= min_letters for w in WORD.findall(answer[s.start:s.end]))]
+    for a, b in bounds:
+        unit = answer[a:b]
+        end = a + len(unit.rstrip())
+        if any(s.start < end and s.end > a for s in spans):
+            cuts.append(Span(b - len(unit.lstrip()), end, CUT))
+    worded = sum(1 for a, b in bounds if any(ch.isalpha() for ch in answer[a:b]))
+    return [] if len(cuts) >= worded else cuts
 
 
 def _in_word(text: str, k: int) -> bool:

@@ -234,8 +234,6 @@ class SpanTagger:
         spans = joined(answer, whole_names(answer, spans, cfg.name_types))
         if cfg.mask_repeats:
             spans = repeats(answer, spans, cfg.name_types)
-        if not cuts:
-            return spans
         outside = [s for s in spans if not any(s.start < c.end and c.start < s.end for c in cuts)]
         return sorted(outside + cuts, key=lambda s: s.start)
 

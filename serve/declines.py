@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from aligners.paragraphs import sentences
+from aligners.paragraphs import sentence_bounds
 from serve.config import DeclineOptions
 from synth.refusals import refusal_for
 
@@ -25,13 +25,9 @@ def is_dossier(answer: str, spans: Sequence, options: DeclineOptions) -> bool:
     `min_sentence_share` of the answer's sentences and lines."""
     if len({answer[s.start:s.end] for s in spans}) < options.min_values:
         return False
-    held = total = at = 0
-    for unit in sentences(answer):
-        if any(ch.isalpha() for ch in unit):
-            total += 1
-            held += any(s.start < at + len(unit) and s.end > at for s in spans)
-        at += len(unit)
-    return held >= options.min_sentence_share * total
+    worded = [(a, b) for a, b in sentence_bounds(answer) if any(ch.isalpha() for ch in answer[a:b])]
+    held = sum(1 for a, b in worded if any(s.start < b and s.end > a for s in spans))
+    return held >= options.min_sentence_share * len(worded)
 
 
 def mask_or_decline(tagger, prompts: Sequence[str], answers: Sequence[str],
