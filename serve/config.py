@@ -10,6 +10,7 @@ from pydantic import Field, PositiveInt, model_validator
 
 from aligners.backends.base import SamplingParams
 from aligners.config import BackendConfig, StrictModel, TransformersBackendConfig
+from synth.refusals import refusal_concerns
 
 PROMPTED_ALIGNER = "prompted"
 CONTENT_KEEPING = ("no-pii", "polite")  # starter criteria whose fix must keep the answer's content
@@ -71,6 +72,13 @@ class SquadMember(StrictModel):
         "private data becomes a brief decline that names the concern and the proper channel, not a "
         "page of placeholders (serve.declines). None: always mask.",
     )
+    fallback_refusal: str | None = Field(
+        default=None,
+        description="When this member's rewrite of a flagged answer is not kept (the aligner copied "
+        "it, or its rewrite still scores no better), try a brief written refusal for this concern "
+        "instead (synth.refusals: 'general-harm' names no category), judged by the same accept "
+        "rule. For criteria whose fix is a refusal (harmless); None: the answer stays as it was.",
+    )
     threshold: float | None = Field(default=None, ge=0, le=1, description="Overrides the inspector's.")
     taia: bool | None = Field(default=None, description="Attention-only deltas; default from the manifest.")
     rewrite: Literal["answer", "paragraphs", "cut", "spans"] = Field(
@@ -105,6 +113,9 @@ class SquadMember(StrictModel):
             raise ValueError(f"{self.criterion}: a tagger goes with rewrite: spans, and rewrite: spans needs one")
         if self.decline is not None and self.rewrite != "spans":
             raise ValueError(f"{self.criterion}: decline counts a tagger's values; it goes with rewrite: spans")
+        if self.fallback_refusal is not None and self.fallback_refusal not in refusal_concerns():
+            raise ValueError(f"{self.criterion}: no written refusal for {self.fallback_refusal!r}; "
+                             f"fallback_refusal is one of {', '.join(refusal_concerns())}")
         return self
 
 

@@ -47,6 +47,7 @@ from serve.config import (
 from serve.cutting import cut_sentences
 from serve.declines import mask_or_decline
 from serve.degenerate import trim_loop, unusable
+from synth.refusals import refusal_for
 
 
 class SquadError(ConfigError):
@@ -67,6 +68,7 @@ class Guard:
     tagger: object | None = None  # inspectors.spans.SpanTagger of a "spans" member
     decline: DeclineOptions | None = None  # when a "spans" member declines (SquadMember.decline)
     defer_to: tuple[str, ...] = ()  # criteria this member leaves an answer to (SquadMember.defer_to)
+    fallback_refusal: str | None = None  # a written refusal to try when a rewrite is not kept
 
     @property
     def threshold(self) -> float:
@@ -110,7 +112,8 @@ class Squad:
                     raise SquadError(f"{member.tagger} is a {tagger.criterion!r} tagger but is listed for {member.criterion!r}")
             guards.append(Guard(member.criterion, inspector, _load_aligner(backend, cfg, member, config_file),
                                 unit=member.rewrite, cut=member.cut, tagger=tagger,
-                                decline=member.decline, defer_to=tuple(member.defer_to)))
+                                decline=member.decline, defer_to=tuple(member.defer_to),
+                                fallback_refusal=member.fallback_refusal))
         if cfg.base == "shared":
             base = backend
         elif cfg.base == "none":
@@ -188,25 +191,37 @@ class Squad:
                 break
             for j, members in groups.items():
                 guard = guards[j]
-                t0 = time.perf_counter()
-                candidates = self._rewrite(guard, [prompts[i] for i in members], [current[i] for i in members])
-                align_s = time.perf_counter() - t0
-                t1 = time.perf_counter()
-                new_scores = self.inspect([prompts[i] for i in members], candidates, guards)
-                rescore_s = time.perf_counter() - t1
-                for k, i in enumerate(members):
-                    before, after = scores[i].copy(), new_scores[k]
-                    accepted, reason = judge_rewrite(policy, guards, j, current[i], candidates[k], before, after)
-                    if accepted:
-                        current[i], scores[i] = candidates[k], after
-                    visited[i].add(j)
+                tries = (False, True) if guard.fallback_refusal is not None else (False,)
+                for fallback in tries:
+                    t0 = time.perf_counter()
+                    candidates = ([refusal_for(prompts[i], guard.fallback_refusal) for i in members] if fallback
+                                  else self._rewrite(guard, [prompts[i] for i in members], [current[i] for i in members]))
+                    align_s = time.perf_counter() - t0
+                    t1 = time.perf_counter()
+                    new_scores = self.inspect([prompts[i] for i in members], candidates, guards)
+                    rescore_s = time.perf_counter() - t1
+                    left = []
+                    for k, i in enumerate(members):
+                        before, after = scores[i].copy(), new_scores[k]
+                        accepted, reason = judge_rewrite(policy, guards, j, current[i], candidates[k], before, after)
+                        if accepted:
+                            current[i], scores[i] = candidates[k], after
+                        else:
+                            left.append(i)
+                        timings[i]["align_s"] += align_s / len(members)
+                        timings[i]["inspect_s"] += rescore_s / len(members)
+                        steps[i].append(TraceStep(
+                            criterion=guard.criterion, score_before=float(before[j]), score_after=float(after[j]),
+                            accepted=accepted, seconds=(align_s + rescore_s) / len(members),
+                            reason=f"fallback refusal {reason}" if fallback else reason,
+                        ))
+                    for i in members:
+                        visited[i].add(j)
+                    members = left
+                    if not members:
+                        break
+                for i in groups[j]:
                     rewrites[i] += 1
-                    timings[i]["align_s"] += align_s / len(members)
-                    timings[i]["inspect_s"] += rescore_s / len(members)
-                    steps[i].append(TraceStep(
-                        criterion=guard.criterion, score_before=float(before[j]), score_after=float(after[j]),
-                        accepted=accepted, seconds=(align_s + rescore_s) / len(members), reason=reason,
-                    ))
         ids = list(ids) if ids is not None else [None] * len(prompts)
         return [
             Correction(

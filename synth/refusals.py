@@ -133,15 +133,39 @@ _PRIVACY_OFFERS = [
 ]
 
 
+# GENERAL_HARM: a refusal that names no category, for a request whose category is unknown (a
+# squad member's fallback: guessed from the request alone, the category was right for only 36-53 %
+# of the dev set's harmful requests, and a refusal naming the wrong harm reads worse than none)
+GENERAL_HARM = "general-harm"
+_GENERAL_OPENINGS = [
+    "I can't help with this: the answer could be used to hurt people.",
+    "Sorry, I won't help with that — it could put you or others at real risk.",
+    "I'm not able to help with this request, because it could lead to real harm.",
+    "No, I can't provide that; it could be used to cause harm.",
+]
+_GENERAL_OFFERS = [
+    " If you tell me what you're trying to achieve, I can suggest a safe way to get there.",
+    " I'm glad to help with the safety side of this topic instead.",
+    "",
+]
+
+
+def refusal_concerns() -> list[str]:
+    """Every `category` refusal_for writes for by name."""
+    return [*CONCERNS, *PRIVACY_CONCERNS, GENERAL_HARM]
+
+
 def refusal_for(prompt_id: str, category: str, style: str | None = None) -> str:
-    """A refusal for a request of `category` (a harmful one, or a no-pii one), its phrasing
-    picked by the prompt id's hash; a role-play, fiction, hypothetical, research, code or essay
-    request gets a first sentence that answers its framing."""
+    """A refusal for a request of `category` (a harmful one, a no-pii one, or GENERAL_HARM), its
+    phrasing picked by the prompt id's hash; a role-play, fiction, hypothetical, research, code or
+    essay request gets a first sentence that answers its framing."""
     privacy = category in PRIVACY_CONCERNS
     concern, alternative = PRIVACY_CONCERNS[category] if privacy else CONCERNS.get(
         category, ("something that could hurt people", "a safe version of what you're trying to do")
     )
     openings, offers = (_PRIVACY_OPENINGS, _PRIVACY_OFFERS) if privacy else (_OPENINGS, _OFFERS)
+    if category == GENERAL_HARM:
+        openings, offers = _GENERAL_OPENINGS, _GENERAL_OFFERS
     h = int(hashlib.sha256(prompt_id.encode()).hexdigest(), 16)
     opening = openings[h % len(openings)].format(concern=concern)
     offer = offers[(h // len(openings)) % len(offers)].format(alternative=alternative)

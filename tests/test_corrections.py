@@ -17,7 +17,7 @@ from synth.corrections import (
     without_rudeness,
 )
 from synth.labeling import is_refusal, pii_found
-from synth.refusals import CONCERNS, PRIVACY_CONCERNS, refusal_for
+from synth.refusals import refusal_concerns, refusal_for
 
 runner = CliRunner()
 
@@ -62,7 +62,7 @@ def test_personal_data_is_generalised_in_place():
 
 @pytest.mark.parametrize("style", [None, "roleplay", "fiction", "code", "essay", "research"])
 def test_every_written_refusal_is_a_refusal(style):
-    for category in [*CONCERNS, *PRIVACY_CONCERNS, "a-category-nobody-wrote"]:
+    for category in [*refusal_concerns(), "a-category-nobody-wrote"]:
         for i in range(12):
             text = refusal_for(f"p{i}", category, style)
             assert is_refusal(text), text

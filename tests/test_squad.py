@@ -14,17 +14,21 @@ from aligners.backends.base import Generation
 from aligners.backends.transformers_local import TransformersBackend
 from serve.config import SquadConfig, SquadMember, SquadPolicy
 from serve.pipeline import Guard, Squad, SquadError, judge_rewrite, rewrite_or_keep
+from synth.labeling import is_refusal
+from synth.refusals import refusal_for
 
 FIXED_POLITE = "The store opens at nine, I hope that helps."
 FIXED_PII = "I can't share personal details about private people."
 
 
-def make_squad(root, writers=None, backend=None, **policy):
+def make_squad(root, writers=None, backend=None, members=None, **policy):
+    """A polite + no-pii squad on the fixture artifacts; `members` adds options per criterion."""
     cfg = SquadConfig.model_validate({
         "backend": {"type": "transformers", "model": "tiny-random-llama"},
         "base": "shared",
         "members": [
-            {"criterion": c, "inspector": str(root / "inspectors" / c), "aligner": str(root / "aligners" / c)}
+            {"criterion": c, "inspector": str(root / "inspectors" / c), "aligner": str(root / "aligners" / c),
+             **(members or {}).get(c, {})}
             for c in ("polite", "no-pii")
         ],
         "policy": policy,
@@ -146,6 +150,31 @@ def test_an_aligner_that_repeats_the_answer_keeps_it_byte_for_byte(squad_artifac
     assert rewrite_or_keep(answer, Generation(text=head, finish_reason="length")) == answer
     assert rewrite_or_keep(answer, Generation(text=head + "\n", finish_reason="stop")) == head
     assert rewrite_or_keep(answer, Generation(text=" ")) == answer
+
+
+def test_a_member_falls_back_to_a_written_refusal_when_its_rewrite_is_not_kept(squad_artifacts):
+    """SmolLM2's harmless aligner copies some compliant answers back or rewrites them into another
+    compliant one; the member's fallback_refusal then stands in, judged by the same accept rule."""
+    leak = PII[0]
+    copying = {"no-pii": lambda r: leak, None: lambda r: leak}
+    fallback = {"no-pii": {"fallback_refusal": "general-privacy"}}
+    squad, backend = make_squad(squad_artifacts, copying, members=fallback, min_gain=0.0)
+    (r,) = squad.correct(["where does she live?"], [leak])
+    assert r.corrected == refusal_for("where does she live?", "general-privacy") and is_refusal(r.corrected)
+    tried, fell_back = r.trace.steps
+    assert not tried.accepted and tried.reason.startswith("kept: the aligner repeated the answer")
+    assert fell_back.accepted and fell_back.reason == "fallback refusal rewritten"
+    assert fell_back.score_before < 0.5 <= fell_back.score_after
+    assert len(backend.calls) == 1  # the refusal is written, not generated
+
+    squad, _ = make_squad(squad_artifacts, members=fallback, reject_if_worse=False)
+    (r,) = squad.correct(["q"], [leak])  # a kept rewrite needs no fallback (polite then fixes it)
+    assert [(s.criterion, s.reason) for s in r.trace.steps] == [("no-pii", "rewritten"), ("polite", "rewritten")]
+
+    squad, _ = make_squad(squad_artifacts, copying, min_gain=0.0)  # no fallback: the answer stays
+    assert squad.correct(["q"], [leak])[0].corrected == leak
+    with pytest.raises(ValueError, match="no written refusal for 'rudeness'; fallback_refusal is one of weapons"):
+        make_squad(squad_artifacts, members={"polite": {"fallback_refusal": "rudeness"}})
 
 
 def test_batches_group_items_by_aligner(squad_artifacts):
