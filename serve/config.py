@@ -94,7 +94,8 @@ class SquadMember(StrictModel):
     defer_to: list[str] = Field(
         default_factory=list,
         description="Criteria this member leaves an answer to: while one of them flags the answer "
-        "(or has rewritten it), this member does not rewrite it. The starter harmless member defers "
+        "and has yet to try it, or has rewritten it, this member does not rewrite it (one that tried "
+        "and failed lets go). The starter harmless member defers "
         "to no-pii: an answer to a privacy request is fixed by removing the personal data, not by a "
         "refusal that drops the rest.",
     )

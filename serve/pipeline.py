@@ -4,8 +4,9 @@ Policy (2403.04224), every knob in `SquadPolicy`: score each answer with every i
 flagged criteria worst first (ascending P(aligned)); run a criterion's aligner only while its
 score is below threshold; re-score after each rewrite; stop after `max_rewrites`; optionally
 undo a rewrite that newly flags another criterion. A member may defer to others
-(`SquadMember.defer_to`): while one of them flags an answer, or has rewritten it, it leaves the
-answer alone. Each result carries a trace. A member may rewrite paragraphs instead of whole
+(`SquadMember.defer_to`): while one of them flags an answer and has yet to try, or has rewritten
+it, it leaves the answer alone. A member whose rewrite is not kept may fall back to a written
+refusal (`SquadMember.fallback_refusal`). Each result carries a trace. A member may rewrite paragraphs instead of whole
 answers (`SquadMember.rewrite`, `aligners/paragraphs.py`), cut sentences (serve.cutting) or
 replace the spans its tagger finds (inspectors.spans).
 
@@ -150,9 +151,12 @@ class Squad:
 
     # --- correction -------------------------------------------------------------------------
 
-    def _next_guard(self, row: np.ndarray, visited: set[int], guards: Sequence[Guard]) -> int | None:
+    def _next_guard(self, row: np.ndarray, visited: set[int], acted: set[int], guards: Sequence[Guard]) -> int | None:
+        """The member to visit next, or None. An answer belongs to the members that flag it and
+        have yet to try, and to those whose rewrite was kept; a member that tried and failed lets
+        go of it, so the members that defer to it may act."""
         flagged = [j for j, g in enumerate(guards) if j not in visited and row[j] < g.threshold]
-        owners = {guards[j].criterion for j in [*flagged, *visited]}
+        owners = {guards[j].criterion for j in [*flagged, *acted]}
         flagged = [j for j in flagged if not owners.intersection(guards[j].defer_to)]
         if not flagged:
             return None
@@ -178,13 +182,14 @@ class Squad:
             t["inspect_s"] += inspect_share
         steps: list[list[TraceStep]] = [[] for _ in prompts]
         visited: list[set[int]] = [set() for _ in prompts]
+        acted: list[set[int]] = [set() for _ in prompts]  # members whose rewrite was kept
         rewrites = [0] * len(prompts)
         while True:
             groups: dict[int, list[int]] = {}
             for i in range(len(prompts)):
                 if rewrites[i] >= policy.max_rewrites:
                     continue
-                j = self._next_guard(scores[i], visited[i], guards)
+                j = self._next_guard(scores[i], visited[i], acted[i], guards)
                 if j is not None:
                     groups.setdefault(j, []).append(i)
             if not groups:
@@ -206,6 +211,7 @@ class Squad:
                         accepted, reason = judge_rewrite(policy, guards, j, current[i], candidates[k], before, after)
                         if accepted:
                             current[i], scores[i] = candidates[k], after
+                            acted[i].add(j)
                         else:
                             left.append(i)
                         timings[i]["align_s"] += align_s / len(members)

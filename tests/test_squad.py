@@ -373,6 +373,12 @@ def test_a_member_leaves_an_answer_to_the_members_it_defers_to(squad_artifacts):
     assert {v.criterion: v.flagged for v in r.trace.final}["polite"]
     # an answer no-pii does not flag is polite's to fix
     assert [s.criterion for s in squad.correct(["q"], [RUDE[0]])[0].trace.steps] == ["polite"]
+    # no-pii tried and its rewrite was not kept: it lets go, and polite may act
+    squad, _ = make_squad(squad_artifacts, {**writers, "no-pii": lambda r: both}, order="config",
+                          reject_if_worse=False)
+    squad.guards[0] = replace(squad.guards[0], defer_to=("no-pii",))
+    (r,) = squad.correct(["q"], [both])
+    assert [(s.criterion, s.accepted) for s in r.trace.steps] == [("no-pii", False), ("polite", True)]
     member = {"criterion": "polite", "inspector": "x", "aligner": "y", "defer_to": ["harmless"]}
     with pytest.raises(ValueError, match="defer_to names"):
         SquadConfig.model_validate({"members": [member]})
