@@ -48,6 +48,7 @@ from serve.config import (
 from serve.cutting import cut_sentences
 from serve.declines import mask_or_decline
 from serve.degenerate import trim_loop, unusable
+from synth.labeling import is_refusal
 from synth.refusals import refusal_for
 
 
@@ -223,7 +224,7 @@ class Squad:
                         ))
                     for i in members:
                         visited[i].add(j)
-                    members = left
+                    members = [i for i in left if not is_refusal(current[i])]  # a refusal needs no other
                     if not members:
                         break
                 for i in groups[j]:

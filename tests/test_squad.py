@@ -173,6 +173,12 @@ def test_a_member_falls_back_to_a_written_refusal_when_its_rewrite_is_not_kept(s
 
     squad, _ = make_squad(squad_artifacts, copying, min_gain=0.0)  # no fallback: the answer stays
     assert squad.correct(["q"], [leak])[0].corrected == leak
+    # an answer that already opens with a refusal keeps its own (and the help after it)
+    refusing = "I can't share that. " + leak
+    squad, _ = make_squad(squad_artifacts, {c: lambda r: refusing for c in ("no-pii", "polite", None)},
+                          members=fallback, min_gain=0.0)
+    (r,) = squad.correct(["q"], [refusing])
+    assert r.corrected == refusing and [s.criterion for s in r.trace.steps].count("no-pii") == 1
     with pytest.raises(ValueError, match="no written refusal for 'rudeness'; fallback_refusal is one of weapons"):
         make_squad(squad_artifacts, members={"polite": {"fallback_refusal": "rudeness"}})
 
