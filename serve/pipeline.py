@@ -152,12 +152,13 @@ class Squad:
 
     # --- correction -------------------------------------------------------------------------
 
-    def _next_guard(self, row: np.ndarray, visited: set[int], acted: set[int], guards: Sequence[Guard]) -> int | None:
+    def _next_guard(self, row: np.ndarray, visited: set[int], steps: Sequence[TraceStep],
+                    guards: Sequence[Guard]) -> int | None:
         """The member to visit next, or None. An answer belongs to the members that flag it and
-        have yet to try, and to those whose rewrite was kept; a member that tried and failed lets
-        go of it, so the members that defer to it may act."""
+        have yet to try, and to those whose rewrite was kept (`steps`, the answer's trace so far);
+        a member that tried and failed lets go of it, so the members that defer to it may act."""
         flagged = [j for j, g in enumerate(guards) if j not in visited and row[j] < g.threshold]
-        owners = {guards[j].criterion for j in [*flagged, *acted]}
+        owners = {guards[j].criterion for j in flagged} | {s.criterion for s in steps if s.accepted}
         flagged = [j for j in flagged if not owners.intersection(guards[j].defer_to)]
         if not flagged:
             return None
@@ -183,20 +184,22 @@ class Squad:
             t["inspect_s"] += inspect_share
         steps: list[list[TraceStep]] = [[] for _ in prompts]
         visited: list[set[int]] = [set() for _ in prompts]
-        acted: list[set[int]] = [set() for _ in prompts]  # members whose rewrite was kept
         rewrites = [0] * len(prompts)
         while True:
             groups: dict[int, list[int]] = {}
             for i in range(len(prompts)):
                 if rewrites[i] >= policy.max_rewrites:
                     continue
-                j = self._next_guard(scores[i], visited[i], acted[i], guards)
+                j = self._next_guard(scores[i], visited[i], steps[i], guards)
                 if j is not None:
                     groups.setdefault(j, []).append(i)
             if not groups:
                 break
             for j, members in groups.items():
                 guard = guards[j]
+                for i in members:
+                    visited[i].add(j)
+                    rewrites[i] += 1
                 tries = (False, True) if guard.fallback_refusal is not None else (False,)
                 for fallback in tries:
                     t0 = time.perf_counter()
@@ -212,7 +215,6 @@ class Squad:
                         accepted, reason = judge_rewrite(policy, guards, j, current[i], candidates[k], before, after)
                         if accepted:
                             current[i], scores[i] = candidates[k], after
-                            acted[i].add(j)
                         else:
                             left.append(i)
                         timings[i]["align_s"] += align_s / len(members)
@@ -222,13 +224,9 @@ class Squad:
                             accepted=accepted, seconds=(align_s + rescore_s) / len(members),
                             reason=f"fallback refusal {reason}" if fallback else reason,
                         ))
-                    for i in members:
-                        visited[i].add(j)
                     members = [i for i in left if not is_refusal(current[i])]  # a refusal needs no other
                     if not members:
                         break
-                for i in groups[j]:
-                    rewrites[i] += 1
         ids = list(ids) if ids is not None else [None] * len(prompts)
         return [
             Correction(
