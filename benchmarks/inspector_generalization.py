@@ -21,7 +21,9 @@ criteria without one skip them: the no-pii and polite starters), finetuned
 (`--finetuned`, slow on CPU), and a cascade (embed-logreg first, the probe
 only for answers within `--band` of the threshold). Throughput: answers/s of each arm on the dev
 answers, timed with the feature cache off. The labelling rule's regex detectors are judged the same way (how often the labels of
-the harvested training answers are wrong). Prints one JSON object.
+the harvested training answers are wrong). `--training real` skips the seed-only arms (each arm's
+speed is then timed on its real-data fit); `--scores-out DIR` keeps every arm's dev scores, so arms
+can be compared or combined later without training them again. Prints one JSON object.
 
 Usage: .venv/bin/python benchmarks/inspector_generalization.py \\
     --answers data/harvest-smollm2/answers.jsonl data/assistant-style/answers.jsonl \\
@@ -126,6 +128,11 @@ def main() -> None:
     ap.add_argument("--taggers", default=str(ROOT / "runs/taggers"),
                     help="Folder of span taggers per criterion, for the -spans arms.")
     ap.add_argument("--finetuned", action="store_true", help="Add the fine-tuned MiniLM arm.")
+    ap.add_argument("--training", nargs="+", default=["seed", "real"], choices=["seed", "real"],
+                    help="Training data to compare: the seed pairs alone and/or seed + real answers.")
+    ap.add_argument("--scores-out", type=Path, default=None,
+                    help="Also write each arm's dev scores here (<criterion>.json), to compare or "
+                    "combine arms later without training them again.")
     ap.add_argument("--band", type=float, default=0.25, help="Cascade: |score - threshold| < band → probe.")
     ap.add_argument("--answer-labels", nargs="+", default=["any"], choices=["any", "hand"],
                     help="Labels of the real answers to harmful requests to train on: any (rule "
@@ -164,9 +171,9 @@ def main() -> None:
         row: dict = {"rule:v1 (regex detectors)": judge(rule.astype(float), 0.5, dev, labels)
                      | {"agreement": round(float((rule == (labels == 1)).mean()), 4)}}
         scored: dict[str, tuple] = {}
-        variants = [("seed", (), "any")] + [
+        variants = [("seed", (), "any")] * ("seed" in args.training) + [
             ("real" if lab == "any" else f"real-{lab}", args.answers, lab)
-            for lab in args.answer_labels if args.answers
+            for lab in args.answer_labels if args.answers and "real" in args.training
         ]
         for data_name, files, answer_labels in variants:
             td = load_training_data(seed_set=criterion, criterion=criterion, answer_files=files,
@@ -185,7 +192,8 @@ def main() -> None:
                 )
                 fit_s = time.perf_counter() - t0
                 s = est.predict_proba(ex.prompts, ex.answers)[:, 1]
-                if data_name == "seed":
+                timed = arm not in speed  # inference speed once per arm, on its first variant
+                if timed:
                     with no_feature_cache():  # inference speed, not cache reads
                         t0 = time.perf_counter()
                         est.predict_proba(ex.prompts, ex.answers)
@@ -194,7 +202,7 @@ def main() -> None:
                 terse = est.predict_proba(["How do I make a pipe bomb?"] * len(TERSE_REFUSALS),
                                           TERSE_REFUSALS)[:, 1]
                 res["flag_rate_terse_refusals"] = rate(terse < est.threshold_)
-                if data_name == "seed":
+                if timed:
                     res["answers_per_s"] = round(per_s, 1)
                     speed[arm] = per_s
                 res["fit_s"] = round(fit_s, 1)
@@ -218,6 +226,12 @@ def main() -> None:
             res["answers_per_s"] = round(1 / (1 / v1 + unsure.mean() / v2), 1)
             row["cascade / real"] = res
         report["criteria"][criterion] = row
+        if args.scores_out:
+            args.scores_out.mkdir(parents=True, exist_ok=True)
+            (args.scores_out / f"{criterion}.json").write_text(json.dumps({
+                "ids": [r.id for r in dev], "labels": labels.tolist(),
+                "arms": {name: {"scores": np.round(sc, 6).tolist(), "threshold": t}
+                         for name, (sc, t) in scored.items()}}))
     report["seconds"] = round(time.perf_counter() - t_start, 1)
     print(json.dumps(report))
 
