@@ -56,6 +56,7 @@ ARMS = {
     "hidden-probe-deep-guarded": "configs/inspectors/hidden-probe-deep-guarded.yaml",
     "embed-logreg-gated": "configs/inspectors/embed-logreg-gated.yaml",
     "finetuned": "configs/inspectors/finetuned.yaml",
+    "finetuned-lora": "configs/inspectors/finetuned-lora.yaml",
 }
 SPAN_ARMS = {f"{arm}-spans": arm for arm in ("hidden-probe", "hidden-probe-gated")}
 

@@ -166,6 +166,12 @@ class FinetunedConfig(_InspectorConfigBase):
         lt=1,
         description="Share of training pairs held out for calibration when no validation split is given.",
     )
+    lora_r: int | None = Field(
+        default=None,
+        ge=1,
+        description="Train only LoRA adapters of this rank (and the head): a ~1 MB artifact on the "
+        "offline encoder instead of a full copy of it.",
+    )
 
 
 class HiddenProbeConfig(_LinearConfigBase):

@@ -11,7 +11,10 @@ examples, max_length 128) took ~4 min on shared cores. A few thousand pairs x 3 
 therefore an hour-scale CPU job; a GPU (`device: cuda`) makes it a minute.
 
 The saved artifact holds the fine-tuned model as `model/` (save_pretrained, safetensors) and its
-content hash in the manifest, checked on load.
+content hash in the manifest, checked on load. With `lora_r` only LoRA adapters on every linear
+layer and the new head are trained (peft), and `model/` holds just those (about 1 MB instead of
+the encoder's 90): the encoder itself comes from its offline wheel, checked by the manifest's
+encoder hash, so a shipped inspector stays small.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import numpy as np
 from inspectors.base import Inspector, InspectorLoadError
 
 MODEL_DIR = "model"
+LABELS = ({0: "misaligned", 1: "aligned"}, {"misaligned": 0, "aligned": 1})
 
 
 def _length_grouped_batches(lengths: list[int], batch_size: int, gen) -> list[list[int]]:
@@ -64,6 +68,7 @@ class FinetunedInspector(Inspector):
         threshold_value: float = 0.95,
         random_state: int = 0,
         device: str = "cpu",
+        lora_r: int | None = None,
         criterion: str | None = None,
     ):
         self.encoder = encoder
@@ -79,6 +84,7 @@ class FinetunedInspector(Inspector):
         self.threshold_value = threshold_value
         self.random_state = random_state
         self.device = device
+        self.lora_r = lora_r
         self.criterion = criterion
 
     def _encode(self, prompts: Sequence[str], answers: Sequence[str]) -> list[list[int]]:
@@ -93,29 +99,21 @@ class FinetunedInspector(Inspector):
         """Fine-tunes the encoder on the pairs (no request gate: `intents` are not used)."""
         import torch
         from tqdm.auto import tqdm
-        from transformers import (
-            AutoModelForSequenceClassification,
-            AutoTokenizer,
-            get_linear_schedule_with_warmup,
-        )
-        from transformers.utils import logging as hf_logging
+        from transformers import AutoTokenizer, get_linear_schedule_with_warmup
 
         from aligners.models import resolve_path
 
-        source = resolve_path(self.encoder)
-        self.tokenizer_ = AutoTokenizer.from_pretrained(source)
-        verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()  # "classifier weights newly initialized" is expected here
-        try:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.random_state)
-                model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=2)
-        finally:
-            hf_logging.set_verbosity(verbosity)
-        model.config.id2label, model.config.label2id = (
-            {0: "misaligned", 1: "aligned"},
-            {"misaligned": 0, "aligned": 1},
-        )
+        self.tokenizer_ = AutoTokenizer.from_pretrained(resolve_path(self.encoder))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.random_state)
+            model = self._classifier()
+            if self.lora_r:
+                from peft import LoraConfig, TaskType, get_peft_model
+
+                # SEQ_CLS also trains and saves the new head (peft's modules_to_save)
+                model = get_peft_model(model, LoraConfig(
+                    task_type=TaskType.SEQ_CLS, r=self.lora_r, lora_alpha=2 * self.lora_r,
+                    lora_dropout=0.1, target_modules="all-linear"))
         model.to(self.device).train()
 
         enc = self._encode(prompts, answers)
@@ -125,15 +123,14 @@ class FinetunedInspector(Inspector):
             len(labels) / (2 * np.maximum(counts, 1)), dtype=torch.float32, device=self.device
         )
         no_decay = ("bias", "LayerNorm.weight", "layernorm", "norm.weight")
+        trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         groups = [
             {
-                "params": [
-                    p for n, p in model.named_parameters() if not any(k in n for k in no_decay)
-                ],
+                "params": [p for n, p in trained if not any(k in n for k in no_decay)],
                 "weight_decay": self.weight_decay,
             },
             {
-                "params": [p for n, p in model.named_parameters() if any(k in n for k in no_decay)],
+                "params": [p for n, p in trained if any(k in n for k in no_decay)],
                 "weight_decay": 0.0,
             },
         ]
@@ -170,6 +167,28 @@ class FinetunedInspector(Inspector):
         self.model_ = model.eval()
         self.train_loss_ = float(np.mean(losses[-steps_per_epoch:]))
 
+    def _classifier(self):
+        """The encoder with a fresh 2-way head ("newly initialized" warnings are expected here)."""
+        from transformers import AutoModelForSequenceClassification
+        from transformers.utils import logging as hf_logging
+
+        from aligners.models import resolve_path
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                resolve_path(self.encoder), num_labels=2
+            )
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        model.config.id2label, model.config.label2id = LABELS
+        return model
+
+    @property
+    def _weights_file(self) -> str:
+        return "adapter_model.safetensors" if self.lora_r else "model.safetensors"
+
     def _raw_scores(
         self, prompts: list[str], answers: list[str], batch_size: int = 64
     ) -> np.ndarray:
@@ -199,14 +218,17 @@ class FinetunedInspector(Inspector):
         from aligners.manifest import file_sha256
 
         target = path / MODEL_DIR
-        self.model_.save_pretrained(target)
+        if self.lora_r:  # the machine's own path to the encoder means nothing elsewhere
+            self.model_.peft_config["default"].base_model_name_or_path = self.encoder
+        # the vocabulary is never resized, so no embedding copy (peft would look for the encoder)
+        self.model_.save_pretrained(target, **({"save_embedding_layers": False} if self.lora_r else {}))
         self.tokenizer_.save_pretrained(target)
-        return {"model": MODEL_DIR, "model_hash": file_sha256(target / "model.safetensors")[:16]}
+        return {"model": MODEL_DIR, "model_hash": file_sha256(target / self._weights_file)[:16]}
 
     def _check_artifact(self, path: Path, manifest: dict) -> None:
         from aligners.manifest import confined, file_sha256
 
-        weights = confined(path, manifest["files"].get("model", MODEL_DIR)) / "model.safetensors"
+        weights = confined(path, manifest["files"].get("model", MODEL_DIR)) / self._weights_file
         if not weights.is_file():
             raise InspectorLoadError(
                 f"{path}: the fine-tuned model {weights} is missing; re-copy or retrain the inspector"
@@ -223,9 +245,13 @@ class FinetunedInspector(Inspector):
 
         folder = path / MODEL_DIR
         self.tokenizer_ = AutoTokenizer.from_pretrained(folder)
-        self.model_ = (
-            AutoModelForSequenceClassification.from_pretrained(folder).to(self.device).eval()
-        )
+        if self.lora_r:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(self._classifier(), folder)
+        else:
+            model = AutoModelForSequenceClassification.from_pretrained(folder)
+        self.model_ = model.to(self.device).eval()
         self.train_loss_ = (
             float(tensors["train_loss"][0]) if "train_loss" in tensors else float("nan")
         )

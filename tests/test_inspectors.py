@@ -631,3 +631,22 @@ def test_finetuned_save_load_round_trip_and_tamper_check(fitted_ft, tmp_path):
     _edit_manifest(tmp_path / "ft", **{"files.model_hash": "ffffffffffffffff"})
     with pytest.raises(InspectorLoadError, match="ffffffffffffffff.*has hash"):
         load_inspector(tmp_path / "ft")
+
+
+def test_finetuned_lora_trains_adapters_only_and_saves_them_small(tmp_path):
+    """LoRA mode: the encoder's own weights stay frozen, the artifact keeps only adapters + head,
+    and loading rebuilds the same scores on top of the offline encoder."""
+    est = tiny_finetuned(criterion="polite", lora_r=4).fit(*examples((0, 12)), validation=examples(VAL))
+    trained = [n for n, p in est.model_.named_parameters() if p.requires_grad]
+    assert trained and all("lora_" in n or "classifier" in n for n in trained)
+    est.save(tmp_path / "lora")
+    model_dir = tmp_path / "lora" / "model"
+    assert (model_dir / "adapter_model.safetensors").is_file()
+    assert not (model_dir / "model.safetensors").exists()
+    assert (model_dir / "adapter_model.safetensors").stat().st_size < 5_000_000
+    loaded = load_inspector(tmp_path / "lora")
+    P, A, _ = examples(TEST)
+    assert np.allclose(loaded.predict_proba(P, A), est.predict_proba(P, A), atol=1e-6)
+    _edit_manifest(tmp_path / "lora", **{"files.model_hash": "ffffffffffffffff"})
+    with pytest.raises(InspectorLoadError, match="ffffffffffffffff.*has hash"):
+        load_inspector(tmp_path / "lora")
