@@ -169,7 +169,7 @@ class FinetunedConfig(_InspectorConfigBase):
     lora_r: int | None = Field(
         default=None,
         ge=1,
-        description="Train only LoRA adapters of this rank (and the head): a ~1 MB artifact on the "
+        description="Train only LoRA adapters of this rank (and the head): a few-MB artifact on the "
         "offline encoder instead of a full copy of it.",
     )
 

@@ -12,7 +12,7 @@ therefore an hour-scale CPU job; a GPU (`device: cuda`) makes it a minute.
 
 The saved artifact holds the fine-tuned model as `model/` (save_pretrained, safetensors) and its
 content hash in the manifest, checked on load. With `lora_r` only LoRA adapters on every linear
-layer and the new head are trained (peft), and `model/` holds just those (about 1 MB instead of
+layer and the new head are trained (peft), and `model/` holds just those (2.7 MB at rank 16, not
 the encoder's 90): the encoder itself comes from its offline wheel, checked by the manifest's
 encoder hash, so a shipped inspector stays small.
 """
@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from inspectors.base import Inspector, InspectorLoadError
+from inspectors.base import RETRAIN, Inspector, InspectorLoadError
 
 MODEL_DIR = "model"
 LABELS = ({0: "misaligned", 1: "aligned"}, {"misaligned": 0, "aligned": 1})
@@ -227,7 +227,10 @@ class FinetunedInspector(Inspector):
 
     def _check_artifact(self, path: Path, manifest: dict) -> None:
         from aligners.manifest import confined, file_sha256
+        from aligners.models import require_encoder
 
+        if self.lora_r:  # adapters sit on the encoder installed here: it must be the one trained on
+            require_encoder(path, self.encoder, manifest["encoder"], "inspector", RETRAIN, InspectorLoadError)
         weights = confined(path, manifest["files"].get("model", MODEL_DIR)) / self._weights_file
         if not weights.is_file():
             raise InspectorLoadError(

@@ -650,3 +650,6 @@ def test_finetuned_lora_trains_adapters_only_and_saves_them_small(tmp_path):
     _edit_manifest(tmp_path / "lora", **{"files.model_hash": "ffffffffffffffff"})
     with pytest.raises(InspectorLoadError, match="ffffffffffffffff.*has hash"):
         load_inspector(tmp_path / "lora")
+    _edit_manifest(tmp_path / "lora", **{"encoder.hash": "0123456789abcdef"})
+    with pytest.raises(InspectorLoadError, match="0123456789abcdef.*meaningless"):
+        load_inspector(tmp_path / "lora")
