@@ -29,12 +29,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 SWEEP = (0.3, 0.7)
 
 
-def log_odds(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
-
-
-def artifact_scores(path: Path, criterion: str, dev: list, out: Path) -> dict:
+def artifact_scores(path: Path, dev: list, out: Path) -> dict:
     """The saved inspector's P(aligned) on the dev answers, kept in `out` (scores-out format)."""
     if out.is_file():
         return json.loads(out.read_text())
@@ -62,11 +57,12 @@ def main() -> None:
     from inspector_generalization import judge
 
     from aligners.schema import AnswerRecord, read_jsonl
+    from inspectors.calibration import log_odds, sigmoid
 
     dev = [r for r in read_jsonl(args.dev, AnswerRecord)
            if r.label_by == "hand" and r.criterion == args.criterion]
     kept = json.loads((args.scores_dir / f"{args.criterion}.json").read_text())
-    art = artifact_scores(args.artifact, args.criterion, dev,
+    art = artifact_scores(args.artifact, dev,
                           args.scores_dir / f"{args.criterion}-{args.artifact.name}-artifact.json")
     if kept["ids"] != [r.id for r in dev] or art["ids"] != kept["ids"]:
         raise SystemExit("the kept scores were made on another dev set: run them again")
@@ -80,12 +76,13 @@ def main() -> None:
         return {k: v for k, v in out.items()
                 if k not in ("recall", "fpr", "flag_rate_refusals", "flag_rate_sensitive_benign")}
 
+    def mixed(w: float) -> dict:
+        """The weighted mean of the two log-odds (weight w on the kept arm), judged."""
+        return row(sigmoid(w * log_odds(a) + (1 - w) * log_odds(b)))
+
     report = {"benchmark": "inspector_ensemble", "criterion": args.criterion,
-              "arms": {args.arm: row(a), art_name: row(b),
-                       "mean log-odds 1:1": row(1 / (1 + np.exp(-(log_odds(a) + log_odds(b)) / 2)))},
-              "sweep_on_dev_for_reference": {
-                  f"weight {w} on {args.arm}": row(1 / (1 + np.exp(-(w * log_odds(a) + (1 - w) * log_odds(b)))))
-                  for w in SWEEP}}
+              "arms": {args.arm: row(a), art_name: row(b), "mean log-odds 1:1": mixed(0.5)},
+              "sweep_on_dev_for_reference": {f"weight {w} on {args.arm}": mixed(w) for w in SWEEP}}
     print(json.dumps(report))
 
 

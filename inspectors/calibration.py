@@ -21,6 +21,13 @@ def sigmoid(z: np.ndarray) -> np.ndarray:
     return out
 
 
+def log_odds(p: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """The inverse of `sigmoid`, with probabilities kept `eps` away from 0 and 1 so a certain
+    score stays finite."""
+    p = np.clip(p, eps, 1 - eps)
+    return np.log(p / (1 - p))
+
+
 def fit_platt(raw: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """Platt scaling p = sigmoid(a*raw + b) with Platt's smoothed targets.
 

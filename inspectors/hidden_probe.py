@@ -41,6 +41,7 @@ import numpy as np
 
 from aligners.manifest import confined
 from inspectors.backbone import chat_head, encode_pairs, get_backbone, hidden_state_batches
+from inspectors.calibration import log_odds
 from inspectors.embed_logreg import cached_rows
 from inspectors.linear import LinearInspector
 from inspectors.spans import load_span_tagger
@@ -119,8 +120,7 @@ class HiddenProbeInspector(LinearInspector):
         X = np.stack(cached_rows(key, pairs, self._pooled_states))
         if self.span_tagger is None:
             return X
-        p = np.clip(self._tagger().evidence(prompts, answers), 1e-6, 1 - 1e-6)
-        return np.hstack([X, np.log(p / (1 - p))]).astype(np.float32)
+        return np.hstack([X, log_odds(self._tagger().evidence(prompts, answers))]).astype(np.float32)
 
     @property
     def n_stacked(self) -> int:
