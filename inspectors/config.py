@@ -172,6 +172,17 @@ class FinetunedConfig(_InspectorConfigBase):
         description="Train only LoRA adapters of this rank (and the head): a few-MB artifact on the "
         "offline encoder instead of a full copy of it.",
     )
+    weights_dtype: Literal["float32", "float16"] = Field(
+        default="float32",
+        description="How the fully fine-tuned model is stored: float16 halves the artifact (45 MB for "
+        "MiniLM); the weights are rounded when training ends, so every score is the stored model's.",
+    )
+
+    @model_validator(mode="after")
+    def _half_is_for_full_models(self) -> FinetunedConfig:
+        if self.lora_r and self.weights_dtype != "float32":
+            raise ValueError("weights_dtype applies to a fully fine-tuned model; LoRA adapters are already small")
+        return self
 
 
 class HiddenProbeConfig(_LinearConfigBase):

