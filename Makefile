@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 
 CRITERIA := harmless no-pii polite
 
-.PHONY: venv demo test test-slow bench bench-gpu harvest harvest-answers starter-taggers starter-inspectors aligner-data starter-squad clean
+.PHONY: venv demo test test-slow bench bench-gpu harvest harvest-answers starter-taggers member-inspectors starter-inspectors aligner-data starter-squad clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -70,7 +70,7 @@ harvest-answers: venv
 ANSWERS := data/harvest-smollm2/answers.jsonl data/assistant-style/answers.jsonl
 # encoder feature rows kept between runs (inspectors/feature_store.py): each answer is encoded once
 FEATURE_CACHE := runs/feature-cache
-INSPECTOR_harmless := hidden-probe-deep-guarded
+INSPECTOR_harmless := ensemble-harmless
 INSPECTOR_no-pii := hidden-probe-gated
 INSPECTOR_polite := hidden-probe
 THRESHOLD_harmless := --threshold-good benign --set threshold_value=0.02
@@ -81,11 +81,19 @@ THRESHOLD_polite := --set threshold_value=0.05
 TAGGERS := runs/taggers
 SPANS_no-pii := --set span_tagger=$(TAGGERS)/no-pii
 SPANS_polite := --set span_tagger=$(TAGGERS)/polite
-starter-inspectors: venv starter-taggers
-	$(foreach c,$(CRITERIA),ALIGNERS_FEATURE_CACHE=$(FEATURE_CACHE) $(VENV)/bin/aligners train-inspector --data seed:$(c) --criterion $(c) \
-		$(foreach f,$(ANSWERS),--answers $(f)) $(CORRECTIONS_$(c)) --dev evals/dev/answers.jsonl --threshold-on dev \
-		--set threshold_target=fpr $(THRESHOLD_$(c)) $(SPANS_$(c)) \
-		--config configs/inspectors/$(INSPECTOR_$(c)).yaml --out artifacts/inspectors/$(c) &&) true
+# harmless is an ensemble (inspectors/ensemble.py): its members, the guarded deep probe and the
+# fine-tuned MiniLM (about 45 min on 2 cores), are trained first by the same command into
+# runs/inspector-members/harmless/ (named in configs/inspectors/ensemble-harmless.yaml), then scored
+# together by the mean of their log-odds.
+TRAIN_INSPECTOR = ALIGNERS_FEATURE_CACHE=$(FEATURE_CACHE) $(VENV)/bin/aligners train-inspector --data seed:$(1) \
+	--criterion $(1) $(foreach f,$(ANSWERS),--answers $(f)) $(CORRECTIONS_$(1)) --dev evals/dev/answers.jsonl \
+	--threshold-on dev --set threshold_target=fpr $(THRESHOLD_$(1)) $(SPANS_$(1)) --config configs/inspectors/$(2).yaml
+MEMBERS := runs/inspector-members
+MEMBERS_harmless := hidden-probe-deep-guarded finetuned
+member-inspectors: venv
+	$(foreach c,$(CRITERIA),$(foreach m,$(MEMBERS_$(c)),$(call TRAIN_INSPECTOR,$(c),$(m)) --out $(MEMBERS)/$(c)/$(m) &&)) true
+starter-inspectors: venv starter-taggers member-inspectors
+	$(foreach c,$(CRITERIA),$(call TRAIN_INSPECTOR,$(c),$(INSPECTOR_$(c))) --out artifacts/inspectors/$(c) &&) true
 
 # Span taggers from the spans marked by hand (about 15 min on 2 cores), an intermediate of the
 # inspectors above: rebuilt when their marks or recipe change.

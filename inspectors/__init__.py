@@ -24,11 +24,13 @@ _EXPORTS = {
     "load_inspector": "inspectors.base",
     "read_manifest": "inspectors.base",
     "EmbedLogRegInspector": "inspectors.embed_logreg",
+    "EnsembleInspector": "inspectors.ensemble",
     "FinetunedInspector": "inspectors.finetuned",
     "HiddenProbeInspector": "inspectors.hidden_probe",
     "HiddenProbeConfig": "inspectors.config",
     "INSPECTOR_CONFIG": "inspectors.config",
     "EmbedLogRegConfig": "inspectors.config",
+    "EnsembleConfig": "inspectors.config",
     "FinetunedConfig": "inspectors.config",
     "pairs_to_examples": "inspectors.data",
     "load_training_data": "inspectors.data",
@@ -52,11 +54,13 @@ if TYPE_CHECKING:
     from inspectors.config import (  # noqa: F401
         INSPECTOR_CONFIG,
         EmbedLogRegConfig,
+        EnsembleConfig,
         FinetunedConfig,
         HiddenProbeConfig,
     )
     from inspectors.data import load_training_data, pairs_to_examples  # noqa: F401
     from inspectors.embed_logreg import EmbedLogRegInspector  # noqa: F401
+    from inspectors.ensemble import EnsembleInspector  # noqa: F401
     from inspectors.finetuned import FinetunedInspector  # noqa: F401
     from inspectors.hidden_probe import HiddenProbeInspector  # noqa: F401
     from inspectors.metrics import evaluate  # noqa: F401

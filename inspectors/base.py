@@ -11,7 +11,8 @@ A subclass supplies only the raw scorer:
 - `_model_tensors()` / `_load_model(dir, tensors)` (+ optionally `_save_model_files(dir)`) persist it;
 - `_check_artifact(dir, manifest)` refuses an artifact its weights cannot be trusted with;
 - `_aligned_bound(prompts, answers)` may cap P(aligned) by a rule that holds whatever the model
-  scores (the request guard of `inspectors/linear.py`).
+  scores (the request guard of `inspectors/linear.py`);
+- `_encoder_identity()` names the model the scores depend on (default: the `encoder` param).
 
 Fitting: the model is trained on the training split, then raw scores on the *validation* split
 fit the calibrator (Platt sigmoid or isotonic) and pick the threshold from a target (minimum
@@ -63,6 +64,7 @@ INSPECTOR_TYPES: dict[str, str] = {
     "embed-logreg": "inspectors.embed_logreg:EmbedLogRegInspector",
     "finetuned": "inspectors.finetuned:FinetunedInspector",
     "hidden-probe": "inspectors.hidden_probe:HiddenProbeInspector",
+    "ensemble": "inspectors.ensemble:EnsembleInspector",
 }
 
 
@@ -175,6 +177,10 @@ class Inspector(ClassifierMixin, BaseEstimator):
         """A cap on P(aligned) per answer that holds whatever the model scores (None: no cap)."""
         return None
 
+    def _encoder_identity(self) -> tuple[str, str]:
+        """(id, content hash) of the encoder, recorded in the manifest and checked on load."""
+        return model_id_and_hash(self.encoder)
+
     def _fit_for_calibration(
         self, prompts: list[str], answers: list[str], labels: np.ndarray, intents: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray, str]:
@@ -215,7 +221,6 @@ class Inspector(ClassifierMixin, BaseEstimator):
         g = check_intents(intents, len(p))
         if len(np.unique(y)) < 2:
             raise ValueError("training labels need both classes: 0 (misaligned) and 1 (aligned)")
-        self.encoder_id_, self.encoder_hash_ = model_id_and_hash(self.encoder)
         if validation is None:  # out-of-sample scores without the cap: it only adds flags
             raw, cal_y, source = self._fit_for_calibration(p, a, y, g)
             bound = None
@@ -224,6 +229,7 @@ class Inspector(ClassifierMixin, BaseEstimator):
             self._fit_model(p, a, y, g)
             raw, cal_y, source = self._raw_scores(vp, va), vy, "validation split"
             bound = self._aligned_bound(vp, va)
+        self.encoder_id_, self.encoder_hash_ = self._encoder_identity()
         self.classes_ = np.array([0, 1])
         self.n_train_ = len(y)
         self.train_counts_ = {"aligned": int(y.sum()), "misaligned": int(len(y) - y.sum())}

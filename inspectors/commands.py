@@ -142,8 +142,11 @@ def train_inspector(
         f"train {train.counts()}, validation {val.counts()}, test {test.counts()}"
     )
     est = build_inspector(cfg, criterion=criterion)
-    with console.status("training"):
-        est.fit(*train.as_tuple(), validation=val.as_tuple(), intents=train.intents)
+    try:  # data the model cannot be trained on, or an ensemble member it cannot use
+        with console.status("training"):
+            est.fit(*train.as_tuple(), validation=val.as_tuple(), intents=train.intents)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
     if threshold_on == "dev" or threshold_good == "benign":
         chosen, where = (dev_examples, "dev set (hand labels)") if threshold_on == "dev" else (val, "validation split")
         if threshold_good == "benign":

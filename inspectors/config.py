@@ -32,13 +32,9 @@ Feature = Literal["prompt", "answer", "product", "absdiff", "sentence_max", "sen
 DEFAULT_TYPE = "embed-logreg"
 
 
-class _InspectorConfigBase(StrictModel):
-    """Fields every inspector type shares: the encoder, calibration and threshold policy."""
+class _CalibratedConfigBase(StrictModel):
+    """Fields every inspector type shares: how raw scores become P(aligned), and the threshold."""
 
-    encoder: str = Field(
-        default="minilm-l6",
-        description="Registry name (minilm-l6), local folder or HF id of the encoder.",
-    )
     calibration: Calibration = Field(
         default="sigmoid",
         description="Map raw scores to probabilities on the validation split: 'sigmoid' (Platt), "
@@ -55,6 +51,15 @@ class _InspectorConfigBase(StrictModel):
         ge=0.0,
         le=1.0,
         description="The recall, FPR or fixed threshold (see threshold_target).",
+    )
+
+
+class _InspectorConfigBase(_CalibratedConfigBase):
+    """Fields of the inspectors that run a model of their own: its encoder, seed and device."""
+
+    encoder: str = Field(
+        default="minilm-l6",
+        description="Registry name (minilm-l6), local folder or HF id of the encoder.",
     )
     random_state: int = Field(
         default=0, description="Seed for fold splits, shuffling and head init."
@@ -227,6 +232,30 @@ class HiddenProbeConfig(_LinearConfigBase):
         return value
 
 
+class EnsembleConfig(_CalibratedConfigBase):
+    """Saved inspectors of one criterion scored together by the mean of their log-odds."""
+
+    type: Literal["ensemble"] = "ensemble"
+    members: list[str] = Field(
+        min_length=2,
+        description="Saved inspector folders (`aligners train-inspector`, any type), trained on the "
+        "same data as the ensemble is given (checked when it is trained, as they may not exist yet "
+        "when a recipe is read); the saved ensemble keeps a copy of each.",
+    )
+    weights: list[float] | None = Field(
+        default=None,
+        description="One positive weight per member in the mean of log-odds (default: equal).",
+    )
+
+    @model_validator(mode="after")
+    def _one_weight_per_member(self) -> EnsembleConfig:
+        if self.weights is not None and (
+            len(self.weights) != len(self.members) or min(self.weights) <= 0
+        ):
+            raise ValueError(f"weights must be {len(self.members)} positive numbers, one per member")
+        return self
+
+
 def _type_of(value: Any) -> str | None:
     """Discriminator that defaults a missing `type:` to embed-logreg (the default inspector)."""
     if isinstance(value, dict):
@@ -237,12 +266,13 @@ def _type_of(value: Any) -> str | None:
 InspectorConfig = Annotated[
     Annotated[EmbedLogRegConfig, Tag("embed-logreg")]
     | Annotated[FinetunedConfig, Tag("finetuned")]
-    | Annotated[HiddenProbeConfig, Tag("hidden-probe")],
+    | Annotated[HiddenProbeConfig, Tag("hidden-probe")]
+    | Annotated[EnsembleConfig, Tag("ensemble")],
     Discriminator(_type_of),
 ]
-INSPECTOR_CONFIG: TypeAdapter[EmbedLogRegConfig | FinetunedConfig | HiddenProbeConfig] = (
-    TypeAdapter(InspectorConfig)
-)
+INSPECTOR_CONFIG: TypeAdapter[
+    EmbedLogRegConfig | FinetunedConfig | HiddenProbeConfig | EnsembleConfig
+] = TypeAdapter(InspectorConfig)
 
 
 class SpanTaggerConfig(StrictModel):

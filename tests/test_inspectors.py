@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
+from aligners.manifest import ManifestError
 from aligners.schema import Pair, Provenance
 from inspectors import (
     INSPECTOR_CONFIG,
@@ -673,3 +674,56 @@ def test_finetuned_lora_trains_adapters_only_and_saves_them_small(tmp_path):
     _edit_manifest(tmp_path / "lora", **{"encoder.hash": "0123456789abcdef"})
     with pytest.raises(InspectorLoadError, match="0123456789abcdef.*meaningless"):
         load_inspector(tmp_path / "lora")
+
+
+# --- ensemble ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def member_dirs(fitted, fitted_probe, tmp_path_factory) -> list[str]:
+    """Two members of different types, trained on the same split, saved as train-inspector would."""
+    root = tmp_path_factory.mktemp("members")
+    return [str(fitted.save(root / "embed")), str(fitted_probe.save(root / "probe"))]
+
+
+def test_ensemble_scores_the_mean_log_odds_of_its_members_and_round_trips(
+    member_dirs, fitted, fitted_probe, tmp_path
+):
+    from inspectors.calibration import log_odds
+
+    cfg = INSPECTOR_CONFIG.validate_python({"type": "ensemble", "members": member_dirs, "weights": [3, 1]})
+    ens = build_inspector(cfg, criterion="polite").fit(*examples(TRAIN), validation=examples(VAL))
+    P, A, Y = examples(TEST)
+    odds = [log_odds(m.predict_proba(P, A)[:, 1]) for m in (fitted, fitted_probe)]
+    assert np.allclose(ens.decision_function(P, A), (3 * odds[0] + odds[1]) / 4)
+    assert ens.evaluate(P, A, Y)["auroc"] > 0.9
+    ens.save(tmp_path / "ens")
+    for i in (0, 1):  # each member is copied whole, manifest included
+        assert (tmp_path / "ens" / "members" / str(i) / MANIFEST).is_file()
+    loaded = load_inspector(tmp_path / "ens")
+    assert type(loaded).__name__ == "EnsembleInspector" and loaded.threshold_ == ens.threshold_
+    assert np.array_equal(loaded.predict_proba(P, A), ens.predict_proba(P, A))
+    weights = tmp_path / "ens" / "members" / "1" / WEIGHTS
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)  # the checksums cover the members
+    with pytest.raises(ManifestError, match="members/1.*changed or damaged"):
+        load_inspector(tmp_path / "ens")
+
+
+def test_ensemble_refuses_members_it_cannot_calibrate_honestly(member_dirs, fitted, tmp_path):
+    ens = build_inspector(INSPECTOR_CONFIG.validate_python({"type": "ensemble", "members": member_dirs}))
+    with pytest.raises(ValueError, match="trained on other examples"):  # VAL would be their training data
+        ens.fit(*examples(VAL), validation=examples(TEST))
+    with pytest.raises(ValueError, match="validation split its members never trained on"):
+        clone(ens).fit(*examples(TRAIN))
+    other = EmbedLogRegInspector(criterion="harmless").fit(*examples(TRAIN), validation=examples(VAL))
+    mixed = [member_dirs[0], str(other.save(tmp_path / "harmless"))]
+    with pytest.raises(InspectorLoadError, match="one criterion"):
+        build_inspector(INSPECTOR_CONFIG.validate_python({"type": "ensemble", "members": mixed})).fit(
+            *examples(TRAIN), validation=examples(VAL))
+    with pytest.raises(ValidationError, match="at least 2"):
+        INSPECTOR_CONFIG.validate_python({"type": "ensemble", "members": member_dirs[:1]})
+    missing = INSPECTOR_CONFIG.validate_python({"type": "ensemble", "members": [member_dirs[0], str(tmp_path)]})
+    with pytest.raises(InspectorLoadError, match="manifest.json not found"):
+        build_inspector(missing).fit(*examples(TRAIN), validation=examples(VAL))
+    with pytest.raises(ValidationError, match="2 positive numbers"):
+        INSPECTOR_CONFIG.validate_python({"type": "ensemble", "members": member_dirs, "weights": [1, 0]})

@@ -374,3 +374,24 @@ def test_harmful_requests_get_one_written_refusal_each():
     assert kept[0].label == "aligned"
     with pytest.raises(ValueError, match="any, hand"):
         answers_for("harmless", [], labels="rule")
+
+
+def test_train_inspector_builds_an_ensemble_of_saved_members(trained, synth_dir, tmp_path):
+    """The shipped ensemble recipe over two members trained by the CLI on the same data."""
+    first, _ = trained
+    second = tmp_path / "answer-only"
+    args = ["train-inspector", "--data", str(synth_dir)]
+    result = runner.invoke(app, [*args, "--out", str(second), "--set", "features=[answer, sentence_max]"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, [*args, "--config", "configs/inspectors/ensemble-harmless.yaml", "--out",
+                                 str(tmp_path / "ens"), "--set", f"members=[{first}, {second}]"])
+    assert result.exit_code == 0, result.output
+    m = json.loads((tmp_path / "ens" / "manifest.json").read_text())
+    assert m["type"] == "ensemble" and m["files"]["members"] == ["members/0", "members/1"]
+    assert m["metrics"]["test"]["auroc"] >= 0.9
+    member = json.loads((tmp_path / "ens" / "members" / "1" / "manifest.json").read_text())
+    assert member["params"]["features"] == ["answer", "sentence_max"]
+    mixed = runner.invoke(app, ["train-inspector", "--data", "seed:polite", "--config",
+                                "configs/inspectors/ensemble-harmless.yaml", "--out", str(tmp_path / "bad"),
+                                "--set", f"members=[{first}, {second}]"])
+    assert mixed.exit_code != 0 and "trained on other examples" in mixed.output
