@@ -6,7 +6,9 @@ starter, `--artifact`; its scores are kept beside the others under `--scores-dir
 reads them), and reports each alone and their mean log-odds: the same figures as
 inspector_generalization (AUROC per part, recall at the squad's operating point). The mean is
 weighted 1:1, chosen before looking; other weights are listed as a sweep on dev, for reference
-only, since choosing one there would tune on the evaluation data. Prints one JSON object.
+only, since choosing one there would tune on the evaluation data. Without `--arm` the saved
+inspector is judged alone (e.g. the shipped harmless ensemble, which holds both). Prints one
+JSON object.
 
 Usage: .venv/bin/python benchmarks/inspector_ensemble.py --criterion harmless \\
     --scores-dir benchmarks/inspector_ensemble --arm "finetuned / real" \\
@@ -49,7 +51,8 @@ def main() -> None:
     ap.add_argument("--criterion", required=True)
     ap.add_argument("--scores-dir", type=Path, required=True,
                     help="Folder of <criterion>.json files from inspector_generalization --scores-out.")
-    ap.add_argument("--arm", required=True, help="Arm in <criterion>.json to combine, e.g. 'finetuned / real'.")
+    ap.add_argument("--arm", help="Arm in <criterion>.json to combine, e.g. 'finetuned / real' "
+                    "(none: judge the saved inspector alone).")
     ap.add_argument("--artifact", type=Path, required=True, help="Saved inspector to combine it with.")
     ap.add_argument("--dev", type=Path, default=ROOT / "evals/dev/answers.jsonl")
     args = ap.parse_args()
@@ -61,13 +64,12 @@ def main() -> None:
 
     dev = [r for r in read_jsonl(args.dev, AnswerRecord)
            if r.label_by == "hand" and r.criterion == args.criterion]
-    kept = json.loads((args.scores_dir / f"{args.criterion}.json").read_text())
+    args.scores_dir.mkdir(parents=True, exist_ok=True)
     art = artifact_scores(args.artifact, dev,
                           args.scores_dir / f"{args.criterion}-{args.artifact.name}-artifact.json")
-    if kept["ids"] != [r.id for r in dev] or art["ids"] != kept["ids"]:
+    if art["ids"] != [r.id for r in dev]:
         raise SystemExit("the kept scores were made on another dev set: run them again")
-    labels = np.asarray(kept["labels"])
-    a = np.asarray(kept["arms"][args.arm]["scores"])
+    labels = np.asarray(art["labels"])
     (art_name, b_kept), = art["arms"].items()
     b = np.asarray(b_kept["scores"])
 
@@ -76,13 +78,21 @@ def main() -> None:
         return {k: v for k, v in out.items()
                 if k not in ("recall", "fpr", "flag_rate_refusals", "flag_rate_sensitive_benign")}
 
+    report = {"benchmark": "inspector_ensemble", "criterion": args.criterion, "arms": {art_name: row(b)}}
+    if args.arm is None:
+        print(json.dumps(report))
+        return
+    kept = json.loads((args.scores_dir / f"{args.criterion}.json").read_text())
+    if kept["ids"] != art["ids"]:
+        raise SystemExit("the kept scores were made on another dev set: run them again")
+    a = np.asarray(kept["arms"][args.arm]["scores"])
+
     def mixed(w: float) -> dict:
         """The weighted mean of the two log-odds (weight w on the kept arm), judged."""
         return row(sigmoid(w * log_odds(a) + (1 - w) * log_odds(b)))
 
-    report = {"benchmark": "inspector_ensemble", "criterion": args.criterion,
-              "arms": {args.arm: row(a), art_name: row(b), "mean log-odds 1:1": mixed(0.5)},
-              "sweep_on_dev_for_reference": {f"weight {w} on {args.arm}": mixed(w) for w in SWEEP}}
+    report["arms"] = {args.arm: row(a), art_name: row(b), "mean log-odds 1:1": mixed(0.5)}
+    report["sweep_on_dev_for_reference"] = {f"weight {w} on {args.arm}": mixed(w) for w in SWEEP}
     print(json.dumps(report))
 
 

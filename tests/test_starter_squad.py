@@ -1,6 +1,9 @@
 """The shipped starter squad: every aligner loads on SmolLM2, passes the adapter self-test, and
-its manifest matches its committed recipe; the default squad recipe assembles."""
+its manifest matches its committed recipe; so does every inspector (an ensemble's members too);
+the default squad recipe assembles."""
 
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -52,3 +55,29 @@ def test_the_default_squad_names_shipped_artifacts_built_by_their_recipes():
     tagger = load_span_tagger(ROOT / masking.tagger)
     recipe = load_config(ROOT / "configs" / "taggers" / f"{masking.criterion}.yaml", SpanTaggerConfig)
     assert tagger.config == recipe and tagger.config.values_only
+
+
+def _recipe_params(folder: Path, recipe: str) -> None:
+    """The inspector in `folder` is of the recipe's type with its params; the threshold policy,
+    the tagger path and the member paths are the Makefile's to set, so they are not compared."""
+    from inspectors.config import INSPECTOR_CONFIG
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    cfg = load_config(ROOT / "configs" / "inspectors" / f"{recipe}.yaml", INSPECTOR_CONFIG)
+    want = cfg.model_dump(exclude={"type", "threshold_target", "threshold_value", "span_tagger", "members"})
+    assert manifest["type"] == cfg.type, folder
+    assert {k: manifest["params"].get(k) for k in want} == want, folder
+
+
+def test_shipped_inspectors_are_built_by_the_makefile_recipes_and_stay_small():
+    makefile = (ROOT / "Makefile").read_text()
+    recipes = dict(re.findall(r"^INSPECTOR_(\S+) := (\S+)$", makefile, re.MULTILINE))
+    members = dict(re.findall(r"^MEMBERS_(\S+) := (.+)$", makefile, re.MULTILINE))
+    assert set(recipes) == set(CRITERIA)
+    for criterion in CRITERIA:
+        folder = ROOT / "artifacts" / "inspectors" / criterion
+        _recipe_params(folder, recipes[criterion])
+        for i, member in enumerate(members.get(criterion, "").split()):
+            _recipe_params(folder / "members" / str(i), member)
+    size = sum(f.stat().st_size for f in (ROOT / "artifacts").rglob("*") if f.is_file())
+    assert size < 80 * 2**20, f"the shipped artifacts are {size / 2**20:.0f} MB: keep them to tens of MB"
