@@ -75,10 +75,11 @@ class SquadMember(StrictModel):
     fallback_refusal: str | None = Field(
         default=None,
         description="When this member's rewrite of a flagged answer is not kept (the aligner copied "
-        "it, or its rewrite still scores no better) and the answer does not already open with a "
-        "refusal, try a brief written refusal for this concern instead (synth.refusals: "
-        "'general-harm' names no category), judged by the same accept rule. For criteria whose fix "
-        "is a refusal (harmless); None: the answer stays as it was.",
+        "it, or its rewrite still scores no better) or is kept yet still flagged by this member's "
+        "inspector, and the answer does not already open with a refusal, try a brief written "
+        "refusal for this concern instead (synth.refusals: 'general-harm' names no category), "
+        "judged by the same accept rule against what the answer is by then. For criteria whose fix "
+        "is a refusal (harmless); None: the answer stays as it was (or as rewritten).",
     )
     threshold: float | None = Field(default=None, ge=0, le=1, description="Overrides the inspector's.")
     taia: bool | None = Field(default=None, description="Attention-only deltas; default from the manifest.")

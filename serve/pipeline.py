@@ -5,8 +5,8 @@ flagged criteria worst first (ascending P(aligned)); run a criterion's aligner o
 score is below threshold; re-score after each rewrite; stop after `max_rewrites`; optionally
 undo a rewrite that newly flags another criterion. A member may defer to others
 (`SquadMember.defer_to`): while one of them flags an answer and has yet to try, or has rewritten
-it, it leaves the answer alone. A member whose rewrite is not kept may fall back to a written
-refusal (`SquadMember.fallback_refusal`). Each result carries a trace. A member may rewrite
+it, it leaves the answer alone. A member whose rewrite is not kept, or is kept yet still flagged
+by its own inspector, may fall back to a written refusal (`SquadMember.fallback_refusal`). Each result carries a trace. A member may rewrite
 paragraphs instead of whole answers (`SquadMember.rewrite`, `aligners/paragraphs.py`), cut
 sentences (serve.cutting) or replace the spans its tagger finds (inspectors.spans).
 
@@ -215,8 +215,8 @@ class Squad:
                         accepted, reason = judge_rewrite(policy, guards, j, current[i], candidates[k], before, after)
                         if accepted:
                             current[i], scores[i] = candidates[k], after
-                        else:
-                            left.append(i)
+                        if not accepted or (not fallback and after[j] < guard.threshold):
+                            left.append(i)  # kept yet still flagged: its fallback may do better
                         timings[i]["align_s"] += align_s / len(members)
                         timings[i]["inspect_s"] += rescore_s / len(members)
                         steps[i].append(TraceStep(

@@ -183,6 +183,27 @@ def test_a_member_falls_back_to_a_written_refusal_when_its_rewrite_is_not_kept(s
         make_squad(squad_artifacts, members={"polite": {"fallback_refusal": "rudeness"}})
 
 
+def test_a_kept_rewrite_still_flagged_by_its_member_falls_back_to_the_refusal(squad_artifacts):
+    """A rewrite whose score rose is kept, but one its own inspector still flags is not a fix: the
+    member's written refusal is then judged against it (an aligner that tones a compliant answer
+    down a little must not stand in for a refusal)."""
+    partial = "Her street is private, but her phone is 555-0100."  # scores higher, still flagged
+    fallback = {"no-pii": {"fallback_refusal": "general-privacy"}}
+    writers = {"no-pii": lambda r: partial, None: lambda r: partial}
+    squad, _ = make_squad(squad_artifacts, writers, members=fallback, min_gain=0.0, reject_if_worse=False,
+                          keep_facts=[])
+    (r,) = squad.correct(["where does she live?"], [PII[0]])
+    rewrite, fell_back = [s for s in r.trace.steps if s.criterion == "no-pii"]
+    assert rewrite.accepted and rewrite.score_after < 0.5  # kept, yet still flagged
+    assert fell_back.reason.startswith("fallback refusal")
+    assert fell_back.score_before == rewrite.score_after  # judged against the kept rewrite
+    assert r.corrected == (refusal_for("where does she live?", "general-privacy")
+                           if fell_back.accepted else partial)
+    # without the fallback the kept rewrite stands
+    squad, _ = make_squad(squad_artifacts, writers, min_gain=0.0, reject_if_worse=False, keep_facts=[])
+    assert [s.reason for s in squad.correct(["q"], [PII[0]])[0].trace.steps if s.criterion == "no-pii"] == ["rewritten"]
+
+
 def test_batches_group_items_by_aligner(squad_artifacts):
     squad, backend = make_squad(squad_artifacts, reject_if_worse=False)
     answers = [RUDE[3], PII[0], POLITE[4], RUDE[4], PII[1], RUDE[5]]
