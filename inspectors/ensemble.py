@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from inspectors.base import Inspector, InspectorLoadError, load_inspector
+from inspectors.base import Inspector, InspectorLoadError, examples_hash, load_inspector
 from inspectors.calibration import log_odds
 
 MEMBERS_DIR = "members"
@@ -54,8 +54,6 @@ class EnsembleInspector(Inspector):
         self, prompts: list[str], answers: list[str], labels: np.ndarray, intents: np.ndarray | None
     ) -> None:
         """Loads the members and checks they were trained on exactly these training examples."""
-        from inspectors.base import examples_hash
-
         if not self.members or len(self.members) < 2:
             raise ValueError("an ensemble needs at least two member inspector folders")
         self.members_ = [load_inspector(m) for m in self.members]
