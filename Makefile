@@ -61,7 +61,8 @@ harvest-answers: venv
 # The starter inspectors: seed pairs + labelled real answers (harvested and hand-written; dev topics
 # never train) + for no-pii and polite the answers corrected by hand (CORRECTIONS_, below), before
 # and after. The recipe per criterion is the arm chosen in benchmarks/inspector_generalization.py
-# (README); harmless and no-pii have a request gate (chosen by validation AUROC), harmless also a
+# (README; harmless: the ensemble measured by benchmarks/inspector_ensemble.py, below); harmless
+# and no-pii have a request gate (chosen by validation AUROC), harmless also a
 # request guard (docs/data.md: a non-refusal to a request the gate is sure is risky is flagged,
 # bar read off the validation split's requests). Thresholds are
 # met on the dev set's hand labels: the gated ones flag at most 2 % of its good answers to benign
