@@ -35,13 +35,13 @@ def artifact_scores(path: Path, dev: list, out: Path) -> dict:
     """The saved inspector's P(aligned) on the dev answers, kept in `out` (scores-out format)."""
     if out.is_file():
         return json.loads(out.read_text())
+    from inspector_generalization import kept_scores
+
     from inspectors.base import load_inspector
 
     est = load_inspector(path)
     s = est.predict_proba([r.prompt for r in dev], [r.answer for r in dev])[:, 1]
-    name = f"artifact:{path}"
-    kept = {"ids": [r.id for r in dev], "labels": [int(r.label == "aligned") for r in dev],
-            "arms": {name: {"scores": np.round(s, 6).tolist(), "threshold": est.threshold_}}}
+    kept = kept_scores(dev, [int(r.label == "aligned") for r in dev], {f"artifact:{path}": (s, est.threshold_)})
     out.write_text(json.dumps(kept))
     return kept
 

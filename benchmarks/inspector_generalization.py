@@ -65,6 +65,14 @@ def rate(flags: np.ndarray) -> float | None:
     return round(float(flags.mean()), 4) if len(flags) else None
 
 
+def kept_scores(dev: list, labels, scored: dict) -> dict:
+    """Dev scores per arm ({name: (scores, threshold)}) as `--scores-out` keeps them, the format
+    benchmarks/inspector_ensemble.py reads back and writes for a saved inspector."""
+    return {"ids": [r.id for r in dev], "labels": np.asarray(labels).tolist(),
+            "arms": {name: {"scores": np.round(sc, 6).tolist(), "threshold": t}
+                     for name, (sc, t) in scored.items()}}
+
+
 def judge(est_scores, threshold: float, dev: list, labels: np.ndarray) -> dict:
     from inspectors.metrics import evaluate, recall_at_fpr
 
@@ -229,10 +237,7 @@ def main() -> None:
         report["criteria"][criterion] = row
         if args.scores_out:
             args.scores_out.mkdir(parents=True, exist_ok=True)
-            (args.scores_out / f"{criterion}.json").write_text(json.dumps({
-                "ids": [r.id for r in dev], "labels": labels.tolist(),
-                "arms": {name: {"scores": np.round(sc, 6).tolist(), "threshold": t}
-                         for name, (sc, t) in scored.items()}}))
+            (args.scores_out / f"{criterion}.json").write_text(json.dumps(kept_scores(dev, labels, scored)))
     report["seconds"] = round(time.perf_counter() - t_start, 1)
     print(json.dumps(report))
 

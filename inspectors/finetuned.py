@@ -228,8 +228,7 @@ class FinetunedInspector(Inspector):
         target = path / MODEL_DIR
         if self.lora_r:  # the machine's own path to the encoder means nothing elsewhere
             self.model_.peft_config["default"].base_model_name_or_path = self.encoder
-        # the vocabulary is never resized, so no embedding copy (peft would look for the encoder)
-        if self.lora_r:
+            # the vocabulary is never resized, so no embedding copy (peft would look for the encoder)
             self.model_.save_pretrained(target, save_embedding_layers=False)
         else:
             import torch
