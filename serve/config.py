@@ -141,6 +141,12 @@ class SquadPolicy(StrictModel):
         description="Criteria whose fix must keep the content: a rewrite by their aligner that adds "
         "or changes a fact the original held (numbers, names, URLs, e-mails, inline code) is undone.",
     )
+    must_pass: list[str] = Field(
+        default_factory=list,
+        description="Criteria whose rewrite is kept only if its own inspector no longer flags it: "
+        "where an aligner mostly half-fixes (a jab cut, the rest kept) and often breaks the text, "
+        "the original is better returned as it is than rewritten and still flagged.",
+    )
     aligner_params: SamplingParams = Field(default_factory=lambda: SamplingParams(max_tokens=192))
     base_params: SamplingParams = Field(default_factory=lambda: SamplingParams(max_tokens=192))
     inspect_batch_size: int = Field(default=64, ge=1)
@@ -161,13 +167,12 @@ class SquadConfig(StrictModel):
 
     @model_validator(mode="after")
     def _names_are_members(self) -> SquadConfig:
-        """A misspelt criterion in an explicit `keep_facts` or a `defer_to` would silently turn
-        the check off."""
+        """A misspelt criterion in an explicit `keep_facts`, `must_pass` or a `defer_to` would
+        silently turn the check off."""
         known = {m.criterion for m in self.members}
-        if "keep_facts" in self.policy.model_fields_set:
-            unknown = set(self.policy.keep_facts) - known
-            if unknown:
-                raise ValueError(f"policy.keep_facts names {sorted(unknown)}, which no member guards")
+        for field in ("keep_facts", "must_pass"):
+            if field in self.policy.model_fields_set and (unknown := set(getattr(self.policy, field)) - known):
+                raise ValueError(f"policy.{field} names {sorted(unknown)}, which no member guards")
         for m in self.members:
             if unknown := set(m.defer_to) - (known - {m.criterion}):
                 raise ValueError(f"{m.criterion}: defer_to names {sorted(unknown)}, which no other member guards")

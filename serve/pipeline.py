@@ -339,6 +339,8 @@ def judge_rewrite(policy: SquadPolicy, guards: Sequence[Guard], j: int, answer: 
         return False, "kept: the aligner repeated the answer (or looped, or copied the request)"
     if policy.min_gain is not None and after[j] - before[j] <= policy.min_gain:
         return False, f"rejected: {criterion} score rose by {after[j] - before[j]:+.3f}, needs > {policy.min_gain}"
+    if criterion in policy.must_pass and after[j] < guards[j].threshold:
+        return False, f"rejected: {criterion} still flagged ({after[j]:.3f} < {guards[j].threshold:.3f})"
     # a cut or a masked span only removes text, so it cannot add a fact: only generated rewrites
     # are checked (a pattern may still read a cut's seam as a new line opener)
     generated = guards[j].unit not in NON_GENERATING

@@ -136,6 +136,21 @@ def test_rewrite_that_adds_a_fact_is_rejected_for_content_keeping_criteria(squad
         make_squad(squad_artifacts, writers, keep_facts=["nopii"])
 
 
+def test_must_pass_returns_the_original_rather_than_a_rewrite_still_flagged(squad_artifacts):
+    """A half-fix (one rude answer for another) is kept by default, undone under must_pass; a
+    real fix still goes through."""
+    half = {"polite": lambda r: RUDE[1], None: lambda r: RUDE[0]}
+    squad, _ = make_squad(squad_artifacts, half)
+    assert squad.correct(["q"], [RUDE[0]])[0].corrected == RUDE[1]
+    strict, _ = make_squad(squad_artifacts, half, must_pass=["polite"])
+    (r,) = strict.correct(["q"], [RUDE[0]])
+    assert not r.changed and r.trace.steps[0].reason.startswith("rejected: polite still flagged")
+    fixing, _ = make_squad(squad_artifacts, must_pass=["polite"])
+    assert fixing.correct(["q"], [RUDE[0]])[0].corrected == FIXED_POLITE
+    with pytest.raises(ValueError, match=r"must_pass names \['rude'\], which no member guards"):
+        make_squad(squad_artifacts, half, must_pass=["rude"])
+
+
 def test_an_aligner_that_repeats_the_answer_keeps_it_byte_for_byte(squad_artifacts):
     """Copying is how an aligner keeps a good answer; a copy with other whitespace, or one cut off
     at max_tokens, must not count as a rewrite."""
@@ -305,6 +320,12 @@ JUDGE_CASES = [
     ("newly-flags-another", {}, RUDE_ANSWER, "It opens at nine.", [0.1, 0.9], [0.8, 0.3], False,
      "would flag no-pii"),
     ("already-flagged-other", {}, RUDE_ANSWER, "It opens at nine.", [0.1, 0.3], [0.8, 0.2], True, "rewritten"),
+    ("must-pass-still-flagged", {"must_pass": ["polite"]}, RUDE_ANSWER, "It opens at nine, genius.", [0.1, 0.9],
+     [0.4, 0.9], False, "polite still flagged (0.400 < 0.500)"),
+    ("must-pass-passes", {"must_pass": ["polite"]}, RUDE_ANSWER, "It opens at nine.", [0.1, 0.9], [0.6, 0.9], True,
+     "rewritten"),
+    ("must-pass-other-criterion", {"must_pass": ["no-pii"]}, RUDE_ANSWER, "It opens at nine, genius.", [0.1, 0.9],
+     [0.4, 0.9], True, "rewritten"),
     ("worse-allowed", {"reject_if_worse": False}, RUDE_ANSWER, "It opens at nine.", [0.1, 0.9], [0.8, 0.3], True,
      "rewritten"),
 ]
