@@ -54,6 +54,7 @@ ARMS = {
     "hidden-probe-gated": "configs/inspectors/hidden-probe-gated.yaml",
     "hidden-probe-deep-gated": "configs/inspectors/hidden-probe-deep-gated.yaml",
     "hidden-probe-deep-guarded": "configs/inspectors/hidden-probe-deep-guarded.yaml",
+    "hidden-probe-deep-risky": "configs/inspectors/hidden-probe-deep-risky.yaml",
     "embed-logreg-gated": "configs/inspectors/embed-logreg-gated.yaml",
     "finetuned": "configs/inspectors/finetuned.yaml",
     "finetuned-lora": "configs/inspectors/finetuned-lora.yaml",

@@ -86,11 +86,20 @@ class _LinearConfigBase(_InspectorConfigBase):
         "with a refusal or safe redirect scores at most 1 - P(risky). The labelling rule calls such "
         "an answer misaligned, whatever the answer model thinks of it.",
     )
+    answer_model_on: Literal["all", "risky"] = Field(
+        default="all",
+        description="With request_gate, the answers the answer model learns from: 'risky' keeps "
+        "only the answers to risky requests, so it learns compliance versus refusal rather than "
+        "which requests are risky (the gate's job); the gate still reads every request.",
+    )
 
     @model_validator(mode="after")
     def _guard_needs_gate(self) -> _LinearConfigBase:
         if self.request_guard is not None and not self.request_gate:
             raise ValueError("request_guard reads the request gate's P(risky): set request_gate: true")
+        if self.answer_model_on == "risky" and not self.request_gate:
+            raise ValueError("answer_model_on: risky leaves answers to benign requests to the request "
+                             "gate: set request_gate: true")
         return self
 
 

@@ -222,6 +222,7 @@ class EmbedLogRegInspector(LinearInspector):
         request_gate: bool = False,
         request_gate_C: float = 1.0,
         request_guard: float | None = None,
+        answer_model_on: str = "all",
         encode_batch_tokens: int = 16384,
         max_seq_length: int = 256,
         dtype: str = "float32",
@@ -241,6 +242,7 @@ class EmbedLogRegInspector(LinearInspector):
         self.request_gate = request_gate
         self.request_gate_C = request_gate_C
         self.request_guard = request_guard
+        self.answer_model_on = answer_model_on
         self.encode_batch_tokens = encode_batch_tokens
         self.max_seq_length = max_seq_length
         self.dtype = dtype

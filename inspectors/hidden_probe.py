@@ -70,6 +70,7 @@ class HiddenProbeInspector(LinearInspector):
         request_gate: bool = False,
         request_gate_C: float = 1.0,
         request_guard: float | None = None,
+        answer_model_on: str = "all",
         span_tagger: str | None = None,
         dtype: str = "float32",
         calibration: str = "sigmoid",
@@ -91,6 +92,7 @@ class HiddenProbeInspector(LinearInspector):
         self.request_gate = request_gate
         self.request_gate_C = request_gate_C
         self.request_guard = request_guard
+        self.answer_model_on = answer_model_on
         self.span_tagger = span_tagger
         self.dtype = dtype
         self.calibration = calibration

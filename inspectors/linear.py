@@ -21,6 +21,12 @@ of answers to risky requests untouched (benchmarks/inspector_generalization.py m
 criterion: the `-gated` arms). Answers to benign requests that are harmful themselves are what
 it gives up.
 
+Risky-only answer model (`answer_model_on: risky`, with the gate): the answer model learns only
+from the answers to risky requests, so its weights go to what separates compliance from refusal
+and drift rather than to which requests are risky, which the gate already reads. On the harmless
+dev set it ranked SmolLM2's answers to harmful requests at AUROC 0.84 against 0.65 for the same
+features fitted on every answer (docs/data.md).
+
 Stacked evidence (`n_stacked` > 0: the last columns of `featurize`, e.g. a span tagger's, see
 inspectors/hidden_probe.py): the answer model is fitted on the other columns, its out-of-fold
 logits on the training data (folds grouped by request) are put beside the evidence columns, and a
@@ -99,6 +105,7 @@ class LinearInspector(Inspector):
     cv_folds: int
     request_gate: bool
     request_gate_C: float
+    answer_model_on: str = "all"
     n_stacked: int = 0  # trailing featurize columns stacked beside the answer model (module docstring)
 
     def featurize(self, prompts: Sequence[str], answers: Sequence[str]) -> np.ndarray:
@@ -137,10 +144,19 @@ class LinearInspector(Inspector):
         self, X: np.ndarray, y: np.ndarray, gate: tuple[np.ndarray, np.ndarray] | None, groups: list[str]
     ) -> None:
         """The answer model on X, y and the request gate on `gate` (from _gate_data)."""
-        w, self.stack_ = self._fit_answer(X, y, groups)
+        rows = np.flatnonzero(self._answer_rows(len(y), gate))
+        w, self.stack_ = self._fit_answer(X[rows], y[rows], [groups[i] for i in rows])
         self.scaler_mean_, self.scaler_scale_ = w["scaler_mean"], w["scaler_scale"]
         self.coef_, self.intercept_ = w["coef"], w["intercept"]
         self.gate_ = None if gate is None else self._fit_gate(*gate)
+
+    def _answer_rows(self, n: int, gate: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+        """Mask of the rows the answer model learns from (`answer_model_on`, module docstring)."""
+        if self.answer_model_on == "all":
+            return np.ones(n, dtype=bool)
+        if gate is None:
+            raise ValueError("answer_model_on='risky' needs the request gate (request_gate=True)")
+        return np.asarray(gate[1]) == RISKY
 
     def _fit_answer(
         self, X: np.ndarray, y: np.ndarray, groups: Sequence[str]
@@ -223,11 +239,13 @@ class LinearInspector(Inspector):
         then a refit on all training data. Features are computed once for all folds."""
         gate = self._gate_data(prompts, intents)
         X = self.featurize(prompts, answers)
+        learns = self._answer_rows(len(labels), gate)
         raw = np.zeros(len(labels))
         n_splits = 0
         for tr, te in self._folds(X, labels, prompts):
             n_splits += 1
-            raw[te] = self._answer_logit(X[te], *self._fit_answer(X[tr], labels[tr], [prompts[i] for i in tr]))
+            fit = tr[learns[tr]]
+            raw[te] = self._answer_logit(X[te], *self._fit_answer(X[fit], labels[fit], [prompts[i] for i in fit]))
             if gate is not None:
                 G, g = gate
                 raw[te] = gated_logit(raw[te], linear_scores(G[te], self._fit_gate(G[tr], g[tr])))

@@ -253,3 +253,33 @@ def test_squad_rewrites_a_guarded_answer_and_keeps_only_a_refusal():
     assert est.request_risk([low])[0] < est.request_guard
     (left,) = squad(REFUSE).correct([low], [COMPLY])
     assert not left.changed and not left.trace.steps
+
+
+def test_risky_only_answer_model_learns_from_the_answers_to_risky_requests(tmp_path):
+    """`answer_model_on: risky` fits the answer model on the risky requests' answers alone (the gate
+    still reads every request): the same weights as a fit on those rows, and compliance, which
+    benign requests no longer label "aligned", scores lower. Holds through out-of-fold calibration
+    and a save/load."""
+    from inspectors.config import EmbedLogRegConfig
+    from inspectors.linear import fit_linear
+
+    P, A, Y, G = gate_data(0, 10)
+    tp, risky = RISKY[10:], np.array(G) == 1
+    fitted = {on: EmbedLogRegInspector(criterion="harmless", request_gate=True, C=0.1, cv_folds=2,
+                                       answer_model_on=on).fit(P, A, Y, intents=G)
+              for on in ("all", "risky")}
+    est = fitted["risky"]
+    X = est.featurize(P, A)
+    expected = fit_linear(X[risky], np.array(Y)[risky], est.C, est.max_iter, est.random_state)
+    assert np.allclose(est.coef_, expected["coef"]) and np.allclose(est.intercept_, expected["intercept"])
+    assert not np.allclose(fitted["all"].coef_, est.coef_)
+    answer_logit = {on: linear_scores(e.featurize(tp, [COMPLY] * len(tp)), e._weights()) for on, e in fitted.items()}
+    assert np.all(answer_logit["risky"] < answer_logit["all"])
+    est.save(tmp_path / "risky")
+    loaded = load_inspector(tmp_path / "risky")
+    assert loaded.answer_model_on == "risky"
+    assert np.array_equal(loaded.predict_proba(tp, [COMPLY] * len(tp)), est.predict_proba(tp, [COMPLY] * len(tp)))
+    with pytest.raises(ValueError, match="set request_gate: true"):
+        EmbedLogRegConfig(answer_model_on="risky")
+    with pytest.raises(ValueError, match="needs the request gate"):
+        EmbedLogRegInspector(criterion="harmless", cv_folds=2, answer_model_on="risky").fit(P, A, Y)
