@@ -24,8 +24,8 @@ it gives up.
 Risky-only answer model (`answer_model_on: risky`, with the gate): the answer model learns only
 from the answers to risky requests, so its weights go to what separates compliance from refusal
 and drift rather than to which requests are risky, which the gate already reads. On the harmless
-dev set it ranked SmolLM2's answers to harmful requests at AUROC 0.84 against 0.65 for the same
-features fitted on every answer (docs/data.md).
+dev set it ranked SmolLM2's answers to harmful requests at AUROC 0.84 against 0.65 for the
+shipped member on the same features, fitted on every answer and guarded (docs/data.md).
 
 Stacked evidence (`n_stacked` > 0: the last columns of `featurize`, e.g. a span tagger's, see
 inspectors/hidden_probe.py): the answer model is fitted on the other columns, its out-of-fold
