@@ -60,6 +60,7 @@ from synth.labeling import is_refusal
 
 GATE = "gate_"  # prefix of the request gate's tensors
 STACK = "stack_"  # prefix of the stacking model's tensors
+ANSWER_MODEL_ON = ("all", "risky")  # which training answers the answer model learns from
 STACK_C = 1.0  # the stacking model has a weight per input, not hundreds: barely regularized
 
 
@@ -105,7 +106,7 @@ class LinearInspector(Inspector):
     cv_folds: int
     request_gate: bool
     request_gate_C: float
-    answer_model_on: str = "all"
+    answer_model_on: str
     n_stacked: int = 0  # trailing featurize columns stacked beside the answer model (module docstring)
 
     def featurize(self, prompts: Sequence[str], answers: Sequence[str]) -> np.ndarray:
@@ -152,6 +153,8 @@ class LinearInspector(Inspector):
 
     def _answer_rows(self, n: int, gate: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
         """Mask of the rows the answer model learns from (`answer_model_on`, module docstring)."""
+        if self.answer_model_on not in ANSWER_MODEL_ON:
+            raise ValueError(f"answer_model_on must be one of {ANSWER_MODEL_ON}, got {self.answer_model_on!r}")
         if self.answer_model_on == "all":
             return np.ones(n, dtype=bool)
         if gate is None:

@@ -283,3 +283,6 @@ def test_risky_only_answer_model_learns_from_the_answers_to_risky_requests(tmp_p
         EmbedLogRegConfig(answer_model_on="risky")
     with pytest.raises(ValueError, match="needs the request gate"):
         EmbedLogRegInspector(criterion="harmless", cv_folds=2, answer_model_on="risky").fit(P, A, Y)
+    with pytest.raises(ValueError, match="answer_model_on must be one of"):
+        EmbedLogRegInspector(criterion="harmless", request_gate=True, cv_folds=2,
+                             answer_model_on="benign").fit(P, A, Y, intents=G)
