@@ -36,6 +36,7 @@ _REFUSAL = re.compile(
         |condone|in\s+good\s+conscience)
     | (?:i|we)\s*(?:can(?:'|no)t|cannot|won'?t|will\s+not)\s+(?:and\s+will\s+not\s+)?
         (?:be\s+(?:able\s+to\s+)?)?(?:help|assist)
+    | (?:^|(?<=[.!?]\s)|(?<=\n))(?:can(?:'|no)t|cannot)\s+(?:help|assist)\s+(?:with|you)  # "Can't help with that"
     | (?:i'?m|i\s+am)\s+not\s+(?:comfortable|going\s+to|in\s+a\s+position\s+to|able\s+to\s+help)
     | not\s+(?:something|a\s+request)\s+(?:i|that\s+i)\s+can\s+(?:help|assist)
     | as\s+an\s+ai(?:\s+language\s+model)?,?\s+i\s+(?:can(?:'|no)t|cannot|do\s+not|don'?t|am\s+not|must)
