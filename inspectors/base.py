@@ -177,6 +177,15 @@ class Inspector(ClassifierMixin, BaseEstimator):
         """A cap on P(aligned) per answer that holds whatever the model scores (None: no cap)."""
         return None
 
+    @property
+    def has_request_gate(self) -> bool:
+        """Whether `request_risk` can read a request alone (a squad's request guard needs it)."""
+        return False
+
+    def request_risk(self, prompts: Sequence[str]) -> np.ndarray:
+        """P(risky request), from a request gate trained on the requests' intents."""
+        raise ValueError(f"a {self.type} inspector has no request gate")
+
     def _encoder_identity(self) -> tuple[str, str]:
         """(id, content hash) of the encoder, recorded in the manifest and checked on load."""
         return model_id_and_hash(self.encoder)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -89,6 +90,17 @@ class EnsembleInspector(Inspector):
     def _raw_scores(self, prompts: list[str], answers: list[str]) -> np.ndarray:
         odds = np.stack([log_odds(m.predict_proba(prompts, answers)[:, 1]) for m in self.members_])
         return np.average(odds, axis=0, weights=self.weights)
+
+    @property
+    def has_request_gate(self) -> bool:
+        return any(m.has_request_gate for m in self.members_)
+
+    def request_risk(self, prompts: Sequence[str]) -> np.ndarray:
+        """The mean P(risky request) of the members that have a request gate."""
+        gated = [m for m in self.members_ if m.has_request_gate]
+        if not gated:
+            raise ValueError("no member of this ensemble has a request gate")
+        return np.mean([m.request_risk(prompts) for m in gated], axis=0)
 
     def _encoder_identity(self) -> tuple[str, str]:
         """The members' encoders, each still checked by its own member on load."""

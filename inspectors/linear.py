@@ -34,15 +34,10 @@ second logistic model with one weight per input learns how far to trust each: sk
 Fitted in one model, the evidence got little weight: the pooled states already separate the
 training topics (validation AUROC 0.99) and only fail on new ones, which out-of-fold logits show.
 
-Request guard (`request_guard: r`, with the gate, for harmless): where the gate is sure the
-request is risky (P(risky) >= r) and the answer does not open with a refusal or safe redirect
-(the labelling rule's detector, synth/labeling.py), the rule calls the answer misaligned, so
-
-    P(aligned) <= 1 - P(risky)
-
-caps the model's score. The answer model misses many compliant answers that read like word salad
-or take up the request without content (SmolLM2's); the gate, which sees thousands of labelled
-requests, does not need to read them. Rewritten into a refusal, the answer leaves the cap.
+Request guard (`request_guard: r`, with the gate): the inspector's P(aligned) is capped at
+1 - P(risky) for answers that do not refuse a request with P(risky) >= r (inspectors/request_guard.py).
+Here it changes the inspector's own scores and threshold; the harmless starter applies it in the
+squad's routing instead (`SquadMember.request_guard`), keeping the inspector's ranking.
 """
 
 from __future__ import annotations
@@ -56,7 +51,7 @@ from aligners.models import require_encoder
 from inspectors.base import RETRAIN, Inspector, InspectorLoadError
 from inspectors.calibration import sigmoid
 from inspectors.data import RISKY
-from synth.labeling import is_refusal
+from inspectors.request_guard import request_guard_cap
 
 GATE = "gate_"  # prefix of the request gate's tensors
 STACK = "stack_"  # prefix of the stacking model's tensors
@@ -212,6 +207,10 @@ class LinearInspector(Inspector):
             return raw
         return gated_logit(raw, linear_scores(self.request_features(prompts), self.gate_))
 
+    @property
+    def has_request_gate(self) -> bool:
+        return self.gate_ is not None
+
     def request_risk(self, prompts: Sequence[str]) -> np.ndarray:
         """P(risky request) from the request gate."""
         if self.gate_ is None:
@@ -221,9 +220,8 @@ class LinearInspector(Inspector):
     def _aligned_bound(self, prompts: list[str], answers: list[str]) -> np.ndarray | None:
         if self.request_guard is None or not prompts:
             return None
-        risk = self.request_risk(prompts)  # the gate's features are cached from _raw_scores
-        guarded = (risk >= self.request_guard) & ~np.array([is_refusal(a) for a in answers])
-        return np.where(guarded, 1.0 - risk, 1.0)
+        # the gate's features are cached from _raw_scores
+        return request_guard_cap(self.request_risk(prompts), answers, self.request_guard)
 
     def request_guard_reach(self, prompts: Sequence[str], intents: Sequence[int]) -> dict:
         """Share of distinct benign and risky requests at or above the guard's bar: the first is

@@ -82,6 +82,15 @@ class SquadMember(StrictModel):
         "is a refusal (harmless); None: the answer stays as it was (or as rewritten).",
     )
     threshold: float | None = Field(default=None, ge=0, le=1, description="Overrides the inspector's.")
+    request_guard: float | None = Field(
+        default=None, gt=0, le=1,
+        description="Route as misaligned every answer that does not open with a refusal or safe "
+        "redirect when the inspector's request gate puts P(risky request) at or above this: its "
+        "score is capped at 1 - P(risky), for routing and for judging rewrites "
+        "(inspectors/request_guard.py). The inspector must have a request gate. For criteria whose "
+        "fix is a refusal (harmless): the inspector's own scores stay its honest ranking of the "
+        "answers, while a non-answer to a plainly harmful request still becomes a refusal.",
+    )
     taia: bool | None = Field(default=None, description="Attention-only deltas; default from the manifest.")
     rewrite: Literal["answer", "paragraphs", "cut", "spans"] = Field(
         default="answer",

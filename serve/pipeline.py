@@ -6,8 +6,9 @@ score is below threshold; re-score after each rewrite; stop after `max_rewrites`
 undo a rewrite that newly flags another criterion. A member may defer to others
 (`SquadMember.defer_to`): while one of them flags an answer and has yet to try, or has rewritten
 it, it leaves the answer alone. A member whose rewrite is not kept, or is kept yet still flagged
-by its own inspector, may fall back to a written refusal (`SquadMember.fallback_refusal`). Each
-result carries a trace. A member may rewrite paragraphs instead of whole answers
+by its own inspector, may fall back to a written refusal (`SquadMember.fallback_refusal`). A
+member may route by its inspector's score capped by the request guard
+(`SquadMember.request_guard`, inspectors/request_guard.py). Each result carries a trace. A member may rewrite paragraphs instead of whole answers
 (`SquadMember.rewrite`, `aligners/paragraphs.py`), cut sentences (serve.cutting) or replace the
 spans its tagger finds (inspectors.spans).
 
@@ -36,6 +37,7 @@ from aligners.formatting import aligner_request
 from aligners.models import model_id_and_hash
 from aligners.paragraphs import paragraphs, replace_body
 from aligners.schema import Correction, Trace, TraceStep, Verdict
+from inspectors.request_guard import request_guard_cap
 from serve.config import (
     NON_GENERATING,
     PROMPTED_ALIGNER,
@@ -72,6 +74,14 @@ class Guard:
     decline: DeclineOptions | None = None  # when a "spans" member declines (SquadMember.decline)
     defer_to: tuple[str, ...] = ()  # criteria this member leaves an answer to (SquadMember.defer_to)
     fallback_refusal: str | None = None  # a written refusal to try when a rewrite is not kept
+    request_guard: float | None = None  # SquadMember.request_guard: P(risky) bar of the routing cap
+
+    def score(self, prompts: Sequence[str], answers: Sequence[str], batch_size: int) -> np.ndarray:
+        """P(aligned) per answer as the squad routes it: the inspector's, capped by the request guard."""
+        scores = self.inspector.score_answers(prompts, answers, batch_size=batch_size)
+        if self.request_guard is None:
+            return scores
+        return np.minimum(scores, request_guard_cap(self.inspector.request_risk(prompts), answers, self.request_guard))
 
     @property
     def threshold(self) -> float:
@@ -113,10 +123,14 @@ class Squad:
                 tagger = load_span_tagger(resolve_artifact(member.tagger, config_file))
                 if tagger.criterion != member.criterion:
                     raise SquadError(f"{member.tagger} is a {tagger.criterion!r} tagger but is listed for {member.criterion!r}")
+            if member.request_guard is not None and not inspector.has_request_gate:
+                raise SquadError(f"{member.criterion}: request_guard reads a request gate, which the "
+                                 f"{inspector.type} inspector {member.inspector} lacks; train one with "
+                                 "request_gate: true, or remove request_guard")
             guards.append(Guard(member.criterion, inspector, _load_aligner(backend, cfg, member, config_file),
                                 unit=member.rewrite, cut=member.cut, tagger=tagger,
                                 decline=member.decline, defer_to=tuple(member.defer_to),
-                                fallback_refusal=member.fallback_refusal))
+                                fallback_refusal=member.fallback_refusal, request_guard=member.request_guard))
         if cfg.base == "shared":
             base = backend
         elif cfg.base == "none":
@@ -145,7 +159,7 @@ class Squad:
         if not prompts or not guards:
             return np.zeros((len(prompts), len(guards)))
         size = self.config.policy.inspect_batch_size
-        return np.column_stack([g.inspector.score_answers(prompts, answers, batch_size=size) for g in guards])
+        return np.column_stack([g.score(prompts, answers, size) for g in guards])
 
     @staticmethod
     def _verdicts(row: np.ndarray, guards: Sequence[Guard]) -> list[Verdict]:

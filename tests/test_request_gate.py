@@ -217,10 +217,12 @@ def test_threshold_is_chosen_on_the_guarded_scores():
     assert guarded.threshold_info_["achieved_fpr"] == pytest.approx(flagged[~misaligned].mean())
 
 
-def test_squad_rewrites_a_guarded_answer_and_keeps_only_a_refusal():
-    """Through the squad's real accept rule: an answer the guard caps is sent to the aligner; a
-    rewrite into a refusal leaves the cap and is kept, one that still complies is undone; the same
-    answer to a benign request is not touched."""
+@pytest.mark.parametrize("where", ["inspector", "squad"])
+def test_squad_rewrites_a_guarded_answer_and_keeps_only_a_refusal(where):
+    """Through the squad's real accept rule, with the guard in the inspector (its own scores) or in
+    the squad member (routing only): an answer the guard caps is sent to the aligner; a rewrite
+    into a refusal leaves the cap and is kept, one that still complies is undone; the same answer
+    to a benign request is not touched."""
     from squad_fixtures import ScriptedBackend
 
     from serve.config import SquadConfig
@@ -233,9 +235,12 @@ def test_squad_rewrites_a_guarded_answer_and_keeps_only_a_refusal():
     risky, benign = RISKY[10:], BENIGN[10:]
     risk = est.request_risk(risky + benign)
     sure = risky[int(np.argmax(risk[: len(risky)]))]
-    est.set_params(request_guard=float(risk.max()))  # only `sure` reaches the bar
+    bar = float(risk.max())  # only `sure` reaches the bar
+    if where == "inspector":
+        est.set_params(request_guard=bar)
     est.set_threshold(0.5, why="test")
     odd = "Alright. The first thing is the timing, and the rest follows from there."
+    assert (est.predict([sure], [odd])[0] == 0) == (where == "inspector")  # else only the squad flags it
     cfg = SquadConfig.model_validate({
         "backend": {"type": "transformers", "model": "tiny-random-llama"}, "base": "none",
         "members": [{"criterion": "harmless", "inspector": "unused", "aligner": "unused"}],
@@ -243,16 +248,51 @@ def test_squad_rewrites_a_guarded_answer_and_keeps_only_a_refusal():
     })
 
     def squad(rewrite: str) -> Squad:
-        return Squad(cfg, ScriptedBackend({"harmless": lambda r: rewrite}), [Guard("harmless", est, "harmless")], None)
+        guard = Guard("harmless", est, "harmless", request_guard=bar if where == "squad" else None)
+        return Squad(cfg, ScriptedBackend({"harmless": lambda r: rewrite}), [guard], None)
 
     (kept,) = squad(REFUSE).correct([sure], [odd])
     assert kept.trace.initial[0].flagged and kept.corrected == REFUSE and kept.trace.steps[0].accepted
     (undone,) = squad("Alright. Then the second thing, and you are done.").correct([sure], [odd])
     assert undone.corrected == odd and "score rose by" in undone.trace.steps[0].reason
     low = benign[int(np.argmin(risk[len(risky):]))]
-    assert est.request_risk([low])[0] < est.request_guard
+    assert est.request_risk([low])[0] < bar
     (left,) = squad(REFUSE).correct([low], [COMPLY])
     assert not left.changed and not left.trace.steps
+
+
+def test_an_ensemble_reads_the_request_risk_of_its_gated_members(tmp_path):
+    """A squad's request guard on an ensemble reads its gated members' P(risky); a squad refuses a
+    guard on an inspector without a gate when it is assembled, not at the first request."""
+    from inspectors.base import build_inspector
+    from inspectors.config import INSPECTOR_CONFIG
+    from serve.config import SquadConfig
+    from serve.pipeline import Squad, SquadError
+
+    P, A, Y, G = gate_data(0, 10)
+    val = gate_data(10, 14)[:3]
+    gated = EmbedLogRegInspector(criterion="harmless", request_gate=True, C=0.1).fit(P, A, Y, validation=val, intents=G)
+    plain = EmbedLogRegInspector(criterion="harmless", C=0.3).fit(P, A, Y, validation=val)
+    dirs = {name: str(est.save(tmp_path / name)) for name, est in (("gated", gated), ("plain", plain))}
+
+    def ensemble(*names: str):
+        cfg = INSPECTOR_CONFIG.validate_python({"type": "ensemble", "members": [dirs[n] for n in names]})
+        return build_inspector(cfg, criterion="harmless").fit(P, A, Y, validation=val).save(tmp_path / "+".join(names))
+
+    mixed = load_inspector(ensemble("gated", "plain"))
+    assert mixed.has_request_gate
+    assert np.allclose(mixed.request_risk(RISKY + BENIGN), gated.request_risk(RISKY + BENIGN))
+    ungated = load_inspector(ensemble("plain", "plain"))
+    assert not ungated.has_request_gate
+    with pytest.raises(ValueError, match="no member of this ensemble has a request gate"):
+        ungated.request_risk(RISKY)
+    member = {"criterion": "harmless", "inspector": str(tmp_path / "plain+plain"), "rewrite": "cut", "request_guard": 0.99}
+    cfg = SquadConfig.model_validate({"backend": {"type": "transformers", "model": "tiny-random-llama"},
+                                      "base": "none", "members": [member]})
+    with pytest.raises(SquadError, match="request_guard reads a request gate"):
+        Squad.from_config(cfg, backend=object())
+    cfg = cfg.model_copy(update={"members": [cfg.members[0].model_copy(update={"inspector": str(tmp_path / "gated+plain")})]})
+    assert Squad.from_config(cfg, backend=object()).guards[0].request_guard == 0.99
 
 
 def test_risky_only_answer_model_learns_from_the_answers_to_risky_requests(tmp_path):
