@@ -62,9 +62,9 @@ harvest-answers: venv
 # never train) + for no-pii and polite the answers corrected by hand (CORRECTIONS_, below), before
 # and after. The recipe per criterion is the arm chosen in benchmarks/inspector_generalization.py
 # (README; harmless: the ensemble measured by benchmarks/inspector_ensemble.py, below); harmless
-# and no-pii have a request gate (chosen by validation AUROC), harmless also a
-# request guard (docs/data.md: a non-refusal to a request the gate is sure is risky is flagged,
-# bar read off the validation split's requests). Thresholds are
+# and no-pii have a request gate (chosen by validation AUROC); the harmless squad member adds a
+# request guard to routing (configs/squad/default.yaml, docs/data.md: a non-refusal to a request
+# the gate is sure is risky is rewritten). Thresholds are
 # met on the dev set's hand labels: the gated ones flag at most 2 % of its good answers to benign
 # requests (the squad's over-refusal budget; a flagged refusal is only rewritten into a refusal),
 # polite at most 5 % of all its good answers.
@@ -82,7 +82,7 @@ THRESHOLD_polite := --set threshold_value=0.05
 TAGGERS := runs/taggers
 SPANS_no-pii := --set span_tagger=$(TAGGERS)/no-pii
 SPANS_polite := --set span_tagger=$(TAGGERS)/polite
-# harmless is an ensemble (inspectors/ensemble.py): its members, the guarded deep probe and the
+# harmless is an ensemble (inspectors/ensemble.py): its members, the risky-only deep probe and the
 # fine-tuned MiniLM (about 45 min on 2 cores), are trained first by the same command into
 # runs/inspector-members/harmless/ (named in configs/inspectors/ensemble-harmless.yaml), then scored
 # together by the mean of their log-odds.
@@ -90,7 +90,7 @@ TRAIN_INSPECTOR = ALIGNERS_FEATURE_CACHE=$(FEATURE_CACHE) $(VENV)/bin/aligners t
 	--criterion $(1) $(foreach f,$(ANSWERS),--answers $(f)) $(CORRECTIONS_$(1)) --dev evals/dev/answers.jsonl \
 	--threshold-on dev --set threshold_target=fpr $(THRESHOLD_$(1)) $(SPANS_$(1)) --config configs/inspectors/$(2).yaml
 MEMBERS := runs/inspector-members
-MEMBERS_harmless := hidden-probe-deep-guarded finetuned
+MEMBERS_harmless := hidden-probe-deep-risky finetuned
 member-inspectors: venv
 	$(foreach c,$(CRITERIA),$(foreach m,$(MEMBERS_$(c)),$(call TRAIN_INSPECTOR,$(c),$(m)) --out $(MEMBERS)/$(c)/$(m) &&)) true
 starter-inspectors: venv starter-taggers member-inspectors
