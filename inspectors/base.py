@@ -38,6 +38,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
+from aligners.atomic import atomic_dir
 from aligners.manifest import (
     MANIFEST,
     ManifestError,
@@ -401,10 +402,15 @@ class Inspector(ClassifierMixin, BaseEstimator):
     def save(
         self, path: Path | str, *, metrics: dict | None = None, training_data: dict | None = None
     ) -> Path:
-        """Write `inspector.safetensors` + `manifest.json` (+ model files) into folder `path`."""
+        """Write `inspector.safetensors` + `manifest.json` (+ model files) as folder `path`, replacing
+        what was there only once the whole artifact is written: a failed save keeps the old one,
+        and no file of an earlier inspector (another type's model, a tagger) is left beside the new."""
         check_is_fitted(self)
-        out = Path(path)
-        out.mkdir(parents=True, exist_ok=True)
+        with atomic_dir(path, replace=True) as tmp:
+            self._write_artifact(tmp, metrics=metrics, training_data=training_data)
+        return Path(path)
+
+    def _write_artifact(self, out: Path, *, metrics: dict | None, training_data: dict | None) -> None:
         tensors = {f"model.{k}": np.ascontiguousarray(v) for k, v in self._model_tensors().items()}
         cal = self.calibrator_
         if cal["method"] == "sigmoid":
@@ -439,7 +445,6 @@ class Inspector(ClassifierMixin, BaseEstimator):
             "files": files,
         }
         write_manifest(out, manifest)
-        return out
 
     @classmethod
     def _from_artifact(cls, path: Path, manifest: dict) -> Inspector:

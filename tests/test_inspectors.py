@@ -594,6 +594,32 @@ def _edit_manifest(path, **changes):
     file.write_text(json.dumps(m))
 
 
+def test_save_replaces_the_folder_whole_and_a_failed_save_keeps_the_old_artifact(fitted, tmp_path, monkeypatch):
+    """Saving over an artifact leaves no file of the earlier one behind (the checksums would
+    cover it); a save that fails midway leaves the earlier artifact as it was, still loadable."""
+    out = tmp_path / "insp"
+    fitted.save(out)
+    (out / "model").mkdir()
+    (out / "model" / "stale.safetensors").write_bytes(b"from another inspector type")
+    fitted.save(out)
+    assert sorted(p.name for p in out.iterdir()) == [WEIGHTS, MANIFEST]
+    (out / "stale.txt").write_text("left by hand")
+    before = (out / MANIFEST).read_text()
+
+    def broken(self, path):
+        (path / "half-written").write_text("...")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(type(fitted), "_save_model_files", broken)
+    with pytest.raises(OSError, match="disk full"):
+        fitted.save(out)
+    assert sorted(p.name for p in out.iterdir()) == [WEIGHTS, MANIFEST, "stale.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["insp"]  # no temp folder left
+    assert (out / MANIFEST).read_text() == before
+    P, A, _ = examples(TEST)
+    assert np.array_equal(load_inspector(out).predict_proba(P, A), fitted.predict_proba(P, A))
+
+
 def test_load_refuses_a_different_encoder_hash(fitted, tmp_path):
     fitted.save(tmp_path / "insp")
     real = json.loads((tmp_path / "insp" / MANIFEST).read_text())["encoder"]["hash"]
