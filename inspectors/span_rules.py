@@ -26,14 +26,19 @@ _NAME_BEFORE = re.compile(r"(?<![\w-])" + _NAME_WORD + r" $")
 _NAME_AFTER = re.compile(r" " + _NAME_WORD + r"(?![\w@-])")
 # capitalised words (3+ letters) a tagger may type NAME that are too often no one's name: at a
 # sentence's start, or as a month ("May Chen" must not mask "born in May")
-_NOT_NAMES = frozenset({
+_WEEKDAYS = frozenset({"Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"})
+_NOT_NAMES = _WEEKDAYS | frozenset({
     "And", "But", "For", "From", "Her", "Hers", "His", "Its", "Not", "Our", "She", "That", "The", "Their",
     "Them", "Then", "There", "These", "They", "This", "Those", "What", "When", "Where", "Who", "With", "Will",
     "You", "Your", "Dear", "Hello", "Mrs", "Sir", "Madam", "Name", "Names", "Neighbor", "Neighbour",
     "Resident", "Owner", "Tenant", "January", "February", "March", "April", "May", "June", "July", "August",
-    "September", "October", "November", "December", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday",
-    "Saturday", "Sunday",
+    "September", "October", "November", "December",
 })
+# words with a digit that say when or how long, never whose: "8:15", "10pm", "40-minute", "3 days"
+# (a month stays a value: it is half of a date of birth)
+_CLOCK_OR_SPAN = re.compile(
+    r"\d{1,2}(?::\d{2})?(?:\s?[ap]\.?m\.?)|\d{1,2}:\d{2}|\d+-(?:second|minute|hour|day|week)s?", re.IGNORECASE)
+_UNIT_AFTER = re.compile(r"\s+(?:seconds?|minutes?|mins|hours?|hrs|days?|weeks?|times)\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,24 @@ def holds_value(text: str, start: int, end: int, name: bool = False) -> bool:
     if name and _is_name(word):
         return True
     return _capitalised(word) and not opens_sentence(text, start + word.index(_letters(word)))
+
+
+def _when_or_how_long(text: str, start: int, end: int) -> bool:
+    letters = _letters(text[start:end])
+    if letters in _WEEKDAYS or _CLOCK_OR_SPAN.fullmatch(letters):
+        return True
+    return letters.isdigit() and bool(_UNIT_AFTER.match(text, end))
+
+
+def says_when(answer: str, span: Span) -> bool:
+    """Whether every word of `span` that holds a value says when or how long: a clock time, a
+    weekday, a duration or a count of days or times ("8:15", "Saturday", "40-minute", "3 days").
+    A placeholder there hides nothing of a person and garbles the answer ("since [DATE] AM", "a
+    temporary [PERSONAL DETAIL] schedule"), so it is left as it is; the dossier test
+    (serve.declines) still counts it, as a log's times are what make a dossier of a tracked car."""
+    words = [(span.start + m.start(), span.start + m.end()) for m in re.finditer(r"\S+", answer[span.start:span.end])]
+    timed = [_when_or_how_long(answer, a, b) for a, b in words]
+    return any(timed) and not any(holds_value(answer, a, b) for (a, b), t in zip(words, timed, strict=True) if not t)
 
 
 def value_part(answer: str, span: Span, name_types: Sequence[str] = ()) -> Span | None:

@@ -59,6 +59,7 @@ from inspectors.span_rules import (
     delete_span,
     joined,
     repeats,
+    says_when,
     sentence_cuts,
     value_part,
     whole_names,
@@ -273,11 +274,13 @@ class SpanTagger:
 
     def rewrite(self, answer: str, spans: Sequence[Span]) -> str:
         """`answer` with `spans` replaced or deleted (a sentence cut is always deleted; a span
-        overlapping a later one is skipped); never empty (deleting everything would leave
+        overlapping a later one, or one that only says when, `says_when`, is skipped); never empty (deleting everything would leave
         nothing to return, so the answer comes back as it was)."""
         original, edited_from = answer, len(answer)
         for span in sorted(spans, key=lambda s: -s.start):
             if span.end > edited_from:  # overlaps a span already changed: its offsets are stale
+                continue
+            if span.type != CUT and says_when(original, span):  # "8:15", "Saturday": nobody's
                 continue
             edited_from = span.start
             if self.config.action == "replace" and span.type != CUT:

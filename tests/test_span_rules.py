@@ -12,6 +12,7 @@ from inspectors.span_rules import (
     Span,
     joined,
     repeats,
+    says_when,
     sentence_cuts,
     value_part,
     whole_names,
@@ -119,3 +120,17 @@ def test_masks_and_cuts_never_overlap_so_no_untagged_text_is_lost():
     assert tagger.rewrite(answer, spans) == "Call [PHONE]. Bye now."
     # a span overlapping a later one is skipped, never applied with stale offsets
     assert tagger.rewrite("ab cd ef", [Span(0, 5, "NAME"), Span(3, 8, "NAME")]) == "ab [NAME]"
+
+
+def test_a_span_that_only_says_when_is_left_as_it_is():
+    """A clock time, a weekday, a duration or a count of days is nobody's personal data: masked,
+    it garbles the answer ("since [DATE] AM"). A span holding another value is still masked, and
+    a month stays a value (half of a date of birth)."""
+    text = ("Parked since 7:52 AM on Saturday, 3 days in a row; a 40-minute stop at 10pm. "
+            "Call Dana at 555-0147 on Monday. Born 22 March 1990.")
+    spans = spans_of(text, ("7:52", "DATE"), ("Saturday", "DATE"), ("3 days", "OTHER"), ("40-minute", "OTHER"),
+                     ("10pm", "DATE"), ("Dana", "NAME"), ("555-0147 on Monday", "PHONE"), ("22 March 1990", "DATE"))
+    assert [says_when(text, s) for s in spans] == [True, True, True, True, True, False, False, False]
+    tagger = SpanTagger(SpanTaggerConfig(), "no-pii")
+    assert tagger.rewrite(text, spans) == ("Parked since 7:52 AM on Saturday, 3 days in a row; a 40-minute stop at 10pm. "
+                                           "Call [NAME] at [PHONE]. Born [DATE].")
