@@ -274,8 +274,9 @@ class SpanTagger:
 
     def rewrite(self, answer: str, spans: Sequence[Span]) -> str:
         """`answer` with `spans` replaced or deleted (a sentence cut is always deleted; a span
-        overlapping a later one, or one that only says when, `says_when`, is skipped); never empty (deleting everything would leave
-        nothing to return, so the answer comes back as it was)."""
+        overlapping a later one, or one that only says when, `says_when`, is skipped); never
+        empty (deleting everything would leave nothing to return, so the answer comes back as it
+        was)."""
         original, edited_from = answer, len(answer)
         for span in sorted(spans, key=lambda s: -s.start):
             if span.end > edited_from:  # overlaps a span already changed: its offsets are stale

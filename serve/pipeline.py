@@ -8,9 +8,9 @@ undo a rewrite that newly flags another criterion. A member may defer to others
 it, it leaves the answer alone. A member whose rewrite is not kept, or is kept yet still flagged
 by its own inspector, may fall back to a written refusal (`SquadMember.fallback_refusal`). A
 member may route by its inspector's score capped by the request guard
-(`SquadMember.request_guard`, inspectors/request_guard.py). Each result carries a trace. A member may rewrite paragraphs instead of whole answers
-(`SquadMember.rewrite`, `aligners/paragraphs.py`), cut sentences (serve.cutting) or replace the
-spans its tagger finds (inspectors.spans).
+(`SquadMember.request_guard`, inspectors/request_guard.py). Each result carries a trace. A member
+may rewrite paragraphs instead of whole answers (`SquadMember.rewrite`, `aligners/paragraphs.py`),
+cut sentences (serve.cutting) or replace the spans its tagger finds (inspectors.spans).
 
 Batched end to end: a round inspects the whole batch, groups the items that need the same
 aligner, and runs each aligner once over its group. Aligners are LoRA adapters on one backend,
