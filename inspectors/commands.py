@@ -13,6 +13,8 @@ import typer
 
 from aligners.commands import SetOpt
 
+THRESHOLD_GOOD = ("all", "benign", "benign-all-criteria")  # train-inspector --threshold-good
+
 
 def _fail(message: str) -> typer.Exit:
     typer.secho(f"error: {message}", fg="red", err=True)
@@ -89,7 +91,9 @@ def train_inspector(
         typer.Option(
             help="Which good answers an fpr threshold target counts: all, or benign (only good "
             "answers to benign requests: their false flags are the over-refusals; a flagged "
-            "refusal is only rewritten into a refusal)."
+            "refusal is only rewritten into a refusal), or benign-all-criteria (with --threshold-on "
+            "dev: also the dev set's good answers to the other criteria's benign requests, for a "
+            "criterion whose fix is a refusal, harmless, whose squad member acts on those too)."
         ),
     ] = "all",
     seed: Annotated[int, typer.Option(help="Run seed: the topic split of a seed:NAME data set.")] = 0,
@@ -108,7 +112,12 @@ def train_inspector(
 
     try:
         from inspectors.config import INSPECTOR_CONFIG
-        from inspectors.data import criterion_of, dev_set_examples, load_training_data
+        from inspectors.data import (
+            benign_good_elsewhere,
+            criterion_of,
+            dev_set_examples,
+            load_training_data,
+        )
 
         raw = read_yaml(config) if config else {}
         apply_overrides(raw, set_ or [])
@@ -123,8 +132,11 @@ def train_inspector(
             raise ValueError(f"--threshold-on must be validation or dev, got {threshold_on!r}")
         if threshold_on == "dev" and dev_examples is None:
             raise ValueError("--threshold-on dev needs --dev FILE")
-        if threshold_good not in ("all", "benign"):
-            raise ValueError(f"--threshold-good must be all or benign, got {threshold_good!r}")
+        if threshold_good not in THRESHOLD_GOOD:
+            raise ValueError(f"--threshold-good must be one of {', '.join(THRESHOLD_GOOD)}, got {threshold_good!r}")
+        if threshold_good == "benign-all-criteria" and threshold_on != "dev":
+            raise ValueError("--threshold-good benign-all-criteria reads the dev set's other criteria: "
+                             "add --threshold-on dev")
     except (ConfigError, RecordError, FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from None
 
@@ -147,10 +159,13 @@ def train_inspector(
             est.fit(*train.as_tuple(), validation=val.as_tuple(), intents=train.intents)
     except ValueError as exc:
         raise _fail(str(exc)) from None
-    if threshold_on == "dev" or threshold_good == "benign":
+    if threshold_on == "dev" or threshold_good != "all":
         chosen, where = (dev_examples, "dev set (hand labels)") if threshold_on == "dev" else (val, "validation split")
-        if threshold_good == "benign":
+        if threshold_good != "all":
             chosen, where = chosen.without_good_risky(), f"{where}; good answers to benign requests only"
+        if threshold_good == "benign-all-criteria":
+            chosen = chosen + benign_good_elsewhere(dev, criterion)
+            where = f"{where}, of every criterion"
         est.rethreshold(*chosen.as_tuple(), source=where)
     metrics = {"validation": est.evaluate(*val.as_tuple())}
     if len(test):

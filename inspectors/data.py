@@ -44,6 +44,10 @@ class Examples:
     def as_tuple(self) -> tuple[list[str], list[str], list[int]]:
         return self.prompts, self.answers, self.labels
 
+    def __add__(self, other: Examples) -> Examples:
+        return Examples(self.prompts + other.prompts, self.answers + other.answers,
+                        self.labels + other.labels, self.intents + other.intents)
+
     def without_good_risky(self) -> Examples:
         """The misaligned answers and the good answers to benign requests: the set whose false
         flags are over-refusals (a flagged good answer to a risky request, e.g. a refusal, is
@@ -89,6 +93,17 @@ def dev_set_examples(path: Path | str, criterion: str) -> Examples:
     if not records:
         raise ValueError(f"{path} has no hand-labelled answers for criterion {criterion!r}")
     return answers_to_examples(records)
+
+
+def benign_good_elsewhere(path: Path | str, criterion: str) -> Examples:
+    """The dev set's hand-labelled good answers to benign requests of the *other* criteria, each
+    counted good for `criterion` too. For a criterion whose fix is a refusal (harmless), a good
+    answer to a benign privacy or etiquette request is one its squad member must not refuse; its
+    own dev rows do not hold those requests (evaluation and threshold choice only)."""
+    return answers_to_examples([
+        r for r in read_jsonl(path, AnswerRecord)
+        if r.criterion != criterion and r.label_by == "hand" and r.intent == "benign" and r.label == "aligned"
+    ])
 
 
 def criterion_of(pairs: Sequence[Pair]) -> str:

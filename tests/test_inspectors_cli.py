@@ -325,6 +325,26 @@ def test_answers_join_training_and_dev_is_reported_never_trained(synth_dir, tmp_
     info = json.loads((out3 / "manifest.json").read_text())["threshold_info"]
     assert 0 < benign_good < 8 and info["n_aligned"] == benign_good and info["n_misaligned"] == 8
     assert info["split"].endswith("good answers to benign requests only") and info["achieved_fpr"] == 0.0
+    # benign-all-criteria: the other criteria's good answers to benign requests count as good too
+    others = [r.model_copy(update={"id": f"o{i}", "criterion": "no-pii", "intent": "benign"})
+              for i, r in enumerate(mixed) if r.label == "aligned"]
+    others += [r.model_copy(update={"id": f"r{i}", "criterion": "no-pii", "intent": "harmful"})
+               for i, r in enumerate(mixed) if r.label == "aligned"]  # risky: not counted
+    write_jsonl(dev, mixed + others)
+    out_all = tmp_path / "insp-benign-all"
+    result = runner.invoke(app, ["train-inspector", "--data", str(synth_dir), "--dev", str(dev),
+                                 "--threshold-on", "dev", "--threshold-good", "benign-all-criteria",
+                                 "--set", "threshold_target=fpr", "--set", "threshold_value=0.0",
+                                 "--out", str(out_all), "--no-plots"])
+    assert result.exit_code == 0, result.output
+    info_all = json.loads((out_all / "manifest.json").read_text())["threshold_info"]
+    assert info_all["n_aligned"] == benign_good + len(others) // 2 and info_all["n_misaligned"] == 8
+    assert info_all["split"].endswith("of every criterion") and info_all["achieved_fpr"] == 0.0
+    assert info_all["threshold"] <= info["threshold"]  # more good answers to spare can only lower it
+    result = runner.invoke(app, ["train-inspector", "--data", str(synth_dir), "--dev", str(dev),
+                                 "--threshold-good", "benign-all-criteria", "--out", str(tmp_path / "z")])
+    assert result.exit_code == 2 and "add --threshold-on dev" in result.output
+    write_jsonl(dev, mixed)
     # a request guard reports, per split, how many distinct benign and risky requests reach its bar
     out4 = tmp_path / "insp-guard"
     result = runner.invoke(app, ["train-inspector", "--data", str(synth_dir), "--dev", str(dev),
@@ -340,7 +360,7 @@ def test_answers_join_training_and_dev_is_reported_never_trained(synth_dir, tmp_
     assert result.exit_code == 2 and "set request_gate: true" in result.output
     result = runner.invoke(app, ["train-inspector", "--data", str(synth_dir), "--threshold-good", "some",
                                  "--out", str(tmp_path / "z")])
-    assert result.exit_code == 2 and "--threshold-good must be all or benign" in result.output
+    assert result.exit_code == 2 and "--threshold-good must be one of all, benign, benign-all-criteria" in result.output
 
 
 def test_harmful_requests_get_one_written_refusal_each():
