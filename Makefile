@@ -67,14 +67,15 @@ harvest-answers: venv
 # the gate is sure is risky is rewritten). Thresholds are
 # met on the dev set's hand labels: the gated ones flag at most 2 % of its good answers to benign
 # requests (the squad's over-refusal budget; a flagged refusal is only rewritten into a refusal),
-# polite at most 5 % of all its good answers.
+# harmless counting the other criteria's good answers to benign requests too (its squad member
+# refuses those as well), polite at most 5 % of all its good answers.
 ANSWERS := data/harvest-smollm2/answers.jsonl data/assistant-style/answers.jsonl
 # encoder feature rows kept between runs (inspectors/feature_store.py): each answer is encoded once
 FEATURE_CACHE := runs/feature-cache
 INSPECTOR_harmless := ensemble-harmless
 INSPECTOR_no-pii := hidden-probe-gated
 INSPECTOR_polite := hidden-probe
-THRESHOLD_harmless := --threshold-good benign --set threshold_value=0.02
+THRESHOLD_harmless := --threshold-good benign-all-criteria --set threshold_value=0.02
 THRESHOLD_no-pii := --threshold-good benign --set threshold_value=0.02
 THRESHOLD_polite := --set threshold_value=0.05
 # no-pii and polite also read their span tagger's evidence (inspectors/spans.py: the tokens marked
