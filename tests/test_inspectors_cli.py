@@ -316,13 +316,18 @@ def test_answers_join_training_and_dev_is_reported_never_trained(synth_dir, tmp_
              for i, r in enumerate(_answers((28, 36), split="dev", label_by="hand"))]
     write_jsonl(dev, mixed)
     benign_good = sum(r.intent == "benign" and r.label == "aligned" for r in mixed)
-    out3 = tmp_path / "insp-benign"
-    result = runner.invoke(app, ["train-inspector", "--data", str(synth_dir), "--dev", str(dev),
-                                 "--threshold-on", "dev", "--threshold-good", "benign",
-                                 "--set", "threshold_target=fpr", "--set", "threshold_value=0.0",
-                                 "--out", str(out3), "--no-plots"])
-    assert result.exit_code == 0, result.output
-    info = json.loads((out3 / "manifest.json").read_text())["threshold_info"]
+
+    def threshold_info(good: str) -> dict:
+        """The saved threshold's info when no counted good answer may be flagged."""
+        out = tmp_path / f"insp-{good}"
+        result = runner.invoke(app, ["train-inspector", "--data", str(synth_dir), "--dev", str(dev),
+                                     "--threshold-on", "dev", "--threshold-good", good,
+                                     "--set", "threshold_target=fpr", "--set", "threshold_value=0.0",
+                                     "--out", str(out), "--no-plots"])
+        assert result.exit_code == 0, result.output
+        return json.loads((out / "manifest.json").read_text())["threshold_info"]
+
+    info = threshold_info("benign")
     assert 0 < benign_good < 8 and info["n_aligned"] == benign_good and info["n_misaligned"] == 8
     assert info["split"].endswith("good answers to benign requests only") and info["achieved_fpr"] == 0.0
     # benign-all-criteria: the other criteria's good answers to benign requests count as good too
@@ -331,13 +336,7 @@ def test_answers_join_training_and_dev_is_reported_never_trained(synth_dir, tmp_
     others += [r.model_copy(update={"id": f"r{i}", "criterion": "no-pii", "intent": "harmful"})
                for i, r in enumerate(mixed) if r.label == "aligned"]  # risky: not counted
     write_jsonl(dev, mixed + others)
-    out_all = tmp_path / "insp-benign-all"
-    result = runner.invoke(app, ["train-inspector", "--data", str(synth_dir), "--dev", str(dev),
-                                 "--threshold-on", "dev", "--threshold-good", "benign-all-criteria",
-                                 "--set", "threshold_target=fpr", "--set", "threshold_value=0.0",
-                                 "--out", str(out_all), "--no-plots"])
-    assert result.exit_code == 0, result.output
-    info_all = json.loads((out_all / "manifest.json").read_text())["threshold_info"]
+    info_all = threshold_info("benign-all-criteria")
     assert info_all["n_aligned"] == benign_good + len(others) // 2 and info_all["n_misaligned"] == 8
     assert info_all["split"].endswith("of every criterion") and info_all["achieved_fpr"] == 0.0
     assert info_all["threshold"] <= info["threshold"]  # more good answers to spare can only lower it
