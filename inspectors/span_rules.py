@@ -37,7 +37,7 @@ _NOT_NAMES = _WEEKDAYS | frozenset({
 # words with a digit that say when or how long, never whose: "8:15", "10pm", "40-minute", "3 days"
 # (a month stays a value: it is half of a date of birth)
 _CLOCK_OR_SPAN = re.compile(
-    r"\d{1,2}(?::\d{2})?(?:\s?[ap]\.?m\.?)|\d{1,2}:\d{2}|\d+-(?:second|minute|hour|day|week)s?", re.IGNORECASE)
+    r"\d{1,2}(?::\d{2})?[ap]\.?m\.?|\d{1,2}:\d{2}|\d+-(?:second|minute|hour|day|week)s?", re.IGNORECASE)
 _UNIT_AFTER = re.compile(r"\s+(?:seconds?|minutes?|mins|hours?|hrs|days?|weeks?|times)\b", re.IGNORECASE)
 
 
