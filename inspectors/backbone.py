@@ -3,6 +3,7 @@ inspector pools and the span tagger reads token by token (one reading, two uses)
 
 The model is cut to the deepest layer a reader needs and loaded once per process; answers are
 batched by padded-token budget (`token_batches`), right-padded so positions match unpadded runs.
+Readers go through inspectors.shared_reading, which can serve several of them from one pass.
 """
 
 from __future__ import annotations
@@ -63,6 +64,23 @@ def encode_pairs(
     return ids, starts
 
 
+def padded_batch(tok, ids: list[list[int]], starts: list[int], batch: list[int]):
+    """(input ids, attention mask, answer-token mask) of the `batch` rows, right-padded so
+    positions match unpadded runs; tokens from `starts[i]` on are the answer."""
+    import torch
+
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    longest = max(len(ids[i]) for i in batch)
+    input_ids = torch.full((len(batch), longest), pad, dtype=torch.long)
+    mask = torch.zeros((len(batch), longest), dtype=torch.long)
+    answer = torch.zeros((len(batch), longest), dtype=torch.bool)
+    for row, i in enumerate(batch):
+        input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
+        mask[row, : len(ids[i])] = 1
+        answer[row, starts[i] : len(ids[i])] = True
+    return input_ids, mask, answer
+
+
 PROGRESS_MIN_BATCHES = 16  # work this long (training, benchmarks) shows a progress bar; serving does not
 
 
@@ -72,21 +90,13 @@ def hidden_state_batches(body, tok, ids: list[list[int]], starts: list[int], bat
     of at most `batch_tokens` padded tokens; tokens from `starts[i]` on are the answer."""
     import torch
 
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     batches = token_batches([len(x) for x in ids], batch_tokens)
     if len(batches) >= PROGRESS_MIN_BATCHES:
         from rich.progress import track
 
         batches = track(batches, description=description, transient=True)
     for batch in batches:
-        longest = max(len(ids[i]) for i in batch)
-        input_ids = torch.full((len(batch), longest), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), longest), dtype=torch.long)
-        answer = torch.zeros((len(batch), longest), dtype=torch.bool)
-        for row, i in enumerate(batch):  # right padding: positions match unpadded runs
-            input_ids[row, : len(ids[i])] = torch.tensor(ids[i])
-            mask[row, : len(ids[i])] = 1
-            answer[row, starts[i] : len(ids[i])] = True
+        input_ids, mask, answer = padded_batch(tok, ids, starts, batch)
         with torch.no_grad():
             states = body(
                 input_ids=input_ids.to(body.device),

@@ -178,6 +178,11 @@ class Inspector(ClassifierMixin, BaseEstimator):
         """A cap on P(aligned) per answer that holds whatever the model scores (None: no cap)."""
         return None
 
+    def readings(self) -> list:
+        """What this inspector reads of a causal LM (inspectors.shared_reading.Reading), so a
+        caller scoring several inspectors on the same answers can read them in one pass."""
+        return []
+
     @property
     def has_request_gate(self) -> bool:
         """Whether `request_risk` can read a request alone (a squad's request guard needs it)."""

@@ -91,6 +91,9 @@ class EnsembleInspector(Inspector):
         odds = np.stack([log_odds(m.predict_proba(prompts, answers)[:, 1]) for m in self.members_])
         return np.average(odds, axis=0, weights=self.weights)
 
+    def readings(self) -> list:
+        return [r for m in self.members_ for r in m.readings()]
+
     @property
     def has_request_gate(self) -> bool:
         return any(m.has_request_gate for m in self.members_)

@@ -16,6 +16,8 @@ Prompt and answer are truncated to `max_prompt_tokens` (keeping the request's en
 
 With `request_gate`, the gate (inspectors/linear.py) reads the probed layers' states at the
 request's last token, from a pass over the request alone: the same model, no second encoder.
+In a squad, one pass serves the probe, its gate, its tagger and the other members' probes
+(`readings`, inspectors.shared_reading).
 
 With `span_tagger` (a tagger folder from `aligners train-tagger`), two more features per answer:
 the tagger's evidence that some token of it is a span the criterion objects to (the highest and
@@ -23,7 +25,7 @@ the top-3 mean P(span), as logits; inspectors/spans.py), stacked beside the prob
 logit (inspectors/linear.py). A phone number or one insult is a few
 tokens of a long answer, which mean and max pooling dilute; a tagger trained on tokens people
 marked reads them directly. The saved inspector carries a copy of the tagger (`tagger/`), checked
-like its own weights. The tagger runs its own pass (to its layer, over up to 2,048 answer tokens).
+like its own weights. The tagger reads its own layer, over up to 2,048 answer tokens.
 
 Cost: the model runs `max(layers)` of its layers over prompt + answer, ~6× MiniLM's compute per
 answer for SmolLM2 at layer 15; `benchmarks/inspector_generalization.py` reports answers/s
@@ -40,10 +42,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from aligners.manifest import confined
-from inspectors.backbone import chat_head, encode_pairs, get_backbone, hidden_state_batches
 from inspectors.calibration import log_odds
 from inspectors.embed_logreg import cached_rows
 from inspectors.linear import LinearInspector
+from inspectors.shared_reading import Reading, pair_state_batches, request_state_rows
 from inspectors.spans import load_span_tagger
 
 POOLINGS = ("answer_mean", "answer_max", "last")
@@ -162,34 +164,28 @@ class HiddenProbeInspector(LinearInspector):
         return np.stack(cached_rows(key, list(prompts), self._request_states))
 
     def _request_states(self, prompts: list[str]) -> np.ndarray:
-        import torch
+        return request_state_rows(self.reading, prompts, self.batch_tokens, f"{self.encoder} states of requests")
 
-        body, tok = get_backbone(self.encoder, max(self.layers), self.device, self.dtype)
-        ids = [chat_head(tok, p, self.max_prompt_tokens) for p in prompts]
-        out = np.zeros((len(ids), body.config.hidden_size * len(self.layers)), dtype=np.float32)
-        for batch, states, mask, _ in hidden_state_batches(
-                body, tok, ids, [len(x) for x in ids], self.batch_tokens, description=f"{self.encoder} states of requests"):
-            last = (mask.sum(1) - 1).to(body.device)
-            rows = torch.arange(len(batch), device=body.device)
-            out[batch] = np.hstack([states[layer][rows, last].float().cpu().numpy()
-                                    for layer in self.layers])
-        return out
+    @property
+    def reading(self) -> Reading:
+        """What this probe reads of its encoder (inspectors.shared_reading)."""
+        return Reading(self.encoder, tuple(self.layers), self.max_prompt_tokens, self.max_answer_tokens,
+                       self.dtype, self.device)
+
+    def readings(self) -> list[Reading]:
+        return [self.reading] + (self._tagger().readings() if self.span_tagger is not None else [])
 
     def _pooled_states(self, pairs: list[tuple[str, str]]) -> np.ndarray:
         import torch
 
-        body, tok = get_backbone(self.encoder, max(self.layers), self.device, self.dtype)
-        ids, starts = encode_pairs(
-            tok, [p for p, _ in pairs], [a for _, a in pairs], self.max_prompt_tokens,
-            self.max_answer_tokens,
-        )
-        width = body.config.hidden_size * len(self.layers) * len(self.pooling)
-        out = np.zeros((len(ids), width), dtype=np.float32)
-        for batch, states, mask, answer in hidden_state_batches(
-                body, tok, ids, starts, self.batch_tokens, description=f"{self.encoder} states of answers"):
+        out: list[np.ndarray] = [np.zeros(0, dtype=np.float32)] * len(pairs)
+        for batch, states, mask, answer in pair_state_batches(
+                self.reading, [p for p, _ in pairs], [a for _, a in pairs], self.batch_tokens,
+                description=f"{self.encoder} states of answers"):
             blocks = []
-            last = mask.sum(1) - 1
-            sel = answer.unsqueeze(-1).to(body.device)
+            device = states[self.layers[0]].device
+            last = (mask.sum(1) - 1).to(device)
+            sel = answer.unsqueeze(-1).to(device)
             for layer in self.layers:
                 h = states[layer].float()
                 for pool in self.pooling:
@@ -198,6 +194,7 @@ class HiddenProbeInspector(LinearInspector):
                     elif pool == "answer_max":
                         blocks.append(h.masked_fill(~sel, float("-inf")).amax(1))
                     else:
-                        blocks.append(h[torch.arange(len(batch)), last.to(body.device)])
-            out[batch] = torch.cat(blocks, dim=1).cpu().numpy()
-        return out
+                        blocks.append(h[torch.arange(len(batch)), last])
+            for row, i in zip(torch.cat(blocks, dim=1).cpu().numpy(), batch, strict=True):
+                out[i] = row
+        return np.stack(out)

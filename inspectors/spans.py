@@ -8,7 +8,8 @@ the dev set, docs/data.md). A tagger trained on spans people marked in real answ
 says which characters to replace or delete; nothing is generated, so nothing is invented.
 
 Model: the squad backbone's hidden states, read as the hidden-probe inspector reads them (the
-answer chat-rendered after its request, the model run up to the deepest of `layers` only), one
+answer chat-rendered after its request, the model run up to the deepest of `layers` only, or
+a squad's shared pass, inspectors.shared_reading), one
 row per answer token: its own state and those of the next `lookahead` tokens (a causal state has
 seen only what comes before it). A multinomial logistic regression over {O, span types} on
 standardized rows scores each token. Runs of tokens whose P(span) = 1 − P(O) reaches the threshold become spans
@@ -48,10 +49,10 @@ from aligners.manifest import (
     write_manifest,
 )
 from aligners.models import model_id_and_hash, require_encoder
-from inspectors.backbone import chat_head, get_backbone, hidden_state_batches
 from inspectors.config import SpanTaggerConfig
 from inspectors.embed_logreg import cached_rows
 from inspectors.feature_store import item_hash
+from inspectors.shared_reading import Reading, pair_state_batches
 from inspectors.span_rules import (
     CUT,
     TRIM,
@@ -89,25 +90,28 @@ class SpanTagger:
         """Per answer: a (tokens, hidden × layers × (1 + lookahead)) feature matrix and the tokens'
         (start, end) character offsets in the answer."""
         cfg = self.config
-        body, tok = get_backbone(cfg.encoder, max(cfg.layers), cfg.device, cfg.dtype)
-        ids, starts, offsets = [], [], []
-        for prompt, answer in zip(prompts, answers, strict=True):
-            head = chat_head(tok, prompt, cfg.max_prompt_tokens)
-            enc = tok(answer, add_special_tokens=False, return_offsets_mapping=True)
-            a_ids = enc["input_ids"][: cfg.max_answer_tokens] or [tok.eos_token_id]
-            offsets.append(np.asarray(enc["offset_mapping"][: cfg.max_answer_tokens], dtype=np.int64).reshape(-1, 2))
-            ids.append(head + a_ids)
-            starts.append(len(head))
-        width = body.config.hidden_size * len(cfg.layers)
-        feats: list[np.ndarray] = [np.zeros((0, 0), dtype=np.float32)] * len(ids)
-        for batch, states, _, _ in hidden_state_batches(body, tok, ids, starts, cfg.batch_tokens,
-                                                        description=f"tagging answer tokens ({self.criterion})"):
+        _, tok = self.reading.backbone()
+        offsets = [np.asarray(tok(answer, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+                              [: cfg.max_answer_tokens], dtype=np.int64).reshape(-1, 2) for answer in answers]
+        feats: list[np.ndarray] = [np.zeros((0, 0), dtype=np.float32)] * len(answers)
+        for batch, states, _, answer in pair_state_batches(self.reading, prompts, answers, cfg.batch_tokens,
+                                                           description=f"tagging answer tokens ({self.criterion})"):
             layers = np.concatenate([states[k].float().cpu().numpy() for k in cfg.layers], axis=-1)
             for row, i in enumerate(batch):
-                h = layers[row, starts[i]: len(ids[i])][: len(offsets[i])]
-                padded = np.vstack([h, np.zeros((cfg.lookahead, width), dtype=np.float32)])
+                h = layers[row][answer[row].numpy()][: len(offsets[i])]
+                padded = np.vstack([h, np.zeros((cfg.lookahead, layers.shape[-1]), dtype=np.float32)])
                 feats[i] = np.hstack([padded[k: k + len(h)] for k in range(cfg.lookahead + 1)])
         return feats, offsets
+
+    @property
+    def reading(self) -> Reading:
+        """What this tagger reads of its encoder (inspectors.shared_reading)."""
+        cfg = self.config
+        return Reading(cfg.encoder, tuple(cfg.layers), cfg.max_prompt_tokens, cfg.max_answer_tokens, cfg.dtype,
+                       cfg.device)
+
+    def readings(self) -> list[Reading]:
+        return [self.reading]
 
     # -- training --
     def fit(self, prompts: Sequence[str], answers: Sequence[str],

@@ -159,6 +159,13 @@ class SquadPolicy(StrictModel):
     aligner_params: SamplingParams = Field(default_factory=lambda: SamplingParams(max_tokens=192))
     base_params: SamplingParams = Field(default_factory=lambda: SamplingParams(max_tokens=192))
     inspect_batch_size: int = Field(default=64, ge=1)
+    shared_reading: bool = Field(
+        default=True,
+        description="Members whose inspectors read the same model (the starters' SmolLM2 probes and "
+        "taggers) read each batch of answers in one pass, to the deepest layer any reads "
+        "(inspectors.shared_reading); it holds their layers' states for one batch "
+        "(inspect_batch_size answers) in memory. false: each inspector runs its own pass.",
+    )
 
 
 class SquadConfig(StrictModel):

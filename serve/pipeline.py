@@ -38,6 +38,7 @@ from aligners.models import model_id_and_hash
 from aligners.paragraphs import paragraphs, replace_body
 from aligners.schema import Correction, Trace, TraceStep, Verdict
 from inspectors.request_guard import request_guard_cap
+from inspectors.shared_reading import shared_reading
 from serve.config import (
     NON_GENERATING,
     PROMPTED_ALIGNER,
@@ -159,7 +160,13 @@ class Squad:
         if not prompts or not guards:
             return np.zeros((len(prompts), len(guards)))
         size = self.config.policy.inspect_batch_size
-        return np.column_stack([g.score(prompts, answers, size) for g in guards])
+        readings = [r for g in guards for r in g.inspector.readings()] if self.config.policy.shared_reading else []
+        rows = []
+        for i in range(0, len(prompts), size):  # a batch at a time: the shared pass keeps its states
+            with shared_reading(readings):
+                rows.append(np.column_stack([g.score(prompts[i:i + size], answers[i:i + size], size)
+                                             for g in guards]))
+        return np.vstack(rows)
 
     @staticmethod
     def _verdicts(row: np.ndarray, guards: Sequence[Guard]) -> list[Verdict]:
