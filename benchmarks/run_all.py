@@ -131,6 +131,14 @@ def squad_rows(r: dict) -> list[Row]:
     return rows
 
 
+def squad_inspection_rows(r: dict) -> list[Row]:
+    return [((f"starter squad inspection, {r['answers']} real dev answers, 3 members: answers/s with one shared "
+             "SmolLM2 pass vs each inspector's own"),
+             (f"{r['shared_reading']['answers_per_s']} vs {r['separate_passes']['answers_per_s']} "
+             f"({r['speedup']:.2f}×; scores within {r['max_abs_score_difference']:.0e}, "
+             f"{r['flag_decisions_that_differ']} flags differ)"), "report", "")]
+
+
 def adapters_rows(r: dict) -> list[Row]:
     return [("3 aligners as adapters on one base vs 3 merged copies: throughput",
              pct(r["throughput_ratio_adapters_over_merged"]), "≥ 85 %", verdict(r["throughput_ratio_adapters_over_merged"] >= 0.85)),
@@ -157,10 +165,10 @@ def ila_rows(r: dict) -> list[Row]:
 
 
 def inspector_throughput_rows(r: dict) -> list[Row]:
-    rows = [("inspector answers/s (fp32, batch 64) vs MiniLM encoder alone",
+    rows = [("MiniLM embed-logreg inspector answers/s (fp32, batch 64, short answers) vs MiniLM encoder alone",
              f"{r['embed_logreg_answers_per_s']} vs {r['baseline_encoder_only_answers_per_s']}", "report", "")]
     if "embed_logreg_bf16_answers_per_s" in r:
-        rows.append(("inspector answers/s in bfloat16", f"{r['embed_logreg_bf16_answers_per_s']}", "200/s", verdict(r["embed_logreg_bf16_answers_per_s"] >= 200)))
+        rows.append(("MiniLM embed-logreg inspector answers/s in bfloat16 (the starters read SmolLM2: squad_inspection)", f"{r['embed_logreg_bf16_answers_per_s']}", "200/s", verdict(r["embed_logreg_bf16_answers_per_s"] >= 200)))
     return rows
 
 
@@ -360,6 +368,7 @@ CPU = [
     eval_bench("harmful", supplied=True),
     eval_bench("benign", supplied=True),
     Bench("squad_overhead", py("squad_overhead.py", "--n", "16"), squad_rows),
+    Bench("squad_inspection", py("squad_inspection.py", "--n", "64"), squad_inspection_rows),
     Bench("adapters_vs_merged", py("adapters_vs_merged.py", "--n", "8"), adapters_rows),
     Bench("batch_engines", py("batch_engines.py", "--n", "32"), batch_rows),
     Bench("inspector_throughput", py("inspector_throughput.py", "--bf16"), inspector_throughput_rows),
