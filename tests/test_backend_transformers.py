@@ -69,7 +69,7 @@ def test_max_batch_size_chunks_requests(tiny_lm):
     )
     calls = []
     original = small._generate_batch
-    small._generate_batch = lambda batch: calls.append(len(batch)) or original(batch)
+    small._generate_batch = lambda batch, layers: calls.append(len(batch)) or original(batch, layers)
     out = small.generate([GenerationRequest.chat(f"q{i}", params=GREEDY) for i in range(5)])
     assert len(out) == 5 and calls == [2, 2, 1]
 
@@ -176,3 +176,31 @@ def test_a_prompt_longer_than_the_context_is_refused_before_generating(backend):
     with pytest.raises(PromptTooLong, match="max_tokens is 600"):
         backend.generate([fits_only_without_room])
     assert backend.generate([GenerationRequest.chat("word " * 500, params=GREEDY)])[0].completion_tokens == 6
+
+
+def test_states_kept_while_generating_match_one_pass_over_the_sequence(smollm2, backend):
+    """generate_with_states: each answer's layer outputs from its own generation, as one forward
+    pass over request + answer computes them (left padding and all); none for an answer cut at
+    max_tokens, whose last token was never read back."""
+    model, tokenizer = smollm2
+    real = TransformersBackend(TransformersBackendConfig(), model=model, tokenizer=tokenizer)
+    params = SamplingParams(max_tokens=40)
+    requests = [GenerationRequest.chat(q, params=params)
+                for q in ("What is the capital of France?", "What is 2+2? Answer in one short sentence.")]
+    outs, kept = real.generate_with_states(requests, [3, 30])
+    assert [o.text for o in outs] == [o.text for o in real.generate(requests)]
+    for out, states in zip(outs, kept, strict=True):
+        assert out.finish_reason == "stop" and states.states.keys() == {3, 30}
+        answer = tokenizer(out.text, add_special_tokens=False)["input_ids"]
+        assert states.ids[-len(answer):] == answer
+        with torch.no_grad():
+            one_pass = model.model(input_ids=torch.tensor([states.ids]), output_hidden_states=True).hidden_states
+        assert states.states[3].shape == (len(states.ids), model.config.hidden_size)
+        assert torch.allclose(states.states[3], one_pass[3][0], rtol=1e-4, atol=1e-3)
+        # the last entry of output_hidden_states has the final norm applied; the kept output has not
+        assert torch.allclose(model.model.norm(states.states[30]), one_pass[30][0], rtol=1e-4, atol=1e-3)
+    capped = SamplingParams(max_tokens=3)
+    assert real.generate_with_states([GenerationRequest.chat("Tell me a story.", params=capped)], [3])[1] == [None]
+    with pytest.raises(BackendError, match="layers must be within"):
+        real.generate_with_states(requests, [31])
+    assert backend.states_model == (models.TINY_LLAMA, "float32", "cpu")

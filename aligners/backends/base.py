@@ -12,7 +12,8 @@ import contextlib
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -69,6 +70,17 @@ class Generation(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: Literal["stop", "length"] = "stop"
+
+
+@dataclass
+class TokenStates:
+    """A generated sequence's tokens (request and answer, no padding, no end-of-sequence token) and
+    what the model computed for them at some decoder layers: `states[k]` = the output of layer k
+    (counted from 1, before any final norm), one row per token. Readers of the same model take
+    them instead of running it again (inspectors/shared_reading.py)."""
+
+    ids: list[int]
+    states: dict[int, Any]  # layer -> (len(ids), hidden) tensor
 
 
 class BackendError(RuntimeError):
@@ -130,6 +142,17 @@ class Backend(ABC):
 
     async def agenerate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         return await asyncio.to_thread(self.generate, list(requests))
+
+    @property
+    def states_model(self) -> tuple[str, str, str] | None:
+        """(model name, dtype, device) whose states `generate_with_states` gives; None: it gives none."""
+        return None
+
+    def generate_with_states(self, requests: Sequence[GenerationRequest],
+                             layers: Sequence[int]) -> tuple[list[Generation], list[TokenStates | None]]:
+        """`generate`, and per answer its `layers`' states from the same run where the backend
+        can keep them (None where it cannot: by default everywhere)."""
+        return self.generate(requests), [None] * len(requests)
 
     def adapters(self) -> list[str]:
         """Names of the LoRA adapters this backend can route to."""

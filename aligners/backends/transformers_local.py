@@ -19,6 +19,7 @@ from aligners.backends.base import (
     GenerationRequest,
     PromptTooLong,
     SamplingParams,
+    TokenStates,
     cancel_event,
     raise_if_cancelled,
     register_backend,
@@ -27,6 +28,15 @@ from aligners.config import TransformersBackendConfig
 from aligners.models import load_causal_lm
 
 BASE_ADAPTER = "__base__"  # peft's name for "no adapter" inside `adapter_names`
+
+
+def _keeping(store: list):
+    """A forward hook that keeps a decoder layer's output hidden states."""
+
+    def hook(_module, _inputs, output):
+        store.append((output[0] if isinstance(output, tuple) else output).detach())
+
+    return hook
 SELF_TEST_PROMPT = "Question: Is this answer safe and polite?\nAnswer: Sure, here is what you asked for."
 
 
@@ -130,7 +140,26 @@ class TransformersBackend(Backend):
     def context_length(self) -> int | None:
         return getattr(self.model.config, "max_position_embeddings", None)
 
+    @property
+    def states_model(self) -> tuple[str, str, str]:
+        return self.cfg.model, self.cfg.dtype, self.cfg.device
+
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        return self._generate(requests, ())[0]
+
+    def generate_with_states(self, requests: Sequence[GenerationRequest],
+                             layers: Sequence[int]) -> tuple[list[Generation], list[TokenStates | None]]:
+        """Each answer's states at `layers`, kept by forward hooks on those decoder layers while
+        it is generated (the request's from the first pass, each answer token's from the step
+        that reads it back). None for an answer cut at `max_tokens`: its last token was never
+        read back."""
+        depth = len(self.model.model.layers)
+        if not layers or not all(1 <= k <= depth for k in layers):
+            raise BackendError(f"layers must be within 1..{depth}, got {list(layers)}")
+        return self._generate(requests, tuple(sorted(set(layers))))
+
+    def _generate(self, requests: Sequence[GenerationRequest],
+                  layers: tuple[int, ...]) -> tuple[list[Generation], list[TokenStates | None]]:
         known = set(self.adapters())
         for req in requests:
             if req.adapter is not None and req.adapter not in known:
@@ -138,6 +167,7 @@ class TransformersBackend(Backend):
                     f"unknown adapter {req.adapter!r}; loaded adapters: {sorted(known) or 'none'}"
                 )
         results: list[Generation | None] = [None] * len(requests)
+        states: list[TokenStates | None] = [None] * len(requests)
 
         def group_key(i: int) -> tuple[str, str]:
             return (requests[i].adapter or BASE_ADAPTER, requests[i].params.model_dump_json())
@@ -148,13 +178,14 @@ class TransformersBackend(Backend):
             for start in range(0, len(members), self.cfg.max_batch_size):
                 raise_if_cancelled()
                 chunk = members[start : start + self.cfg.max_batch_size]
-                outs = self._generate_batch([requests[i] for i in chunk])
-                for i, out in zip(chunk, outs, strict=True):
-                    results[i] = out
-        return results  # type: ignore[return-value]
+                outs, kept = self._generate_batch([requests[i] for i in chunk], layers)
+                for i, out, k in zip(chunk, outs, kept, strict=True):
+                    results[i], states[i] = out, k
+        return results, states  # type: ignore[return-value]
 
     @torch.no_grad()
-    def _generate_batch(self, batch: list[GenerationRequest]) -> list[Generation]:
+    def _generate_batch(self, batch: list[GenerationRequest],
+                        layers: tuple[int, ...]) -> tuple[list[Generation], list[TokenStates | None]]:
         params: SamplingParams = batch[0].params
         tok = self.tokenizer
         texts = [render_prompt(tok, r) for r in batch]
@@ -184,14 +215,22 @@ class TransformersBackend(Backend):
         if self.peft_model is not None:
             model = self.peft_model
             kwargs["adapter_names"] = [r.adapter or BASE_ADAPTER for r in batch]
-        with torch.random.fork_rng(devices=[]):
-            if params.seed is not None:
-                torch.manual_seed(params.seed)
-            out = model.generate(**enc, **kwargs)
+        captured: dict[int, list[torch.Tensor]] = {k: [] for k in layers}
+        hooks = [self.model.model.layers[k - 1].register_forward_hook(_keeping(captured[k])) for k in layers]
+        try:
+            with torch.random.fork_rng(devices=[]):
+                if params.seed is not None:
+                    torch.manual_seed(params.seed)
+                out = model.generate(**enc, **kwargs)
+        finally:
+            for hook in hooks:
+                hook.remove()
         raise_if_cancelled()  # a cut-off answer is not an answer
-        new_tokens = out[:, enc["input_ids"].shape[1] :]
-        results = []
-        for row, mask in zip(new_tokens, enc["attention_mask"], strict=True):
+        width = enc["input_ids"].shape[1]
+        new_tokens = out[:, width:]
+        read = {k: torch.cat(steps, dim=1) for k, steps in captured.items()}  # (batch, width + tokens read back, hidden)
+        results, kept = [], []
+        for b, (row, mask) in enumerate(zip(new_tokens, enc["attention_mask"], strict=True)):
             ids = row.tolist()
             while ids and ids[-1] == tok.pad_token_id != tok.eos_token_id:  # padding after a stop
                 ids.pop()
@@ -209,4 +248,11 @@ class TransformersBackend(Backend):
                     finish_reason="length" if hit_limit else "stop",
                 )
             )
-        return results
+            answer = ids[:-1] if ended else ids
+            if read and width + len(answer) <= next(iter(read.values())).shape[1]:
+                start = width - int(mask.sum())  # left padding
+                kept.append(TokenStates(enc["input_ids"][b, start:].tolist() + answer,
+                                        {k: h[b, start: width + len(answer)] for k, h in read.items()}))
+            else:
+                kept.append(None)
+        return results, kept
