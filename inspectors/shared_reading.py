@@ -10,6 +10,11 @@ is a prefix, the request gate's state is the last token of the request). Inside
 `shared_reading(readings)` the readers that `readings` cover are served from that one pass;
 outside it (training, one inspector alone) each reads as before.
 
+When the squad's own base model wrote the answers (`Squad.generate`, the proxy's local base) and
+the inspectors read that same model, the base keeps their layers while generating
+(`Backend.generate_with_states`) and offers them (`Offered`): no reader runs the model at all for
+an answer whose tokens match what was generated.
+
 What one pass keeps is the union of the readers' layers for each answer, until the scope ends: a
 caller scores a bounded batch per scope (the squad: its `inspect_batch_size`). The results match
 separate passes up to float rounding (batched matrix products of other shapes), checked by
@@ -20,11 +25,12 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 
+from aligners.backends.base import TokenStates
 from inspectors.backbone import (
     chat_head,
     encode_pairs,
@@ -72,7 +78,8 @@ class _Kept:
 class _SharedPass:
     """The merged reading per model and the states it produced for each pair so far."""
 
-    def __init__(self, readings: Sequence[Reading]):
+    def __init__(self, readings: Sequence[Reading], offered: Offered | None = None):
+        self.offered = offered
         self.merged: dict[tuple, Reading] = {}
         for r in readings:
             held = self.merged.get(r.model)
@@ -96,21 +103,49 @@ class _SharedPass:
         body, tok = merged.backbone()
         ids, starts = encode_pairs(tok, [p for p, _ in todo], [a for _, a in todo],
                                    merged.max_prompt_tokens, merged.max_answer_tokens)
-        for batch, states, _, _ in hidden_state_batches(body, tok, ids, starts, batch_tokens, description):
-            for row, i in enumerate(batch):
-                kept = _Kept(tuple(ids[i]), starts[i],
-                             {k: states[k][row, : len(ids[i])].clone() for k in merged.layers})
-                self.pairs[(merged.model, *todo[i])] = kept
-                self.heads.setdefault((merged.model, todo[i][0]), kept)
+        offers = self.offered.states if self.offered is not None and self.offered.model == merged.model[:3] else {}
+        read = []
+        for i, pair in enumerate(todo):
+            offer = offers.get(pair)
+            if (offer is not None and tuple(offer.ids[: len(ids[i])]) == tuple(ids[i])
+                    and set(merged.layers) <= set(offer.states)):
+                self._keep(merged, pair, _Kept(tuple(ids[i]), starts[i],
+                                               {k: offer.states[k][: len(ids[i])] for k in merged.layers}))
+            else:
+                read.append(i)
+        if not read:
+            return
+        for batch, states, _, _ in hidden_state_batches(body, tok, [ids[i] for i in read], [starts[i] for i in read],
+                                                        batch_tokens, description):
+            for row, j in enumerate(batch):
+                i = read[j]
+                self._keep(merged, todo[i], _Kept(tuple(ids[i]), starts[i],
+                                                  {k: states[k][row, : len(ids[i])].clone() for k in merged.layers}))
+
+    def _keep(self, merged: Reading, pair: tuple[str, str], kept: _Kept) -> None:
+        self.pairs[(merged.model, *pair)] = kept
+        self.heads.setdefault((merged.model, pair[0]), kept)
+
+
+@dataclass(frozen=True)
+class Offered:
+    """States a generator kept while it wrote the answers (`Backend.generate_with_states`): for
+    `model` = (name, dtype, device), each (prompt, answer)'s TokenStates. A reader takes them where
+    its tokens are a prefix of theirs (the same rendering of the request, the answer re-tokenized
+    as it was generated), and reads the rest itself."""
+
+    model: tuple[str, str, str]
+    states: Mapping[tuple[str, str], TokenStates]
 
 
 _SCOPE: contextvars.ContextVar[_SharedPass | None] = contextvars.ContextVar("shared_reading", default=None)
 
 
 @contextlib.contextmanager
-def shared_reading(readings: Sequence[Reading]) -> Iterator[None]:
-    """Within this block, readers covered by `readings` share one pass per pair (module docstring)."""
-    token = _SCOPE.set(_SharedPass(readings) if readings else None)
+def shared_reading(readings: Sequence[Reading], offered: Offered | None = None) -> Iterator[None]:
+    """Within this block, readers covered by `readings` share one pass per pair (module docstring),
+    or none where `offered` holds the pair's states already."""
+    token = _SCOPE.set(_SharedPass(readings, offered) if readings else None)
     try:
         yield
     finally:

@@ -31,6 +31,7 @@ import numpy as np
 
 from aligners.artifact import AlignerArtifact
 from aligners.backends import Backend, Generation, GenerationRequest, SamplingParams, build_backend
+from aligners.backends.base import TokenStates
 from aligners.config import ConfigError, load_config
 from aligners.facts import fact_changes
 from aligners.formatting import aligner_request
@@ -38,7 +39,7 @@ from aligners.models import model_id_and_hash
 from aligners.paragraphs import paragraphs, replace_body
 from aligners.schema import Correction, Trace, TraceStep, Verdict
 from inspectors.request_guard import request_guard_cap
-from inspectors.shared_reading import shared_reading
+from inspectors.shared_reading import Offered, Reading, shared_reading
 from serve.config import (
     NON_GENERATING,
     PROMPTED_ALIGNER,
@@ -154,19 +155,30 @@ class Squad:
         return [replace(g, threshold_override=thresholds[g.criterion]) if thresholds and g.criterion in thresholds
                 else g for g in chosen]
 
-    def inspect(self, prompts: Sequence[str], answers: Sequence[str], guards: Sequence[Guard] | None = None) -> np.ndarray:
-        """P(aligned), shape (n_answers, n_criteria), in `guards` (default: all members) order."""
+    def inspect(self, prompts: Sequence[str], answers: Sequence[str], guards: Sequence[Guard] | None = None,
+                generated: Sequence[TokenStates | None] | None = None) -> np.ndarray:
+        """P(aligned), shape (n_answers, n_criteria), in `guards` (default: all members) order.
+        `generated`: the answers' states kept by the base while it wrote them (`generate`)."""
         guards = self.guards if guards is None else guards
         if not prompts or not guards:
             return np.zeros((len(prompts), len(guards)))
         size = self.config.policy.inspect_batch_size
-        readings = [r for g in guards for r in g.inspector.readings()] if self.config.policy.shared_reading else []
+        readings = self._readings(guards)
         rows = []
         for i in range(0, len(prompts), size):  # a batch at a time: the shared pass keeps its states
-            with shared_reading(readings):
+            offered = None
+            if generated is not None and self.base is not None and self.base.states_model is not None:
+                offered = Offered(self.base.states_model, {
+                    (p, a): s for p, a, s in zip(prompts[i:i + size], answers[i:i + size], generated[i:i + size],
+                                                 strict=True) if s is not None})
+            with shared_reading(readings, offered):
                 rows.append(np.column_stack([g.score(prompts[i:i + size], answers[i:i + size], size)
                                              for g in guards]))
         return np.vstack(rows)
+
+    def _readings(self, guards: Sequence[Guard]) -> list[Reading]:
+        """What the members' inspectors read of a causal LM, to be read once (policy.shared_reading)."""
+        return [r for g in guards for r in g.inspector.readings()] if self.config.policy.shared_reading else []
 
     @staticmethod
     def _verdicts(row: np.ndarray, guards: Sequence[Guard]) -> list[Verdict]:
@@ -189,16 +201,19 @@ class Squad:
         return min(flagged, key=lambda j: row[j])
 
     def correct(self, prompts: Sequence[str], answers: Sequence[str], ids: Sequence[str | None] | None = None,
-                *, criteria: Sequence[str] | None = None, thresholds: Mapping[str, float] | None = None) -> list[Correction]:
+                *, criteria: Sequence[str] | None = None, thresholds: Mapping[str, float] | None = None,
+                generated: Sequence[TokenStates | None] | None = None) -> list[Correction]:
         """Correct supplied answers (from any LLM); nothing is generated for clean ones. `criteria`
-        and `thresholds` narrow and tune the squad for this call (see `guards_for`)."""
+        and `thresholds` narrow and tune the squad for this call (see `guards_for`); `generated`:
+        the states the squad's base kept while writing the answers (`answer_with_states`), which
+        spare the inspectors their own pass."""
         if len(prompts) != len(answers):
             raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
         guards = self.guards_for(criteria, thresholds)
         policy = self.config.policy
         t_start = time.perf_counter()
         current = list(answers)
-        scores = self.inspect(prompts, current, guards)
+        scores = self.inspect(prompts, current, guards, generated)
         initial = scores.copy()
         timings = [{"inspect_s": 0.0, "align_s": 0.0} for _ in prompts]
         inspect_share = (time.perf_counter() - t_start) / max(1, len(prompts))
@@ -317,12 +332,26 @@ class Squad:
         params = params or self.config.policy.base_params
         return [o.text for o in self.base.generate([GenerationRequest.chat(p, params=params) for p in prompts])]
 
+    def answer_with_states(self, requests: Sequence[GenerationRequest]) -> tuple[list[Generation], list[TokenStates | None]]:
+        """The base model's generations, with the states the members' inspectors read of that same
+        model kept while generating (None where the base cannot keep them, or no inspector reads it)."""
+        if self.base is None:
+            raise SquadError("this squad has base: none; use correct(prompts, answers)")
+        model = self.base.states_model
+        layers = sorted({k for r in self._readings(self.guards) if (r.encoder, r.dtype, r.device) == model
+                         for k in r.layers})
+        if not layers:
+            return self.base.generate(requests), [None] * len(requests)
+        return self.base.generate_with_states(requests, layers)
+
     def generate(self, prompts: Sequence[str], params: SamplingParams | None = None) -> list[Correction]:
-        """Answer prompts with the base model, then correct the answers."""
+        """Answer prompts with the base model, then correct the answers (their inspection reads the
+        states the base kept while generating)."""
         t0 = time.perf_counter()
-        answers = self.answer(prompts, params)
+        params = params or self.config.policy.base_params
+        outs, states = self.answer_with_states([GenerationRequest.chat(p, params=params) for p in prompts])
         gen_s = (time.perf_counter() - t0) / max(1, len(prompts))
-        results = self.correct(prompts, answers)
+        results = self.correct(prompts, [o.text for o in outs], generated=states)
         for r in results:
             r.trace.timings["generate_s"] = gen_s
         return results

@@ -118,3 +118,43 @@ def test_the_squad_inspects_its_members_in_one_pass(tmp_path, passes):
     scores = squad.inspect(new_prompts, new_answers)
     assert passes.calls == {1: 0, 2: one_pass}  # the shallow member reads nothing itself
     assert np.allclose(scores, alone, atol=1e-5)
+
+
+def test_generated_answers_are_inspected_from_the_states_kept_while_generating(smollm2, tmp_path):
+    """Squad.generate on the real SmolLM2: its members' probes read SmolLM2 too, so the base keeps
+    their layers while answering and the inspection runs no pass of its own, with the scores a
+    pass gives."""
+    from aligners import models
+    from aligners.backends import SamplingParams
+    from aligners.backends.transformers_local import TransformersBackend
+    from aligners.config import TransformersBackendConfig
+
+    model, tokenizer = smollm2
+    prompts = [f"question {k}" for k in range(len(RUDE) + len(POLITE))]
+    answers, labels = RUDE + POLITE, [0] * len(RUDE) + [1] * len(POLITE)
+    members = []
+    for criterion, layers, longest in (("polite", [3], 8), ("harmless", [12, 30], 256)):
+        probe = HiddenProbeInspector(encoder=models.SMOLLM2, layers=layers, max_answer_tokens=longest, cv_folds=2,
+                                     criterion=criterion).fit(prompts, answers, labels)
+        members.append({"criterion": criterion, "inspector": str(probe.save(tmp_path / criterion)),
+                        "rewrite": "cut", "threshold": 0.0})  # nothing flagged: inspection only
+    cfg = SquadConfig.model_validate({"backend": {"type": "transformers", "model": models.SMOLLM2},
+                                      "members": members})
+    squad = Squad.from_config(cfg, backend=TransformersBackend(TransformersBackendConfig(), model=model,
+                                                               tokenizer=tokenizer))
+    asked = ["What is the capital of France?", "What is 2+2? Answer in one short sentence."]
+    counted = [get_backbone(models.SMOLLM2, depth)[0] for depth in (3, 30)]
+    calls = []
+    hooks = [body.register_forward_hook(lambda *_: calls.append(1)) for body in counted]
+    try:
+        _CACHE.clear()
+        results = squad.generate(asked, SamplingParams(max_tokens=40))
+        assert calls == []  # every reader served from what generation kept
+        _CACHE.clear()
+        read = squad.inspect(asked, [r.original for r in results])
+        assert calls  # the same answers, supplied: read by a pass
+    finally:
+        for hook in hooks:
+            hook.remove()
+    kept = np.array([[v.score for v in r.trace.initial] for r in results])
+    assert np.allclose(kept, read, atol=1e-4)

@@ -141,8 +141,10 @@ class TransformersBackend(Backend):
         return getattr(self.model.config, "max_position_embeddings", None)
 
     @property
-    def states_model(self) -> tuple[str, str, str]:
-        return self.cfg.model, self.cfg.dtype, self.cfg.device
+    def states_model(self) -> tuple[str, str, str] | None:
+        """A decoder with a `.model.layers` stack (Llama-style, SmolLM2's) can keep its layers' states."""
+        stack = getattr(getattr(self.model, "model", None), "layers", None)
+        return (self.cfg.model, self.cfg.dtype, self.cfg.device) if stack is not None else None
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
         return self._generate(requests, ())[0]
