@@ -5,8 +5,10 @@ responses (or SSE event streams) out. No web framework here (vLLM's `OpenAIServi
 One request, `POST /v1/chat/completions`:
 
     generate   the base answers: an upstream OpenAI-compatible server (pooled httpx client), or
-               the squad's local base model (a worker thread, serialized with the squad)
-    correct    `squad.correct([prompt] * n, answers)`: inspect, route aligners, re-inspect
+               the squad's local base model (a worker thread, serialized with the squad), which
+               keeps the layers its inspectors read of it while generating
+    correct    `squad.correct([prompt] * n, answers)`: inspect (from those kept states where
+               they match), route aligners, re-inspect
     respond    the corrected text as a normal OpenAI response; squad details in the extra
                top-level field `aligners` and in `x-aligners-*` headers
 
@@ -58,6 +60,7 @@ from aligners.backends.base import (
     GenerationRequest,
     PromptTooLong,
     SamplingParams,
+    TokenStates,
     cancel_scope,
 )
 from aligners.backends.openai_client import OpenAIClient, OpenAIServerError, parse_completion
@@ -122,6 +125,7 @@ class BaseAnswer:
     finish_reason: str = "stop"
     completion_tokens: int = 0
     prompt_tokens: int = 0
+    states: TokenStates | None = None  # what the local base kept for the squad's inspectors
 
 
 @dataclass
@@ -437,11 +441,17 @@ class AlignersServing:
             raise invalid(f"too long for the {stage}: {exc}", param, "prompt_too_long") from None
 
     async def _local_generate(self, requests: list[GenerationRequest], param: str) -> list[BaseAnswer]:
+        """The local base's answers; the squad's own base also keeps what its inspectors read of it."""
         try:
-            outs = await self._run_model("generation", param, self.local_base.generate, requests)
+            if self.squad is not None and self.local_base is self.squad.base:
+                outs, states = await self._run_model("generation", param, self.squad.answer_with_states, requests)
+            else:
+                outs = await self._run_model("generation", param, self.local_base.generate, requests)
+                states = [None] * len(outs)
         except BackendError as exc:
             raise ServingError(502, f"base model failed: {exc}", type="upstream_error", code="generation_failed") from None
-        return [BaseAnswer(o.text, o.finish_reason, o.completion_tokens, o.prompt_tokens) for o in outs]
+        return [BaseAnswer(o.text, o.finish_reason, o.completion_tokens, o.prompt_tokens, s)
+                for o, s in zip(outs, states, strict=True)]
 
     def _policy(self, options: AlignersOptions, ctx: RequestContext, model: str | None = None) -> PolicyOptions:
         """The request's squad policy: the named one (body field, else header, else a `model` that
@@ -475,11 +485,13 @@ class AlignersServing:
 
     async def _correct(self, prompts: Sequence[str], answers: Sequence[str],
                        ids: Sequence[str | None] | None = None, param: str = "messages",
-                       policy: PolicyOptions | None = None) -> list[Correction] | None:
+                       policy: PolicyOptions | None = None,
+                       generated: Sequence[TokenStates | None] | None = None) -> list[Correction] | None:
         policy = policy or PolicyOptions(mode="enforce")
         if self.squad is None or policy.mode == "off":
             return None
-        correct = functools.partial(self.squad.correct, criteria=policy.criteria, thresholds=policy.thresholds)
+        correct = functools.partial(self.squad.correct, criteria=policy.criteria, thresholds=policy.thresholds,
+                                    generated=generated)
         try:
             results = await self._run_model("correction", param, correct, list(prompts), list(answers), ids)
         except BackendError as exc:
@@ -623,7 +635,7 @@ class AlignersServing:
         t_gen = time.perf_counter() - t0
         prompts = [req.inspected_prompt()] * len(answers) if chat else [p for p in req.prompts for _ in range(req.n)]
         results = await self._correct(prompts, [a.text for a in answers], param="messages" if chat else "prompt",
-                                      policy=policy)
+                                      policy=policy, generated=[a.states for a in answers])
         info = self._details(results, answers, req.aligners.return_original, mode=policy.mode)
         texts, finish = self._finish(info, answers, results if policy.mode == "enforce" else None, t0, t_gen)
         headers = self._headers(info)

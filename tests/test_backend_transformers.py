@@ -120,6 +120,14 @@ def test_adapters_route_per_request_in_mixed_batches(backend, adapters):
     alone = [backend.generate([r])[0].text for r in reqs]
     assert mixed == alone
     assert len(set(mixed)) == 3  # base, a and b each answer differently
+    # the states kept per request come from the model that request ran on (the read-back step included)
+    outs, kept = backend.generate_with_states(reqs, [1])
+    assert [o.text for o in outs] == mixed
+    with torch.no_grad(), backend.peft_model.disable_adapter():
+        passes = [backend.model.model(input_ids=torch.tensor([k.ids]), output_hidden_states=True).hidden_states[1][0]
+                  for k in kept]
+    assert torch.allclose(kept[0].states[1], passes[0], atol=1e-4)
+    assert not torch.allclose(kept[1].states[1], passes[1], atol=1e-4)  # adapter a's own layer output
 
 
 def test_self_test_rejects_noop_adapter_and_unloads_it(backend, adapters):
@@ -180,17 +188,18 @@ def test_a_prompt_longer_than_the_context_is_refused_before_generating(backend):
 
 def test_states_kept_while_generating_match_one_pass_over_the_sequence(smollm2, backend):
     """generate_with_states: each answer's layer outputs from its own generation, as one forward
-    pass over request + answer computes them (left padding and all); none for an answer cut at
-    max_tokens, whose last token was never read back."""
+    pass over request + answer computes them (left padding and all), an answer cut at max_tokens
+    included."""
     model, tokenizer = smollm2
     real = TransformersBackend(TransformersBackendConfig(), model=model, tokenizer=tokenizer)
     params = SamplingParams(max_tokens=40)
-    requests = [GenerationRequest.chat(q, params=params)
-                for q in ("What is the capital of France?", "What is 2+2? Answer in one short sentence.")]
+    requests = [GenerationRequest.chat(q, params=params) for q in (
+        "What is the capital of France?", "What is 2+2? Answer in one short sentence.", "Tell me a long story.")]
     outs, kept = real.generate_with_states(requests, [3, 30])
     assert [o.text for o in outs] == [o.text for o in real.generate(requests)]
+    assert [o.finish_reason for o in outs] == ["stop", "stop", "length"]
     for out, states in zip(outs, kept, strict=True):
-        assert out.finish_reason == "stop" and states.states.keys() == {3, 30}
+        assert states.states.keys() == {3, 30}
         answer = tokenizer(out.text, add_special_tokens=False)["input_ids"]
         assert states.ids[-len(answer):] == answer
         with torch.no_grad():
@@ -199,8 +208,6 @@ def test_states_kept_while_generating_match_one_pass_over_the_sequence(smollm2, 
         assert torch.allclose(states.states[3], one_pass[3][0], rtol=1e-4, atol=1e-3)
         # the last entry of output_hidden_states has the final norm applied; the kept output has not
         assert torch.allclose(model.model.norm(states.states[30]), one_pass[30][0], rtol=1e-4, atol=1e-3)
-    capped = SamplingParams(max_tokens=3)
-    assert real.generate_with_states([GenerationRequest.chat("Tell me a story.", params=capped)], [3])[1] == [None]
     with pytest.raises(BackendError, match="layers must be within"):
         real.generate_with_states(requests, [31])
     assert backend.states_model == (models.TINY_LLAMA, "float32", "cpu")

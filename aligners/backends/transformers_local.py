@@ -30,6 +30,17 @@ from aligners.models import load_causal_lm
 BASE_ADAPTER = "__base__"  # peft's name for "no adapter" inside `adapter_names`
 
 
+def _read_back_last(model, prompt_mask: torch.Tensor, out, adapter_names: list[str] | None) -> None:
+    """One more decoding step that reads the last generated token back, so the forward hooks keep
+    its states too (generation never feeds its final token to the model)."""
+    sequences = out.sequences
+    mask = torch.cat([prompt_mask, prompt_mask.new_ones((len(sequences), sequences.shape[1] - prompt_mask.shape[1]))], dim=1)
+    cache_field = "cache" if hasattr(out, "cache") else "past_key_values"  # renamed in transformers 5
+    model(input_ids=sequences[:, -1:], attention_mask=mask, position_ids=mask.long().cumsum(-1)[:, -1:] - 1,
+          use_cache=True, **{cache_field: getattr(out, cache_field)},
+          **({"adapter_names": adapter_names} if adapter_names else {}))
+
+
 def _keeping(store: list):
     """A forward hook that keeps a decoder layer's output hidden states."""
 
@@ -153,8 +164,7 @@ class TransformersBackend(Backend):
                              layers: Sequence[int]) -> tuple[list[Generation], list[TokenStates | None]]:
         """Each answer's states at `layers`, kept by forward hooks on those decoder layers while
         it is generated (the request's from the first pass, each answer token's from the step
-        that reads it back). None for an answer cut at `max_tokens`: its last token was never
-        read back."""
+        that reads it back; one extra step reads back the last)."""
         depth = len(self.model.model.layers)
         if not layers or not all(1 <= k <= depth for k in layers):
             raise BackendError(f"layers must be within 1..{depth}, got {list(layers)}")
@@ -223,7 +233,10 @@ class TransformersBackend(Backend):
             with torch.random.fork_rng(devices=[]):
                 if params.seed is not None:
                     torch.manual_seed(params.seed)
-                out = model.generate(**enc, **kwargs)
+                out = model.generate(**enc, **kwargs, return_dict_in_generate=bool(layers))
+            if layers:
+                _read_back_last(model, enc["attention_mask"], out, kwargs.get("adapter_names"))
+                out = out.sequences
         finally:
             for hook in hooks:
                 hook.remove()
@@ -251,10 +264,7 @@ class TransformersBackend(Backend):
                 )
             )
             answer = ids[:-1] if ended else ids
-            if read and width + len(answer) <= next(iter(read.values())).shape[1]:
-                start = width - int(mask.sum())  # left padding
-                kept.append(TokenStates(enc["input_ids"][b, start:].tolist() + answer,
-                                        {k: h[b, start: width + len(answer)] for k, h in read.items()}))
-            else:
-                kept.append(None)
+            start = width - int(mask.sum())  # left padding
+            kept.append(TokenStates(enc["input_ids"][b, start:].tolist() + answer,
+                                    {k: h[b, start: width + len(answer)] for k, h in read.items()}) if read else None)
         return results, kept
