@@ -94,14 +94,7 @@ def test_a_reading_the_scope_does_not_cover_reads_alone(passes):
 def test_the_squad_inspects_its_members_in_one_pass(tmp_path, passes):
     """Squad.inspect scores every member on one pass per batch, with the scores each member's
     inspector gives alone."""
-    prompts = [f"question {k}" for k in range(len(RUDE) + len(POLITE))]
-    answers, labels = RUDE + POLITE, [0] * len(RUDE) + [1] * len(POLITE)
-    members = []
-    for criterion, layers, longest in (("polite", [1], 8), ("harmless", [2], 256)):
-        probe = HiddenProbeInspector(encoder=MODEL, layers=layers, max_answer_tokens=longest, cv_folds=2,
-                                     criterion=criterion).fit(prompts, answers, labels)
-        members.append({"criterion": criterion, "inspector": str(probe.save(tmp_path / criterion)),
-                        "rewrite": "cut"})
+    members = probe_members(tmp_path, MODEL, (("polite", [1], 8), ("harmless", [2], 256)))
     cfg = SquadConfig.model_validate({"backend": {"type": "transformers", "model": MODEL}, "base": "none",
                                       "members": members, "policy": {"inspect_batch_size": 3}})
     squad = Squad.from_config(cfg, backend=ScriptedBackend({}))
@@ -120,41 +113,79 @@ def test_the_squad_inspects_its_members_in_one_pass(tmp_path, passes):
     assert np.allclose(scores, alone, atol=1e-5)
 
 
-def test_generated_answers_are_inspected_from_the_states_kept_while_generating(smollm2, tmp_path):
-    """Squad.generate on the real SmolLM2: its members' probes read SmolLM2 too, so the base keeps
-    their layers while answering and the inspection runs no pass of its own, with the scores a
-    pass gives."""
+def probe_members(root, encoder, specs, **member):
+    """Squad members whose hidden-probe inspectors read `encoder`, fitted on the toy rude/polite
+    answers: (criterion, layers, answer tokens) each."""
+    prompts = [f"question {k}" for k in range(len(RUDE) + len(POLITE))]
+    answers, labels = RUDE + POLITE, [0] * len(RUDE) + [1] * len(POLITE)
+    members = []
+    for criterion, layers, longest in specs:
+        probe = HiddenProbeInspector(encoder=encoder, layers=layers, max_answer_tokens=longest, cv_folds=2,
+                                     criterion=criterion).fit(prompts, answers, labels)
+        members.append({"criterion": criterion, "inspector": str(probe.save(root / criterion)), "rewrite": "cut",
+                        **member})
+    return members
+
+
+@pytest.fixture(scope="module")
+def smollm2_squad(smollm2, tmp_path_factory):
+    """A squad on the real SmolLM2 whose members' probes read SmolLM2 too (base: shared), with
+    nothing flagged (threshold 0): inspection only. Yields it and a list counting the passes the
+    inspectors' own SmolLM2 copies run."""
     from aligners import models
-    from aligners.backends import SamplingParams
     from aligners.backends.transformers_local import TransformersBackend
     from aligners.config import TransformersBackendConfig
 
     model, tokenizer = smollm2
-    prompts = [f"question {k}" for k in range(len(RUDE) + len(POLITE))]
-    answers, labels = RUDE + POLITE, [0] * len(RUDE) + [1] * len(POLITE)
-    members = []
-    for criterion, layers, longest in (("polite", [3], 8), ("harmless", [12, 30], 256)):
-        probe = HiddenProbeInspector(encoder=models.SMOLLM2, layers=layers, max_answer_tokens=longest, cv_folds=2,
-                                     criterion=criterion).fit(prompts, answers, labels)
-        members.append({"criterion": criterion, "inspector": str(probe.save(tmp_path / criterion)),
-                        "rewrite": "cut", "threshold": 0.0})  # nothing flagged: inspection only
+    members = probe_members(tmp_path_factory.mktemp("members"), models.SMOLLM2,
+                            (("polite", [3], 8), ("harmless", [12, 30], 256)), threshold=0.0)
     cfg = SquadConfig.model_validate({"backend": {"type": "transformers", "model": models.SMOLLM2},
-                                      "members": members})
+                                      "members": members, "policy": {"base_params": {"max_tokens": 40}}})
     squad = Squad.from_config(cfg, backend=TransformersBackend(TransformersBackendConfig(), model=model,
                                                                tokenizer=tokenizer))
-    asked = ["What is the capital of France?", "What is 2+2? Answer in one short sentence."]
-    counted = [get_backbone(models.SMOLLM2, depth)[0] for depth in (3, 30)]
     calls = []
-    hooks = [body.register_forward_hook(lambda *_: calls.append(1)) for body in counted]
-    try:
-        _CACHE.clear()
-        results = squad.generate(asked, SamplingParams(max_tokens=40))
-        assert calls == []  # every reader served from what generation kept
-        _CACHE.clear()
-        read = squad.inspect(asked, [r.original for r in results])
-        assert calls  # the same answers, supplied: read by a pass
-    finally:
-        for hook in hooks:
-            hook.remove()
+    hooks = [get_backbone(models.SMOLLM2, depth)[0].register_forward_hook(lambda *_: calls.append(1))
+             for depth in (3, 30)]
+    yield squad, calls
+    for hook in hooks:
+        hook.remove()
+
+
+ASKED = ["What is the capital of France?", "What is 2+2? Answer in one short sentence."]
+
+
+def test_generated_answers_are_inspected_from_the_states_kept_while_generating(smollm2_squad):
+    """Squad.generate: the base keeps the members' layers while answering, and the inspection
+    runs no pass of its own, with the scores a pass gives."""
+    squad, calls = smollm2_squad
+    _CACHE.clear()
+    calls.clear()
+    results = squad.generate(ASKED)
+    assert calls == []  # every reader served from what generation kept
+    _CACHE.clear()
+    read = squad.inspect(ASKED, [r.original for r in results])
+    assert calls  # the same answers, supplied: read by a pass
     kept = np.array([[v.score for v in r.trace.initial] for r in results])
     assert np.allclose(kept, read, atol=1e-4)
+
+
+def test_the_proxy_inspects_its_local_base_answers_from_their_kept_states(smollm2_squad):
+    """Through the OpenAI-compatible server (real HTTP): a one-message chat answered by the
+    squad's own base is inspected from the states kept while generating; with a system message
+    the inspectors' rendering of the request differs, so they read it themselves."""
+    from test_server_reliability import aligners_server, client
+
+    from aligners import models
+    from serve.server_config import ServerConfig
+
+    squad, calls = smollm2_squad
+    with aligners_server(ServerConfig(squad="<injected>"), squad) as (root, _):
+        c = client(root)
+        _CACHE.clear()
+        calls.clear()
+        out = c.chat.completions.create(model=models.SMOLLM2, messages=[{"role": "user", "content": ASKED[0]}])
+        assert "Paris" in out.choices[0].message.content and calls == []
+        assert set(out.aligners["choices"][0]["scores"]["before"]) == {"polite", "harmless"}
+        c.chat.completions.create(model=models.SMOLLM2, messages=[{"role": "system", "content": "Be brief."},
+                                                             {"role": "user", "content": ASKED[1]}])
+        assert calls
