@@ -29,6 +29,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aligners.atomic import write_lines_atomic
+from aligners.backends.base import GenerationRequest, TokenStates
 from aligners.manifest import file_sha256
 from aligners.schema import iter_json_objects
 from serve.pipeline import Squad
@@ -158,15 +159,20 @@ def output_record(rec: BatchInput, correction) -> dict[str, Any]:
 
 def correct_chunk(squad: Squad, records: list[BatchInput]) -> list[dict[str, Any]]:
     """Correct one chunk in one squad call: supplied responses as they are, missing ones answered
-    by the base first (`Squad.answer`), so every answer is inspected and corrected exactly once."""
+    by the base first (`Squad.answer_with_states`: their inspection reads what the base kept), so
+    every answer is inspected and corrected exactly once."""
     responses = [r.response for r in records]
+    generated: list[TokenStates | None] = [None] * len(records)
     missing = [i for i, r in enumerate(records) if r.response is None]
     if missing:
         t0 = time.perf_counter()
-        for i, text in zip(missing, squad.answer([records[i].prompt for i in missing]), strict=True):
-            responses[i] = text
+        params = squad.config.policy.base_params
+        outs, states = squad.answer_with_states([GenerationRequest.chat(records[i].prompt, params=params)
+                                                 for i in missing])
+        for i, out, kept in zip(missing, outs, states, strict=True):
+            responses[i], generated[i] = out.text, kept
         gen_s = (time.perf_counter() - t0) / len(missing)
-    corrections = squad.correct([r.prompt for r in records], responses)
+    corrections = squad.correct([r.prompt for r in records], responses, generated=generated)
     for i in missing:
         corrections[i].trace.timings["generate_s"] = gen_s
     return [output_record(r, c) for r, c in zip(records, corrections, strict=True)]

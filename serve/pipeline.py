@@ -346,14 +346,20 @@ class Squad:
 
     def generate(self, prompts: Sequence[str], params: SamplingParams | None = None) -> list[Correction]:
         """Answer prompts with the base model, then correct the answers (their inspection reads the
-        states the base kept while generating)."""
-        t0 = time.perf_counter()
+        states the base kept while generating), `inspect_batch_size` prompts at a time so the
+        kept states of one batch are all that is held."""
         params = params or self.config.policy.base_params
-        outs, states = self.answer_with_states([GenerationRequest.chat(p, params=params) for p in prompts])
-        gen_s = (time.perf_counter() - t0) / max(1, len(prompts))
-        results = self.correct(prompts, [o.text for o in outs], generated=states)
-        for r in results:
-            r.trace.timings["generate_s"] = gen_s
+        size = self.config.policy.inspect_batch_size
+        results = []
+        for i in range(0, len(prompts), size):
+            chunk = list(prompts[i:i + size])
+            t0 = time.perf_counter()
+            outs, states = self.answer_with_states([GenerationRequest.chat(p, params=params) for p in chunk])
+            gen_s = (time.perf_counter() - t0) / len(chunk)
+            part = self.correct(chunk, [o.text for o in outs], generated=states)
+            for r in part:
+                r.trace.timings["generate_s"] = gen_s
+            results += part
         return results
 
     # --- async and streaming ------------------------------------------------------------------
