@@ -214,8 +214,9 @@ def test_missing_responses_are_generated_and_corrected_once(squad, tmp_path, mon
     src.write_text("".join(json.dumps({"id": i, "prompt": "q"}) + "\n" for i in range(3)) +
                    json.dumps({"id": 3, "prompt": "q", "response": RUDE[0]}) + "\n")
     answered = []
-    real_answer = squad.answer
-    monkeypatch.setattr(squad, "answer", lambda prompts, *a: answered.append(len(prompts)) or real_answer(prompts, *a))
+    real_answer = squad.answer_with_states
+    monkeypatch.setattr(squad, "answer_with_states",
+                        lambda requests: answered.append(len(requests)) or real_answer(requests))
     run_batch(squad, src, tmp_path / "out.jsonl", progress=False)
     assert answered == [3] and calls == [4]  # the base answers the three once; one correct() for all four
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
