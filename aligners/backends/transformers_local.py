@@ -3,6 +3,8 @@
 All aligners of a squad are adapters on one shared base, so a squad costs one model in memory.
 Requests are grouped by (adapter, sampling params) and run in left-padded batches; each batch
 passes peft's `adapter_names`, which also allows mixed-adapter batches when callers want them.
+`generate_with_states` also keeps chosen decoder layers' outputs for each answer, so inspectors
+that read this same model need not run it again over what it just wrote.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from aligners.config import TransformersBackendConfig
 from aligners.models import load_causal_lm
 
 BASE_ADAPTER = "__base__"  # peft's name for "no adapter" inside `adapter_names`
+SELF_TEST_PROMPT = "Question: Is this answer safe and polite?\nAnswer: Sure, here is what you asked for."
 
 
 def _read_back_last(model, prompt_mask: torch.Tensor, out, adapter_names: list[str] | None) -> None:
@@ -48,7 +51,6 @@ def _keeping(store: list):
         store.append((output[0] if isinstance(output, tuple) else output).detach())
 
     return hook
-SELF_TEST_PROMPT = "Question: Is this answer safe and polite?\nAnswer: Sure, here is what you asked for."
 
 
 class AdapterSelfTestError(BackendError):
