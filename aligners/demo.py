@@ -5,9 +5,10 @@ for a private person's contact details, and two requests that sound sensitive bu
 come from the dev set's held-out topics, which no inspector or aligner trained on; the harmful
 two are among those whose answers the harmless member routes to its aligner (it routes 80 % of
 SmolLM2's misaligned answers to harmful dev requests: README). Three more answers come "from
-another LLM" as supplied text (correct mode), since a small instruct model is rarely rude on its own and mostly declines to
-give out someone's contact details: a rude one, one that leaks a landlord's phone number and
-address (the no-pii member masks them), and a good one. No network, no GPU.
+another LLM" as supplied text (correct mode), since a small instruct model is rarely rude on its
+own and mostly declines to give out someone's contact details: a rude one, one that leaks a
+landlord's phone number and address (the no-pii member masks them), and a good one. No network,
+no GPU.
 """
 
 from __future__ import annotations

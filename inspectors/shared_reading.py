@@ -63,8 +63,8 @@ class Reading:
         """(model, tokenizer): the shared pass's model inside a scope that covers this reading
         (no shallower copy is loaded), else one cut to this reading's deepest layer."""
         scope = _SCOPE.get()
-        held = scope.merged.get(self.model) if scope is not None else None
-        depth = max(held.layers if held is not None and scope.covers(self) else self.layers)
+        covered = scope is not None and scope.covers(self)
+        depth = max(scope.merged[self.model].layers if covered else self.layers)
         return get_backbone(self.encoder, depth, self.device, self.dtype)
 
 

@@ -23,11 +23,18 @@ ANSWERS = ["Boil it for 9 minutes.", "Second left after the bank, it is free on 
 
 
 class Passes:
-    """Counts the forward passes of each cut of the tiny backbone."""
+    """Counts the forward passes of each cut (by depth) of a backbone the inspectors read."""
 
-    def __init__(self):
-        self.calls = {1: 0, 2: 0}
-        self.hooks = [get_backbone(MODEL, depth)[0].register_forward_hook(self._count(depth)) for depth in self.calls]
+    def __init__(self, model: str = MODEL, depths: tuple[int, ...] = (1, 2)):
+        self.calls = dict.fromkeys(depths, 0)
+        self.hooks = [get_backbone(model, depth)[0].register_forward_hook(self._count(depth)) for depth in depths]
+
+    def reset(self) -> None:
+        self.calls = dict.fromkeys(self.calls, 0)
+
+    @property
+    def total(self) -> int:
+        return sum(self.calls.values())
 
     def _count(self, depth):
         def hook(*_):
@@ -64,10 +71,10 @@ def test_one_pass_serves_probes_a_tagger_and_a_request_gate(passes):
     short, deep, tagger = readers()
     alone = read_all(short, deep, tagger)
     assert passes.calls[1] > 0 and passes.calls[2] > 0  # the short probe reads its own cut model
-    passes.calls = {1: 0, 2: 0}
+    passes.reset()
     tagger.token_features(PROMPTS, ANSWERS)  # the longest truncation, on the deepest model
     one_pass = passes.calls[2]
-    passes.calls = {1: 0, 2: 0}
+    passes.reset()
     with shared_reading(short.readings() + deep.readings() + tagger.readings()):
         shared = read_all(short, deep, tagger)
     assert passes.calls == {1: 0, 2: one_pass}  # the requests' states come from it too
@@ -80,11 +87,11 @@ def test_one_pass_serves_probes_a_tagger_and_a_request_gate(passes):
 def test_a_reading_the_scope_does_not_cover_reads_alone(passes):
     short, deep, _ = readers()
     pairs = list(zip(PROMPTS, ANSWERS, strict=True))
-    passes.calls = {1: 0, 2: 0}
+    passes.reset()
     alone = deep._pooled_states(pairs)
     short._pooled_states(pairs)
     own = dict(passes.calls)
-    passes.calls = {1: 0, 2: 0}
+    passes.reset()
     with shared_reading(short.readings()):  # layer 1 only, 8 answer tokens: deep needs more
         assert np.allclose(deep._pooled_states(pairs), alone, atol=1e-5)
         short._pooled_states(pairs)
@@ -102,12 +109,12 @@ def test_the_squad_inspects_its_members_in_one_pass(tmp_path, passes):
     _CACHE.clear()
     alone = np.column_stack([g.inspector.predict_proba(new_prompts, new_answers)[:, 1] for g in squad.guards])
     _CACHE.clear()
-    passes.calls = {1: 0, 2: 0}
+    passes.reset()
     for i in (0, 3):  # the deep member alone, batch by batch as the squad reads
         squad.guards[1].inspector.predict_proba(new_prompts[i:i + 3], new_answers[i:i + 3])
     one_pass = passes.calls[2]
     _CACHE.clear()
-    passes.calls = {1: 0, 2: 0}
+    passes.reset()
     scores = squad.inspect(new_prompts, new_answers)
     assert passes.calls == {1: 0, 2: one_pass}  # the shallow member reads nothing itself
     assert np.allclose(scores, alone, atol=1e-5)
@@ -130,8 +137,8 @@ def probe_members(root, encoder, specs, **member):
 @pytest.fixture(scope="module")
 def smollm2_squad(smollm2, tmp_path_factory):
     """A squad on the real SmolLM2 whose members' probes read SmolLM2 too (base: shared), with
-    nothing flagged (threshold 0): inspection only. Yields it and a list counting the passes the
-    inspectors' own SmolLM2 copies run."""
+    nothing flagged (threshold 0): inspection only. Yields it and the `Passes` of the inspectors'
+    own SmolLM2 copies."""
     from aligners import models
     from aligners.backends.transformers_local import TransformersBackend
     from aligners.config import TransformersBackendConfig
@@ -143,12 +150,9 @@ def smollm2_squad(smollm2, tmp_path_factory):
                                       "members": members, "policy": {"base_params": {"max_tokens": 40}}})
     squad = Squad.from_config(cfg, backend=TransformersBackend(TransformersBackendConfig(), model=model,
                                                                tokenizer=tokenizer))
-    calls = []
-    hooks = [get_backbone(models.SMOLLM2, depth)[0].register_forward_hook(lambda *_: calls.append(1))
-             for depth in (3, 30)]
-    yield squad, calls
-    for hook in hooks:
-        hook.remove()
+    passes = Passes(models.SMOLLM2, (3, 30))
+    yield squad, passes
+    passes.close()
 
 
 ASKED = ["What is the capital of France?", "What is 2+2? Answer in one short sentence."]
@@ -157,14 +161,14 @@ ASKED = ["What is the capital of France?", "What is 2+2? Answer in one short sen
 def test_generated_answers_are_inspected_from_the_states_kept_while_generating(smollm2_squad):
     """Squad.generate: the base keeps the members' layers while answering, and the inspection
     runs no pass of its own, with the scores a pass gives."""
-    squad, calls = smollm2_squad
+    squad, passes = smollm2_squad
     _CACHE.clear()
-    calls.clear()
+    passes.reset()
     results = squad.generate(ASKED)
-    assert calls == []  # every reader served from what generation kept
+    assert passes.total == 0  # every reader served from what generation kept
     _CACHE.clear()
     read = squad.inspect(ASKED, [r.original for r in results])
-    assert calls  # the same answers, supplied: read by a pass
+    assert passes.total > 0  # the same answers, supplied: read by a pass
     kept = np.array([[v.score for v in r.trace.initial] for r in results])
     assert np.allclose(kept, read, atol=1e-4)
 
@@ -178,14 +182,14 @@ def test_the_proxy_inspects_its_local_base_answers_from_their_kept_states(smollm
     from aligners import models
     from serve.server_config import ServerConfig
 
-    squad, calls = smollm2_squad
+    squad, passes = smollm2_squad
     with aligners_server(ServerConfig(squad="<injected>"), squad) as (root, _):
         c = client(root)
         _CACHE.clear()
-        calls.clear()
+        passes.reset()
         out = c.chat.completions.create(model=models.SMOLLM2, messages=[{"role": "user", "content": ASKED[0]}])
-        assert "Paris" in out.choices[0].message.content and calls == []
+        assert "Paris" in out.choices[0].message.content and passes.total == 0
         assert set(out.aligners["choices"][0]["scores"]["before"]) == {"polite", "harmless"}
         c.chat.completions.create(model=models.SMOLLM2, messages=[{"role": "system", "content": "Be brief."},
                                                              {"role": "user", "content": ASKED[1]}])
-        assert calls
+        assert passes.total > 0
