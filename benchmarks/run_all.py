@@ -85,7 +85,9 @@ def time_to_aligner_rows(r: dict) -> list[Row]:
                 cache = a.get("prefix_cache", {})
                 measured += (f"; adapter max |Δ| vs uncached {a['adapter_max_abs_diff_vs_uncached']:.1e}"
                              + ("" if cache.get("used", True) else f" (cache not used: {cache['reason']})"))
-            ok = a["wall_speedup_vs_all"] >= 2 and a["success_points_vs_all"] >= -1
+            # where even all-layer LoRA fixes nothing, "no worse" compares nothing: no verdict
+            ok = None if c["arms"]["all"]["quality"]["made_right"]["k"] == 0 else (
+                a["wall_speedup_vs_all"] >= 2 and a["success_points_vs_all"] >= -1)
             rows.append((what, measured, "≥ 2× less time at ≤ 1 point lower success", verdict(ok)))
     return rows
 
@@ -348,7 +350,8 @@ CPU = [
     Bench("aligner_training", py("aligner_training.py", "--aligner", STARTER, *TRAINING_LAYERS, "--steps", "4"), training_rows),
     # all-layer vs ILA vs cost-aware LoRA, each with and without the frozen-prefix cache, to the
     # early-stopping point on two criteria's aligner data (about 80 min on 2 cores; resumable per arm)
-    Bench("time_to_aligner", py("time_to_aligner.py", "--criterion", "harmless", "--criterion", "no-pii", "--criterion", "polite"),
+    Bench("time_to_aligner", py("time_to_aligner.py", "--criterion", "harmless", "--criterion", "no-pii", "--criterion", "polite",
+                                 "--pairs-for", "harmless=384"),
           time_to_aligner_rows,
           prepare=[(Path(f"runs/aligner-data/{c}/train.jsonl"), ["make", "aligner-data"]) for c in EVAL_CRITERIA]),
     # top-k vs all layers at the same short budget (40 steps, with and without TAIA), and the

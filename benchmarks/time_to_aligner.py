@@ -72,10 +72,20 @@ def child(args) -> dict:
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
-def run_child(args, data: str, config: str, layers, cache: bool, out: Path) -> dict:
-    cmd = [sys.executable, __file__, "--child", "--data", data, "--config", config,
+def pairs_for(args, criterion: str) -> int:
+    """Training pairs drawn for `criterion`: `--pairs`, unless `--pairs-for CRITERION=N` says otherwise."""
+    for item in args.pairs_for:
+        name, _, n = item.partition("=")
+        if name == criterion:
+            return int(n)
+    return args.pairs
+
+
+def run_child(args, criterion: str, layers, cache: bool, out: Path) -> dict:
+    cmd = [sys.executable, __file__, "--child", "--data", args.data_root.format(criterion=criterion),
+           "--config", f"configs/aligners/{criterion}.yaml",
            "--layers", layers if layers == "all" else ",".join(map(str, layers)), "--out", str(out),
-           "--pairs", str(args.pairs), "--epochs", str(args.epochs), "--eval-every", str(args.eval_every)]
+           "--pairs", str(pairs_for(args, criterion)), "--epochs", str(args.epochs), "--eval-every", str(args.eval_every)]
     if cache:
         cmd.append("--cache")
     done = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=ROOT)
@@ -125,26 +135,30 @@ def correction_quality(criterion: str, aligners: dict[str, Path], dev: str, n: i
 
 
 def bench_criterion(args, criterion: str) -> dict:
-    data, config = args.data_root.format(criterion=criterion), f"configs/aligners/{criterion}.yaml"
+    data = args.data_root.format(criterion=criterion)
     layers = arm_layers(ROOT / args.importance, data, args.cost_share)
     out = Path(args.out) / criterion
+    budget = {"pairs": pairs_for(args, criterion), "epochs": args.epochs, "eval_every": args.eval_every}
     arms = {}
     for name, (choice, cache) in ARMS.items():
         folder = out / name
-        if (folder / "result.json").is_file():  # resumable: a finished arm (and its judging) is kept
-            arms[name] = json.loads((folder / "result.json").read_text())
+        trained_for = {"budget": budget, "layers": layers[choice]}
+        done = json.loads((folder / "result.json").read_text()) if (folder / "result.json").is_file() else {}
+        if done.get("trained_for") == trained_for:  # resumable: a finished arm is kept
+            arms[name] = done
             continue
         if folder.exists():
             shutil.rmtree(folder)
         print(f"[{criterion}] training {name} on layers {layers[choice]}", file=sys.stderr, flush=True)
-        arms[name] = run_child(args, data, config, layers[choice], cache, folder)
+        arms[name] = run_child(args, criterion, layers[choice], cache, folder) | {"trained_for": trained_for}
         (folder / "result.json").write_text(json.dumps(arms[name], indent=2))
     for name in ARMS:
         if name.endswith("+cache"):
             arms[name]["adapter_max_abs_diff_vs_uncached"] = adapter_difference(out / name, out / name.removesuffix("+cache"))
     judged = [name for name in ARMS if not name.endswith("+cache")]
     saved, key = out / "quality.json", {"dev": args.dev, "n": args.n, "max_tokens": args.max_tokens,
-                                        "measure": "changed and fixed"}
+                                        "measure": "changed and fixed", "budget": budget,
+                                        "layers": {name: layers[ARMS[name][0]] for name in judged}}
     quality = json.loads(saved.read_text()) if saved.is_file() else {}
     if quality.get("for") != key:
         quality = {"for": key} | correction_quality(criterion, {n: out / n for n in judged}, args.dev, args.n,
@@ -157,7 +171,7 @@ def bench_criterion(args, criterion: str) -> dict:
         run["wall_speedup_vs_all"] = round(full["train_s"] / run["train_s"], 3)
         run["success_points_vs_all"] = round(
             100 * (run["quality"]["made_right"]["rate"] - full["quality"]["made_right"]["rate"]), 1)
-    return {"data": data, "pairs": args.pairs, "epochs": args.epochs, "eval_every": args.eval_every,
+    return {"data": data, "pairs": pairs_for(args, criterion), "epochs": args.epochs, "eval_every": args.eval_every,
             "cost_share": args.cost_share, "arms": arms}
 
 
@@ -168,6 +182,8 @@ def main() -> None:
     ap.add_argument("--importance", default="artifacts/layers/importance.json")
     ap.add_argument("--cost-share", type=float, default=0.9)
     ap.add_argument("--pairs", type=int, default=96, help="training pairs drawn from the data (seeded)")
+    ap.add_argument("--pairs-for", action="append", default=[], metavar="CRITERION=N",
+                    help="another number of pairs for one criterion (harmless needs more to learn refusing at all)")
     ap.add_argument("--epochs", type=float, default=3, help="the budget; early stopping usually ends sooner")
     ap.add_argument("--eval-every", type=int, default=5)
     ap.add_argument("--dev", default="evals/dev/answers.jsonl")

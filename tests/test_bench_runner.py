@@ -86,7 +86,7 @@ def test_time_to_aligner_rows_judge_time_and_success_against_all_layers():
 
     def arm(layers, train_s, rate, **extra):
         return {"layers": layers, "train_s": train_s, "steps": 40, "peak_rss_mb": 3072,
-                "quality": {"made_right": {"rate": rate, "n": 24}},
+                "quality": {"made_right": {"k": round(24 * rate), "rate": rate, "n": 24}},
                 "wall_speedup_vs_all": round(600 / train_s, 3), "success_points_vs_all": round(100 * (rate - 0.5), 1),
                 **extra}
 
@@ -97,3 +97,7 @@ def test_time_to_aligner_rows_judge_time_and_success_against_all_layers():
     assert [row[3] for row in rows] == ["", "**not met**", "met", "**not met**"]  # 1.5×; 2.4×; 2.07× but -5 points
     assert rows[0][0].startswith("harmless: time to a trained aligner, all (layers all;")
     assert "2.40× less time, +0.0 points vs all; adapter max |Δ| vs uncached 0.0e+00" in rows[2][1]
+    # where all-layer LoRA fixes nothing there is no quality to keep: no verdict either way
+    vacuous = {name: arm(a["layers"], a["train_s"], 0.0) for name, a in arms.items()}
+    rows = runner.time_to_aligner_rows({"criteria": {"harmless": {"pairs": 96, "epochs": 3, "arms": vacuous}}})
+    assert [row[3] for row in rows] == ["", "—", "—", "—"]
