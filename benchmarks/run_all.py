@@ -349,7 +349,7 @@ CPU = [
                "--config", "configs/aligners/harmless.yaml", "--out", str(LAYERS)])]),
     Bench("aligner_training", py("aligner_training.py", "--aligner", STARTER, *TRAINING_LAYERS, "--steps", "4"), training_rows),
     # all-layer vs ILA vs cost-aware LoRA, each with and without the frozen-prefix cache, to the
-    # early-stopping point on two criteria's aligner data (about 80 min on 2 cores; resumable per arm)
+    # early-stopping point on each criterion's aligner data (about 2 h on 2 idle cores; resumable per arm)
     Bench("time_to_aligner", py("time_to_aligner.py", "--criterion", "harmless", "--criterion", "no-pii", "--criterion", "polite",
                                  "--pairs-for", "harmless=384"),
           time_to_aligner_rows,

@@ -14,7 +14,7 @@ answer of the criterion goes to the arm's aligner, and counts as fixed when it i
 labelling rule's detectors pass it (serve.dev_judge.made_right); hand-labelled good answers count as
 kept when returned byte-for-byte. Prints one JSON object.
 
-    python benchmarks/time_to_aligner.py --criterion harmless --criterion no-pii
+    python benchmarks/time_to_aligner.py --criterion harmless --criterion no-pii --pairs-for harmless=384
 """
 
 from __future__ import annotations
