@@ -200,6 +200,10 @@ def main() -> None:
         print(json.dumps(child(args)))
         return
     criteria = args.criterion or ["harmless", "no-pii", "polite"]
+    for item in args.pairs_for:
+        name, _, n = item.partition("=")
+        if name not in criteria or not n.isdigit():
+            ap.error(f"--pairs-for {item!r}: expected CRITERION=N with CRITERION one of {criteria}")
     print(json.dumps({"benchmark": "time_to_aligner", "criteria": {c: bench_criterion(args, c) for c in criteria}},
                      indent=2))
 
