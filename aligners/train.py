@@ -181,6 +181,7 @@ def train_aligner(
 
     log = open(out / "train_log.jsonl", "a", encoding="utf-8")  # noqa: SIM115 - closed after the loop
     step_times: list[float] = []
+    eval_s = 0.0  # early stopping's share of the wall-clock (small data: a large one)
     last_loss = float("nan")
     bar = tqdm(total=total_steps, initial=state["step"], desc=f"train {criterion}", disable=not progress)
     micro = state["step"] * cfg.grad_accum
@@ -206,7 +207,9 @@ def train_aligner(
             bar.set_postfix(loss=f"{last_loss:.3f}")
             record = {"step": state["step"], "loss": last_loss}
             if state["step"] % cfg.eval_every == 0 or state["step"] == total_steps:
+                t_eval = time.perf_counter()
                 record["eval_loss"] = ev = eval_loss(peft_model, eval_batches, prefix.cache) if eval_batches else last_loss
+                eval_s += time.perf_counter() - t_eval
                 if state["best_eval"] is None or ev < state["best_eval"]:
                     state["best_eval"], state["bad_evals"] = ev, 0
                     peft_model.save_pretrained(out / ADAPTER_DIR)
@@ -246,6 +249,7 @@ def train_aligner(
             "best_eval_loss": state["best_eval"],
             "stopped_early": stopped_early,
             "mean_step_s": sum(step_times) / len(step_times) if step_times else None,
+            "eval_s": eval_s,
             "wall_s": time.perf_counter() - t_start,
             "prefix_cache": prefix_info,
         },

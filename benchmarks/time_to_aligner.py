@@ -67,7 +67,7 @@ def child(args) -> dict:
     m = manifest["metrics"]
     return {"layers": manifest["layers"], "wall_s": round(time.perf_counter() - t0, 1),
             "train_s": round(m["wall_s"], 1), "steps": m["steps"], "stopped_early": m["stopped_early"],
-            "best_eval_loss": m["best_eval_loss"], "mean_step_s": m["mean_step_s"],
+            "best_eval_loss": m["best_eval_loss"], "mean_step_s": m["mean_step_s"], "eval_s": round(m["eval_s"], 1),
             "examples": manifest["data"]["examples"], "prefix_cache": m["prefix_cache"],
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 

@@ -63,6 +63,7 @@ def test_training_lowers_eval_loss_and_writes_a_safetensors_artifact(tmp_path):
     evals = [r["eval_loss"] for r in log if "eval_loss" in r]
     assert evals[-1] < evals[0]
     assert manifest["metrics"]["best_eval_loss"] == min(evals)
+    assert 0 < manifest["metrics"]["eval_s"] < manifest["metrics"]["wall_s"]  # three evaluations, timed apart
     assert manifest["layers"] == [0, 1] and manifest["criterion"] == "polite"
     data = json.loads((tmp_path / "manifest.json").read_text())["data"]
     assert data["train_pairs"] == 24 and data["too_long"] == 0
