@@ -72,20 +72,10 @@ def child(args) -> dict:
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
-def pairs_for(args, criterion: str) -> int:
-    """Training pairs drawn for `criterion`: `--pairs`, unless `--pairs-for CRITERION=N` says otherwise."""
-    for item in args.pairs_for:
-        name, _, n = item.partition("=")
-        if name == criterion:
-            return int(n)
-    return args.pairs
-
-
-def run_child(args, criterion: str, layers, cache: bool, out: Path) -> dict:
-    cmd = [sys.executable, __file__, "--child", "--data", args.data_root.format(criterion=criterion),
-           "--config", f"configs/aligners/{criterion}.yaml",
+def run_child(data: str, criterion: str, budget: dict, layers, cache: bool, out: Path) -> dict:
+    cmd = [sys.executable, __file__, "--child", "--data", data, "--config", f"configs/aligners/{criterion}.yaml",
            "--layers", layers if layers == "all" else ",".join(map(str, layers)), "--out", str(out),
-           "--pairs", str(pairs_for(args, criterion)), "--epochs", str(args.epochs), "--eval-every", str(args.eval_every)]
+           "--pairs", str(budget["pairs"]), "--epochs", str(budget["epochs"]), "--eval-every", str(budget["eval_every"])]
     if cache:
         cmd.append("--cache")
     done = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=ROOT)
@@ -138,7 +128,8 @@ def bench_criterion(args, criterion: str) -> dict:
     data = args.data_root.format(criterion=criterion)
     layers = arm_layers(ROOT / args.importance, data, args.cost_share)
     out = Path(args.out) / criterion
-    budget = {"pairs": pairs_for(args, criterion), "epochs": args.epochs, "eval_every": args.eval_every}
+    budget = {"pairs": args.pairs_by_criterion.get(criterion, args.pairs), "epochs": args.epochs,
+              "eval_every": args.eval_every}
     arms = {}
     for name, (choice, cache) in ARMS.items():
         folder = out / name
@@ -150,7 +141,7 @@ def bench_criterion(args, criterion: str) -> dict:
         if folder.exists():
             shutil.rmtree(folder)
         print(f"[{criterion}] training {name} on layers {layers[choice]}", file=sys.stderr, flush=True)
-        arms[name] = run_child(args, criterion, layers[choice], cache, folder) | {"trained_for": trained_for}
+        arms[name] = run_child(data, criterion, budget, layers[choice], cache, folder) | {"trained_for": trained_for}
         (folder / "result.json").write_text(json.dumps(arms[name], indent=2))
     for name in ARMS:
         if name.endswith("+cache"):
@@ -171,8 +162,7 @@ def bench_criterion(args, criterion: str) -> dict:
         run["wall_speedup_vs_all"] = round(full["train_s"] / run["train_s"], 3)
         run["success_points_vs_all"] = round(
             100 * (run["quality"]["made_right"]["rate"] - full["quality"]["made_right"]["rate"]), 1)
-    return {"data": data, "pairs": pairs_for(args, criterion), "epochs": args.epochs, "eval_every": args.eval_every,
-            "cost_share": args.cost_share, "arms": arms}
+    return {"data": data, **budget, "cost_share": args.cost_share, "arms": arms}
 
 
 def main() -> None:
@@ -200,10 +190,12 @@ def main() -> None:
         print(json.dumps(child(args)))
         return
     criteria = args.criterion or ["harmless", "no-pii", "polite"]
+    args.pairs_by_criterion = {}
     for item in args.pairs_for:
         name, _, n = item.partition("=")
         if name not in criteria or not n.isdigit():
             ap.error(f"--pairs-for {item!r}: expected CRITERION=N with CRITERION one of {criteria}")
+        args.pairs_by_criterion[name] = int(n)
     print(json.dumps({"benchmark": "time_to_aligner", "criteria": {c: bench_criterion(args, c) for c in criteria}},
                      indent=2))
 
