@@ -73,8 +73,10 @@ def time_to_aligner_rows(r: dict) -> list[Row]:
     for crit, c in r["criteria"].items():
         for name, a in c["arms"].items():
             q = a["quality"]["made_right"]
+            budget = (f"every pair, ≤ {c['max_steps']} steps as its starter recipe" if "max_steps" in c
+                      else f"{c['pairs']} pairs, ≤ {c['epochs']:g} epochs")
             what = (f"{crit}: time to a trained aligner, {name} (layers {'all' if len(a['layers']) > 8 else a['layers']}; "
-                    f"{c['pairs']} pairs, ≤ {c['epochs']:g} epochs, early stopping)")
+                    f"{budget}, early stopping)")
             measured = (f"{a['train_s'] / 60:.1f} min, {a['steps']} steps, {a['peak_rss_mb'] / 1024:.1f} GB peak; "
                         f"dev made right {pct(q['rate'])} (n={q['n']})")
             if name == "all":
@@ -352,6 +354,13 @@ CPU = [
     # early-stopping point on each criterion's aligner data (about 2 h on 2 idle cores; resumable per arm)
     Bench("time_to_aligner", py("time_to_aligner.py", "--criterion", "harmless", "--criterion", "no-pii", "--criterion", "polite",
                                  "--pairs-for", "harmless=384"),
+          time_to_aligner_rows,
+          prepare=[(Path(f"runs/aligner-data/{c}/train.jsonl"), ["make", "aligner-data"]) for c in EVAL_CRITERIA]),
+    # the same at the starter recipe's own budget (every pair, up to 160 steps), where harmless
+    # learns to refuse; all-layer LoRA against the fastest arm only (about 100 min on 2 idle cores)
+    Bench("time_to_aligner_recipe",
+          py("time_to_aligner.py", "--criterion", "harmless", "--criterion", "polite", "--recipe-budget", "harmless",
+             "--recipe-budget", "polite", "--arms", "all,cost-aware+cache", "--out", "runs/bench/time-to-aligner-recipe"),
           time_to_aligner_rows,
           prepare=[(Path(f"runs/aligner-data/{c}/train.jsonl"), ["make", "aligner-data"]) for c in EVAL_CRITERIA]),
     # top-k vs all layers at the same short budget (40 steps, with and without TAIA), and the

@@ -8,13 +8,17 @@ child process, so peak RSS is its own):
   importance (backward stops higher, and more layers sit in the frozen prefix);
 - `…+cache`: the same with the frozen-prefix cache (layers below the lowest tuned one run once per
   batch). Exact, so its adapter must match the uncached arm's: the report shows the largest
-  difference, and only the uncached adapter's rewrites are judged.
+  difference, and only the uncached adapter's rewrites are judged (a cached arm run without its
+  twin, `--arms all,cost-aware+cache`, is judged itself).
+The budget is a seeded draw of `--pairs` for `--epochs`, or with `--recipe-budget CRITERION` that
+criterion's starter recipe: every training pair for its config's max_steps.
 Correction success is the squad benchmark's dev-set measure: each hand-labelled misaligned dev
 answer of the criterion goes to the arm's aligner, and counts as fixed when it is rewritten and the
 labelling rule's detectors pass it (serve.dev_judge.made_right); hand-labelled good answers count as
 kept when returned byte-for-byte. Prints one JSON object.
 
     python benchmarks/time_to_aligner.py --criterion harmless --criterion no-pii --pairs-for harmless=384
+    python benchmarks/time_to_aligner.py --criterion polite --recipe-budget polite --arms all,cost-aware+cache
 """
 
 from __future__ import annotations
@@ -41,6 +45,25 @@ ARMS = {  # name -> (layer choice, frozen-prefix cache)
 }
 
 
+def config_of(criterion: str) -> str:
+    return f"configs/aligners/{criterion}.yaml"
+
+
+def budget_of(args, criterion: str) -> dict:
+    """What each arm of a criterion trains for: a seeded draw of pairs for a few epochs, or with
+    --recipe-budget the starter recipe's own (every pair, its max_steps and eval_every)."""
+    if criterion not in args.recipe_budget:
+        return {"pairs": args.pairs_by_criterion.get(criterion, args.pairs), "epochs": args.epochs,
+                "eval_every": args.eval_every}
+    from aligners.config import load_config
+    from aligners.train_config import AlignerTrainConfig
+
+    cfg = load_config(ROOT / config_of(criterion), AlignerTrainConfig)
+    if cfg.max_steps is None:
+        raise SystemExit(f"--recipe-budget {criterion}: {config_of(criterion)} sets no max_steps")
+    return {"pairs": "all", "max_steps": cfg.max_steps, "eval_every": cfg.eval_every}
+
+
 def arm_layers(importance: Path, data: str, cost_share: float) -> dict[str, list[int] | str]:
     from aligners.importance import layers_from_runs
 
@@ -56,12 +79,14 @@ def child(args) -> dict:
     from aligners.train import train_aligner
     from aligners.train_config import AlignerTrainConfig
 
+    budget = json.loads(args.budget)
     splits = resolve_data(args.data)
-    train = random.Random(0).sample(splits["train"], min(args.pairs, len(splits["train"])))
-    cfg = AlignerTrainConfig.model_validate(load_config(args.config, AlignerTrainConfig).model_dump() | {
+    train = splits["train"] if budget["pairs"] == "all" else random.Random(0).sample(
+        splits["train"], min(budget["pairs"], len(splits["train"])))
+    steps = {"epochs": budget["epochs"], "max_steps": None} if "epochs" in budget else {"max_steps": budget["max_steps"]}
+    cfg = AlignerTrainConfig.model_validate(load_config(args.config, AlignerTrainConfig).model_dump() | steps | {
         "layers": args.layers if args.layers == "all" else [int(x) for x in args.layers.split(",")],
-        "prefix_cache": args.cache, "epochs": args.epochs, "max_steps": None, "eval_every": args.eval_every,
-        "checkpoint_every": 10**6})
+        "prefix_cache": args.cache, "eval_every": budget["eval_every"], "checkpoint_every": 10**6})
     t0 = time.perf_counter()
     manifest = train_aligner(cfg, train, splits["validation"], args.out, progress=False)
     m = manifest["metrics"]
@@ -73,9 +98,9 @@ def child(args) -> dict:
 
 
 def run_child(data: str, criterion: str, budget: dict, layers, cache: bool, out: Path) -> dict:
-    cmd = [sys.executable, __file__, "--child", "--data", data, "--config", f"configs/aligners/{criterion}.yaml",
+    cmd = [sys.executable, __file__, "--child", "--data", data, "--config", config_of(criterion),
            "--layers", layers if layers == "all" else ",".join(map(str, layers)), "--out", str(out),
-           "--pairs", str(budget["pairs"]), "--epochs", str(budget["epochs"]), "--eval-every", str(budget["eval_every"])]
+           "--budget", json.dumps(budget)]
     if cache:
         cmd.append("--cache")
     done = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=ROOT)
@@ -92,6 +117,13 @@ def adapter_difference(a: Path, b: Path) -> float:
     if ta.keys() != tb.keys():
         return float("inf")
     return max(float((ta[k] - tb[k]).abs().max()) for k in ta)
+
+
+def judged_as(name: str, arms: dict) -> str:
+    """The arm whose rewrites stand for this one: a cached arm's adapter is the uncached one's
+    (checked), so it is judged only where its uncached twin was not trained."""
+    twin = name.removesuffix("+cache")
+    return twin if twin in arms else name
 
 
 def correction_quality(criterion: str, aligners: dict[str, Path], dev: str, n: int, max_tokens: int) -> dict:
@@ -128,10 +160,10 @@ def bench_criterion(args, criterion: str) -> dict:
     data = args.data_root.format(criterion=criterion)
     layers = arm_layers(ROOT / args.importance, data, args.cost_share)
     out = Path(args.out) / criterion
-    budget = {"pairs": args.pairs_by_criterion.get(criterion, args.pairs), "epochs": args.epochs,
-              "eval_every": args.eval_every}
+    budget = budget_of(args, criterion)
     arms = {}
-    for name, (choice, cache) in ARMS.items():
+    for name in args.arms:
+        choice, cache = ARMS[name]
         folder = out / name
         trained_for = {"budget": budget, "layers": layers[choice]}
         done = json.loads((folder / "result.json").read_text()) if (folder / "result.json").is_file() else {}
@@ -143,10 +175,10 @@ def bench_criterion(args, criterion: str) -> dict:
         print(f"[{criterion}] training {name} on layers {layers[choice]}", file=sys.stderr, flush=True)
         arms[name] = run_child(data, criterion, budget, layers[choice], cache, folder) | {"trained_for": trained_for}
         (folder / "result.json").write_text(json.dumps(arms[name], indent=2))
-    for name in ARMS:
-        if name.endswith("+cache"):
-            arms[name]["adapter_max_abs_diff_vs_uncached"] = adapter_difference(out / name, out / name.removesuffix("+cache"))
-    judged = [name for name in ARMS if not name.endswith("+cache")]
+    for name, run in arms.items():
+        if name.endswith("+cache") and name.removesuffix("+cache") in arms:
+            run["adapter_max_abs_diff_vs_uncached"] = adapter_difference(out / name, out / name.removesuffix("+cache"))
+    judged = [name for name in arms if judged_as(name, arms) == name]
     saved, key = out / "quality.json", {"dev": args.dev, "n": args.n, "max_tokens": args.max_tokens,
                                         "measure": "changed and fixed", "budget": budget,
                                         "layers": {name: layers[ARMS[name][0]] for name in judged}}
@@ -155,8 +187,8 @@ def bench_criterion(args, criterion: str) -> dict:
         quality = {"for": key} | correction_quality(criterion, {n: out / n for n in judged}, args.dev, args.n,
                                                     args.max_tokens)
         saved.write_text(json.dumps(quality, indent=2))
-    for name in ARMS:
-        arms[name]["quality"] = quality[name.removesuffix("+cache")]
+    for name, run in arms.items():
+        run["quality"] = quality[judged_as(name, arms)]
     full = arms["all"]
     for run in arms.values():
         run["wall_speedup_vs_all"] = round(full["train_s"] / run["train_s"], 3)
@@ -175,6 +207,9 @@ def main() -> None:
     ap.add_argument("--pairs-for", action="append", default=[], metavar="CRITERION=N",
                     help="another number of pairs for one criterion (harmless needs more to learn refusing at all)")
     ap.add_argument("--epochs", type=float, default=3, help="the budget; early stopping usually ends sooner")
+    ap.add_argument("--recipe-budget", action="append", default=[], metavar="CRITERION",
+                    help="train this criterion's arms as its starter recipe does: every pair, the config's max_steps")
+    ap.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, 'all' among them (of {', '.join(ARMS)})")
     ap.add_argument("--eval-every", type=int, default=5)
     ap.add_argument("--dev", default="evals/dev/answers.jsonl")
     ap.add_argument("--n", type=int, default=24, help="hand-labelled misaligned dev answers judged per arm")
@@ -182,6 +217,7 @@ def main() -> None:
     ap.add_argument("--out", default="runs/bench/time-to-aligner")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
+    ap.add_argument("--budget", help=argparse.SUPPRESS)
     ap.add_argument("--config", help=argparse.SUPPRESS)
     ap.add_argument("--layers", help=argparse.SUPPRESS)
     ap.add_argument("--cache", action="store_true", help=argparse.SUPPRESS)
@@ -196,6 +232,11 @@ def main() -> None:
         if name not in criteria or not n.isdigit():
             ap.error(f"--pairs-for {item!r}: expected CRITERION=N with CRITERION one of {criteria}")
         args.pairs_by_criterion[name] = int(n)
+    if unknown := set(args.recipe_budget) - set(criteria):
+        ap.error(f"--recipe-budget {sorted(unknown)}: expected criteria of this run, {criteria}")
+    args.arms = args.arms.split(",")
+    if "all" not in args.arms or not set(args.arms) <= set(ARMS):
+        ap.error(f"--arms {','.join(args.arms)}: expected names of {list(ARMS)}, 'all' among them (the reference)")
     print(json.dumps({"benchmark": "time_to_aligner", "criteria": {c: bench_criterion(args, c) for c in criteria}},
                      indent=2))
 

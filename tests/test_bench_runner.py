@@ -101,3 +101,7 @@ def test_time_to_aligner_rows_judge_time_and_success_against_all_layers():
     vacuous = {name: arm(a["layers"], a["train_s"], 0.0) for name, a in arms.items()}
     rows = runner.time_to_aligner_rows({"criteria": {"harmless": {"pairs": 96, "epochs": 3, "arms": vacuous}}})
     assert [row[3] for row in rows] == ["", "—", "—", "—"]
+    # at a starter recipe's budget the row says so
+    recipe = {"all": arms["all"], "cost-aware+cache": arms["cost-aware+cache"]}
+    rows = runner.time_to_aligner_rows({"criteria": {"polite": {"pairs": "all", "max_steps": 160, "arms": recipe}}})
+    assert "every pair, ≤ 160 steps as its starter recipe, early stopping" in rows[1][0] and rows[1][3] == "met"
