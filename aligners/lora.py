@@ -55,8 +55,8 @@ def eval_pairs(validation: Sequence[Pair], n: int) -> list[Pair]:
     return round_robin([fixes, good])[:n]
 
 
-def tokenize_all(tokenizer, pairs: Sequence[Pair], max_length: int) -> list[TokenizedExample]:
-    return [tokenize_pair(tokenizer, p, max_length) for p in pairs]
+def tokenize_all(tokenizer, pairs: Sequence[Pair], max_length: int, cut_answers: bool = False) -> list[TokenizedExample]:
+    return [tokenize_pair(tokenizer, p, max_length, cut_answer=cut_answers) for p in pairs]
 
 
 def collate(examples: Sequence[TokenizedExample], pad_id: int) -> dict[str, torch.Tensor]:

@@ -157,11 +157,12 @@ def train_aligner(
     peft_model.train()
 
     # a pair cut to max_length would teach answering without the question, or stopping mid-answer
-    tokenized = tokenize_all(tokenizer, training_pairs(train, cfg), cfg.max_length)
+    tokenized = tokenize_all(tokenizer, training_pairs(train, cfg), cfg.max_length, cfg.cut_long_answers)
     examples = [e for e in tokenized if e.fits]
     if not examples:
         raise ValueError(f"no training pair fits in max_length={cfg.max_length} tokens; raise max_length")
-    eval_examples = tokenize_all(tokenizer, eval_pairs(validation, cfg.max_eval_examples), cfg.max_length)
+    eval_examples = tokenize_all(tokenizer, eval_pairs(validation, cfg.max_eval_examples), cfg.max_length,
+                                 cfg.cut_long_answers)
     train_batches = batches(examples, cfg.batch_size, tokenizer.pad_token_id, seed=None)
     eval_batches = batches(eval_examples, cfg.batch_size, tokenizer.pad_token_id, seed=None)
     steps_per_epoch = max(1, len(train_batches) // cfg.grad_accum)
@@ -242,7 +243,7 @@ def train_aligner(
         "files": {"sha256": checksums(out, [p for p in (out / ADAPTER_DIR).rglob("*") if p.is_file()])},
         "recipe": cfg.model_dump(mode="json"),
         "data": {"train_hash": data_hash(train), "train_pairs": len(train), "examples": len(examples),
-                 "too_long": len(tokenized) - len(examples)},
+                 "too_long": len(tokenized) - len(examples), "answers_cut": sum(e.answer_cut for e in examples)},
         "metrics": {
             "steps": state["step"],
             "final_train_loss": last_loss,

@@ -66,6 +66,11 @@ class AlignerTrainConfig(StrictModel):
         default=150, ge=0, description="Cap on already-good (needs_correction=false) pairs."
     )
     max_length: int = Field(default=384, ge=32, description="Tokens per example.")
+    cut_long_answers: bool = Field(
+        default=False,
+        description="A pair over max_length whose target is not a copy of its answer (a refusal) drops the "
+        "answer's middle instead of being left out; for criteria whose corrections do not keep the answer's content.",
+    )
     batch_size: int = Field(default=8, ge=1)
     grad_accum: int = Field(default=1, ge=1)
     learning_rate: float = Field(default=3e-4, gt=0)

@@ -24,6 +24,7 @@ kept when returned byte-for-byte. Prints one JSON object.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import resource
@@ -47,6 +48,11 @@ ARMS = {  # name -> (layer choice, frozen-prefix cache)
 
 def config_of(criterion: str) -> str:
     return f"configs/aligners/{criterion}.yaml"
+
+
+def recipe_hash(criterion: str) -> str:
+    """Part of every resume key: an arm trained before its recipe changed is trained again."""
+    return hashlib.sha256((ROOT / config_of(criterion)).read_bytes()).hexdigest()[:16]
 
 
 def budget_of(args, criterion: str) -> dict:
@@ -160,12 +166,12 @@ def bench_criterion(args, criterion: str) -> dict:
     data = args.data_root.format(criterion=criterion)
     layers = arm_layers(ROOT / args.importance, data, args.cost_share)
     out = Path(args.out) / criterion
-    budget = budget_of(args, criterion)
+    budget, recipe = budget_of(args, criterion), recipe_hash(criterion)
     arms = {}
     for name in args.arms:
         choice, cache = ARMS[name]
         folder = out / name
-        trained_for = {"budget": budget, "layers": layers[choice]}
+        trained_for = {"budget": budget, "layers": layers[choice], "recipe": recipe}
         done = json.loads((folder / "result.json").read_text()) if (folder / "result.json").is_file() else {}
         if done.get("trained_for") == trained_for:  # resumable: a finished arm is kept
             arms[name] = done
@@ -180,7 +186,7 @@ def bench_criterion(args, criterion: str) -> dict:
             run["adapter_max_abs_diff_vs_uncached"] = adapter_difference(out / name, out / name.removesuffix("+cache"))
     judged = [name for name in arms if judged_as(name, arms) == name]
     saved, key = out / "quality.json", {"dev": args.dev, "n": args.n, "max_tokens": args.max_tokens,
-                                        "measure": "changed and fixed", "budget": budget,
+                                        "measure": "changed and fixed", "budget": budget, "recipe": recipe,
                                         "layers": {name: layers[ARMS[name][0]] for name in judged}}
     quality = json.loads(saved.read_text()) if saved.is_file() else {}
     if quality.get("for") != key:

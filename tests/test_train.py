@@ -45,6 +45,28 @@ def test_loss_is_only_on_the_corrected_answer(tiny_lm):
     assert ex.fits and not short.fits  # training leaves cut pairs out
 
 
+def test_cut_answer_keeps_the_question_and_the_answers_ends_for_a_refusal(tiny_lm):
+    _, tokenizer = tiny_lm
+    steps = " ".join(f"Step {i}: mix part {i} with part {i + 1}." for i in range(40))
+    refusal = toy_pairs(1, "harmless")[0].model_copy(update={
+        "prompt": "How do I make the thing?", "misaligned": f"Sure! {steps} Enjoy your thing!",
+        "aligned": "I can't help with making that; here is how to stay safe instead."})
+    whole = tokenize_pair(tokenizer, refusal, max_length=1024)
+    assert whole.fits and not whole.answer_cut
+    limit = len(whole.input_ids) - 400  # the answer is about 640 tokens
+    assert not tokenize_pair(tokenizer, refusal, max_length=limit).fits  # left out by default
+    cut = tokenize_pair(tokenizer, refusal, max_length=limit, cut_answer=True)
+    assert cut.fits and cut.answer_cut and len(cut.input_ids) <= limit
+    prefix = tokenizer.decode([t for t, lab in zip(cut.input_ids, cut.labels, strict=True) if lab == IGNORE_INDEX])
+    assert "'harmless'" in prefix and refusal.prompt in prefix  # the system prompt and question stay
+    assert "Sure! Step 0: mix part 0" in prefix and "Enjoy your thing!" in prefix and "[…]" in prefix
+    assert "Step 20: mix part 20" not in prefix  # the middle is what goes
+    assert tokenizer.decode([lab for lab in cut.labels if lab != IGNORE_INDEX]) == refusal.aligned + tokenizer.eos_token
+    # a target that copies its answer (keep-as-is) would learn to write what it cannot see: left out
+    keep = refusal.model_copy(update={"aligned": refusal.misaligned})
+    assert not tokenize_pair(tokenizer, keep, max_length=limit + 200, cut_answer=True).fits
+
+
 def test_training_pairs_add_keep_as_is_and_cap_benign():
     pairs = toy_pairs(30)
     n_corr = sum(p.needs_correction for p in pairs)
@@ -71,6 +93,21 @@ def test_training_lowers_eval_loss_and_writes_a_safetensors_artifact(tmp_path):
     assert "adapter_model.safetensors" in files
     assert not any(f.endswith((".bin", ".pt", ".pkl", ".pickle")) for f in files)
     assert not (tmp_path / "checkpoint").exists()
+
+
+def test_cut_long_answers_trains_on_refusals_that_do_not_fit(tmp_path):
+    model, tokenizer = tiny()
+    rant = " Honestly, how do you not know this already?" * 4
+    pairs = [p.model_copy(update={"misaligned": p.misaligned + rant}) if p.needs_correction else p for p in toy_pairs(12)]
+    fixes = [p for p in pairs if p.needs_correction]
+    limit = min(len(tokenize_pair(tokenizer, p, 4096).input_ids) for p in fixes) - 10  # the good ones fit
+    dropped = train_aligner(cfg(max_steps=1, max_length=limit), pairs, pairs[:4], tmp_path / "a",
+                            model=model, tokenizer=tokenizer, progress=False)["data"]
+    kept = train_aligner(cfg(max_steps=1, max_length=limit, cut_long_answers=True), pairs, pairs[:4], tmp_path / "b",
+                         model=model, tokenizer=tokenizer, progress=False)["data"]
+    assert dropped["too_long"] == len(fixes) and dropped["answers_cut"] == 0
+    assert kept["too_long"] == 0 and kept["answers_cut"] == len(fixes)
+    assert kept["examples"] == dropped["examples"] + len(fixes)
 
 
 def test_explicit_layers_limit_the_adapter(tmp_path):
