@@ -343,6 +343,7 @@ EVAL_CRITERIA = ("harmless", "no-pii", "polite")  # independent judges: inspecto
 # and 1), trains, then extends it with these runs (those already there are skipped, so this costs
 # nothing twice).
 LAYERS = Path("artifacts/layers")
+ALIGNER_DATA = [(Path(f"runs/aligner-data/{c}/train.jsonl"), ["make", "aligner-data"]) for c in EVAL_CRITERIA]
 CPU = [
     Bench("ila_stability", py("ila_stability.py", str(LAYERS / "importance.json")), ila_rows, prepare=[(
         None,
@@ -355,14 +356,14 @@ CPU = [
     Bench("time_to_aligner", py("time_to_aligner.py", "--criterion", "harmless", "--criterion", "no-pii", "--criterion", "polite",
                                  "--pairs-for", "harmless=384"),
           time_to_aligner_rows,
-          prepare=[(Path(f"runs/aligner-data/{c}/train.jsonl"), ["make", "aligner-data"]) for c in EVAL_CRITERIA]),
+          prepare=ALIGNER_DATA),
     # the same at the starter recipe's own budget (every pair, up to 160 steps), where harmless
     # learns to refuse; all-layer LoRA against the fastest arm only (about 100 min on 2 idle cores)
     Bench("time_to_aligner_recipe",
           py("time_to_aligner.py", "--criterion", "harmless", "--criterion", "polite", "--recipe-budget", "harmless",
              "--recipe-budget", "polite", "--arms", "all,cost-aware+cache", "--out", "runs/bench/time-to-aligner-recipe"),
           time_to_aligner_rows,
-          prepare=[(Path(f"runs/aligner-data/{c}/train.jsonl"), ["make", "aligner-data"]) for c in EVAL_CRITERIA]),
+          prepare=ALIGNER_DATA),
     # top-k vs all layers at the same short budget (40 steps, with and without TAIA), and the
     # shipped starter aligner (longer recipe) against the zero-shot prompted base
     Bench("aligner_quality", py("aligner_quality.py", "--criterion", "harmless", "--aligner", STARTER,

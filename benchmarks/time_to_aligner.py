@@ -182,8 +182,8 @@ def bench_criterion(args, criterion: str) -> dict:
         arms[name] = run_child(data, criterion, budget, layers[choice], cache, folder) | {"trained_for": trained_for}
         (folder / "result.json").write_text(json.dumps(arms[name], indent=2))
     for name, run in arms.items():
-        if name.endswith("+cache") and name.removesuffix("+cache") in arms:
-            run["adapter_max_abs_diff_vs_uncached"] = adapter_difference(out / name, out / name.removesuffix("+cache"))
+        if (twin := judged_as(name, arms)) != name:
+            run["adapter_max_abs_diff_vs_uncached"] = adapter_difference(out / name, out / twin)
     judged = [name for name in arms if judged_as(name, arms) == name]
     saved, key = out / "quality.json", {"dev": args.dev, "n": args.n, "max_tokens": args.max_tokens,
                                         "measure": "changed and fixed", "budget": budget, "recipe": recipe,
