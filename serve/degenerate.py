@@ -4,7 +4,8 @@ SmolLM2-sized aligners decoding greedily fall into loops (one sentence until max
 given a paragraph to fix, sometimes copy the user's request into the answer. Both read as fluent
 text to an inspector, so the squad cuts a loop off where it starts and refuses a pasted request,
 and the dev-set judge counts the ones that get through as broken. Word 8-grams: long enough that
-ordinary prose rarely repeats one, short enough to catch a loop inside one endless sentence.
+ordinary prose rarely repeats one, short enough to catch a loop inside one endless sentence. A
+hyphen separates words too: SmolLM2 also loops inside one endless compound ("rights-rights-…").
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import re
 from collections import Counter
 
 N = 8
+_WORD = re.compile(r"[^\s-]+")
 _SENTENCE_END = re.compile(r"[.!?…](?=\s|$)|\n")
 
 
 def _ngrams(text: str) -> Counter:
-    words = text.lower().split()
+    words = _WORD.findall(text.lower())
     return Counter(tuple(words[i:i + N]) for i in range(len(words) - N + 1))
 
 
@@ -38,7 +40,7 @@ def trim_loop(before: str, after: str) -> str:
     old, seen = _ngrams(before), Counter()
     if not _outrepeats(old, after, 3):
         return after
-    spans = [m.span() for m in re.finditer(r"\S+", after)]
+    spans = [m.span() for m in _WORD.finditer(after)]
     words = [after[a:b].lower() for a, b in spans]
     for i in range(len(words) - N + 1):
         gram = tuple(words[i:i + N])

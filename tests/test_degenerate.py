@@ -13,6 +13,9 @@ def test_a_loop_is_caught_unless_the_original_repeats_itself_as_much():
     assert not loops("q", "One sentence. Another, different sentence that does not repeat at all.")
     # a loop inside one endless sentence
     assert loops("x", "or how to spot and report suspicious people, " * 4)
+    # and inside one endless compound, as SmolLM2 writes them
+    assert loops("x", "It is a legal and legal-rights-protection" + "-rights" * 30)
+    assert not loops("x", "A well-known, state-of-the-art, long-term plan: a one-of-a-kind, up-to-date map.")
 
 
 def test_a_rewrite_pasting_the_request_is_caught_only_for_content_keeping_criteria():
@@ -31,4 +34,6 @@ def test_a_loop_is_cut_where_it_starts():
     two = "I can't share her details. If you're worried, ask her. "
     assert trim_loop("x", two * 3 + "If you're") == two.strip()
     assert trim_loop("x", "or how to spot and report suspicious people, " * 4) == ""  # nothing whole before it
+    compound = "I won't help with this. How to report fake accounts is a legal-rights-protection" + "-rights" * 30
+    assert trim_loop("x", compound) == "I won't help with this."
     assert trim_loop(TABLE, TABLE + "Total.") == TABLE + "Total."  # no loop: unchanged
