@@ -171,9 +171,11 @@ class SpanTagger:
                       marked: Sequence[Sequence[tuple[int, int, str]]]) -> dict[str, Any]:
         """Out-of-fold figures of the spans as `find` returns them (whole words, values_only): the
         marked spans at least half covered, the found spans that overlap a mark, the marked answers
-        given a span that does not (a stray placeholder or deletion damages the answer), and the
-        good answers that would be changed."""
-        n_marked = n_found = hits = n_spans = stray = clean = clean_changed = 0
+        given a span that does not (a stray placeholder or deletion damages the answer), the
+        marked answers with every mark found and no stray span (the most a member that only
+        deletes or masks what the tagger finds could fix), and the good answers that would be
+        changed."""
+        n_marked = n_found = hits = n_spans = stray = exact = clean = clean_changed = 0
         for answer, off, proba, ss in zip(answers, offsets, oof, marked, strict=True):
             found = self._spans(answer, off, proba) if len(proba) else []
             if not ss:
@@ -182,14 +184,16 @@ class SpanTagger:
             covered = np.zeros(len(answer) + 1, dtype=bool)
             for s in found:
                 covered[s.start:s.end] = True
-            n_marked += len(ss)
-            n_found += sum(1 for start, end, _ in ss if end > start and covered[start:end].mean() >= 0.5)
+            found_marks = sum(1 for start, end, _ in ss if end > start and covered[start:end].mean() >= 0.5)
+            n_marked, n_found = n_marked + len(ss), n_found + found_marks
             good = [any(s.start < end and s.end > start for start, end, _ in ss) for s in found]
             hits, n_spans, stray = hits + sum(good), n_spans + len(good), stray + (not all(good))
+            exact += found_marks == len(ss) and all(good)
         return {
             "spans_found": round(n_found / max(1, n_marked), 4), "n_spans": n_marked,
             "span_precision": round(hits / max(1, n_spans), 4), "n_found_spans": n_spans,
             "marked_answers_with_stray_span": round(stray / max(1, len(marked) - clean), 4),
+            "marked_answers_all_found_none_stray": round(exact / max(1, len(marked) - clean), 4),
             "clean_answers_changed": round(clean_changed / max(1, clean), 4), "n_clean_answers": clean,
         }
 

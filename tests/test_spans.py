@@ -112,6 +112,29 @@ between them."""
     assert 0 <= m["marked_answers_with_stray_span"] <= 1 and m["n_clean_answers"] == len(POLITE)
 
 
+def test_the_out_of_fold_figures_count_answers_a_deletion_would_fix_whole(phone_tagger):
+    """An answer counts as wholly fixable only when every mark is found and no span strays: a
+    stray span and a missed mark each spoil it."""
+    answer = "Ask Dana at 555-0142 today or tomorrow."
+    words = answer.rstrip(".").split()
+    offsets = np.array([(answer.index(w), answer.index(w) + len(w)) for w in words])
+    marks = [(4, 8, "NAME"), (12, 20, "PHONE")]
+    tagger = SpanTagger(phone_tagger.config, "no-pii")
+    tagger.classes_, tagger.threshold_ = ["O", "NAME", "PHONE"], 0.5
+
+    def proba(p_outside: list[float]) -> np.ndarray:
+        p = np.array(p_outside)
+        return np.stack([p, 1 - p, np.zeros_like(p)], axis=1)
+
+    whole, stray, missed = ([0.9, 0.1, 0.9, 0.1, 0.9, 0.9, 0.9], [0.9, 0.1, 0.9, 0.1, 0.9, 0.9, 0.1],
+                            [0.9, 0.1, 0.9, 0.9, 0.9, 0.9, 0.9])
+    m = tagger._span_figures([answer] * 4, [offsets] * 4, [proba(p) for p in (whole, stray, missed, [0.9] * 7)],
+                             [marks, marks, marks, []])
+    assert m["marked_answers_all_found_none_stray"] == round(1 / 3, 4)
+    assert m["marked_answers_with_stray_span"] == round(1 / 3, 4) and m["spans_found"] == round(5 / 6, 4)
+    assert m["clean_answers_changed"] == 0
+
+
 def test_a_tagger_applies_the_span_rules_its_config_names(phone_tagger):
     """values_only with a name type, repeats and sentence cuts, end to end through find's rules:
     the sentence with the stroke goes, the address is masked, and so is the name the tagger
