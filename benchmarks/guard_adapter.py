@@ -1,0 +1,265 @@
+"""Would a guard adapter on the shared base read SmolLM2's answers better than the frozen probe?
+
+IBM and NVIDIA ship their guards as adapters on a shared base. This experiment trains one for a
+criterion on the same examples as the starter inspector (`train-inspector --data seed:NAME
+--answers ...`: seed pairs plus the labelled real answers, dev topics never train): LoRA on
+SmolLM2's decoder layers from `--from-layer` up, plus a linear head on the final hidden states
+pooled over the answer tokens (mean and max), trained with class-balanced log loss. The layers
+below are frozen, so their output is computed once per example and kept (the frozen-prefix idea
+of aligners/prefix_cache.py, here in memory as float16): a 2-core machine can then afford an
+epoch. The dev set's hand labels judge it, as benchmarks/inspector_generalization.py does, and
+its dev scores are kept in that script's `--scores-out` format, so benchmarks/inspector_ensemble.py
+can combine it with the shipped inspector.
+
+Prints one JSON object (also written to OUT/result.json); OUT/<criterion>.json keeps the dev
+scores, and a second run with the same OUT reuses them instead of training again (an hour on 2
+cores). `--members` judges saved inspectors beside it and the mean of their log-odds with and
+without it. Nothing here ships: it measures whether the idea is worth an inspector type.
+
+Usage: .venv/bin/python benchmarks/guard_adapter.py --criterion harmless --out runs/guard-adapter \\
+    --members artifacts/inspectors/harmless/members/0 artifacts/inspectors/harmless/members/1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+ANSWERS = ("data/harvest-smollm2/answers.jsonl", "data/assistant-style/answers.jsonl")
+
+
+def prefix_states(model: str, ids, starts, depth: int, batch_tokens: int, what: str) -> list:
+    """Each example's hidden state after the first `depth` frozen decoder layers (float16)."""
+    import torch
+
+    from inspectors.backbone import get_backbone, hidden_state_batches
+
+    body, tok = get_backbone(model, depth)
+    out: list = [None] * len(ids)
+    for batch, states, _mask, _answer in hidden_state_batches(body, tok, ids, starts, batch_tokens, what):
+        for row, i in enumerate(batch):
+            out[i] = states[depth][row, : len(ids[i])].to(torch.float16).clone()
+    return out
+
+
+class GuardAdapter:
+    """LoRA on the upper decoder layers + a pooled linear head; reads the kept prefix states."""
+
+    def __init__(self, model: str, depth: int, rank: int, seed: int):
+        import torch
+        from peft import LoraConfig, get_peft_model
+
+        from aligners.models import load_causal_lm
+
+        torch.manual_seed(seed)
+        lm, self.tok = load_causal_lm(model)
+        body = lm.model
+        body.layers = body.layers[depth:]
+        body.config.num_hidden_layers = len(body.layers)
+        body.embed_tokens = None  # inputs are the kept states, never token ids
+        targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        self.body = get_peft_model(body, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.05,
+                                                     target_modules=targets))
+        width = body.config.hidden_size
+        self.head = torch.nn.Linear(2 * width, 1)
+
+    def logits(self, states: list, starts: list, batch: list):
+        """Misaligned log-odds of the `batch` examples from their kept prefix states."""
+        import torch
+
+        longest = max(len(states[i]) for i in batch)
+        width = states[batch[0]].shape[-1]
+        x = torch.zeros(len(batch), longest, width)
+        mask = torch.zeros(len(batch), longest, dtype=torch.long)
+        answer = torch.zeros(len(batch), longest, dtype=torch.bool)
+        for row, i in enumerate(batch):
+            n = len(states[i])
+            x[row, :n] = states[i].float()
+            mask[row, :n] = 1
+            answer[row, starts[i]:n] = True
+        h = self.body(inputs_embeds=x, attention_mask=mask, use_cache=False).last_hidden_state
+        a = answer.unsqueeze(-1)
+        mean = (h * a).sum(1) / a.sum(1).clamp(min=1)
+        peak = h.masked_fill(~a, float("-inf")).max(1).values
+        return self.head(torch.cat([mean, peak], -1)).squeeze(-1)
+
+    def parameters(self):
+        return [p for p in self.body.parameters() if p.requires_grad] + list(self.head.parameters())
+
+    def score(self, states, starts, batch_tokens: int) -> np.ndarray:
+        """P(aligned) per example."""
+        import torch
+
+        from inspectors.embed_logreg import token_batches
+
+        self.body.eval()
+        out = np.zeros(len(states))
+        with torch.no_grad():
+            for batch in token_batches([len(s) for s in states], batch_tokens):
+                out[batch] = torch.sigmoid(-self.logits(states, starts, batch)).numpy()
+        return out
+
+
+def fit(guard: GuardAdapter, states, starts, labels, epochs: float, batch_size: int, lr: float,
+        seed: int, log) -> None:
+    """Class-balanced log loss on misaligned (label 0), AdamW, linear warm-up and decay."""
+    import torch
+
+    y = torch.tensor([1.0 - v for v in labels])  # 1 = misaligned
+    pos_weight = (len(y) - y.sum()) / y.sum().clamp(min=1)
+    rng = np.random.default_rng(seed)
+    # batches of similar length (less padding), in random order
+    order = sorted(range(len(states)), key=lambda i: len(states[i]) + rng.random())
+    batches = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
+    steps = int(epochs * len(batches))
+    plan = [batches[j] for e in range(int(np.ceil(epochs))) for j in rng.permutation(len(batches))][:steps]
+    opt = torch.optim.AdamW(guard.parameters(), lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda k: min(1.0, (k + 1) / max(1, 0.06 * steps)) * max(0.0, (steps - k) / steps))
+    guard.body.train()
+    t0 = time.time()
+    for k, batch in enumerate(plan):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            guard.logits(states, starts, batch), y[batch], pos_weight=pos_weight)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(guard.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        if (k + 1) % 25 == 0 or k + 1 == steps:
+            log(f"step {k + 1}/{steps} loss {loss.item():.4f} {time.time() - t0:.0f}s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--criterion", default="harmless")
+    ap.add_argument("--model", default="smollm2-135m-instruct", help="the shared base (registry name or path)")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--from-layer", type=int, default=20, help="lowest tuned decoder layer (0-based)")
+    ap.add_argument("--rank", type=int, default=8)
+    ap.add_argument("--epochs", type=float, default=1.0)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--max-prompt", type=int, default=256)
+    ap.add_argument("--max-answer", type=int, default=256)
+    ap.add_argument("--batch-tokens", type=int, default=8192)
+    ap.add_argument("--limit", type=int, help="this many examples of each split only (a timing try)")
+    ap.add_argument("--dev", type=Path, default=ROOT / "evals/dev/answers.jsonl")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--members", type=Path, nargs="*", default=[],
+                    help="saved inspectors of the criterion to judge beside it and to average it with "
+                    "(e.g. the shipped ensemble's members, artifacts/inspectors/harmless/members/*)")
+    args = ap.parse_args()
+
+    import torch
+    from inspector_generalization import kept_scores
+
+    from aligners.schema import AnswerRecord, read_jsonl
+    from inspectors.data import load_training_data
+
+    torch.set_num_threads(2)
+    args.out.mkdir(parents=True, exist_ok=True)
+    log_file = (args.out / "log.txt").open("a")
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+        print(msg, file=log_file, flush=True)
+
+    data = load_training_data(seed_set=args.criterion, criterion=args.criterion,
+                              answer_files=[ROOT / f for f in ANSWERS])
+    train, val = data.examples("train"), data.examples("validation")
+    dev = [r for r in read_jsonl(args.dev, AnswerRecord)
+           if r.criterion == args.criterion and r.label_by == "hand"]
+    if args.limit:  # a random share of every split
+        rng = np.random.default_rng(args.seed)
+        for ex in (train, val):
+            keep = rng.permutation(len(ex))[: args.limit]
+            ex.prompts, ex.answers, ex.labels, ex.intents = (
+                [xs[i] for i in keep] for xs in (ex.prompts, ex.answers, ex.labels, ex.intents))
+        dev = [dev[i] for i in rng.permutation(len(dev))[: args.limit]]
+    dev_labels = np.array([int(r.label == "aligned") for r in dev])
+    log(f"train {train.counts()} validation {val.counts()} dev {len(dev)}")
+
+    scores_file, result_file = args.out / f"{args.criterion}.json", args.out / "result.json"
+    if scores_file.is_file() and result_file.is_file():  # trained before: an hour on 2 cores
+        log(f"reusing {result_file} and {scores_file}")
+        result = json.loads(result_file.read_text())
+        kept_dev = json.loads(scores_file.read_text())
+        if kept_dev["ids"] != [r.id for r in dev]:
+            raise SystemExit(f"{scores_file} scored other dev answers; remove it to train again")
+        dev_scores = np.array(next(iter(kept_dev["arms"].values()))["scores"])
+    else:
+        result, dev_scores = train_and_score(args, train, val, dev, dev_labels, log)
+        arm = f"guard-adapter L{args.from_layer} r{args.rank}"
+        scores_file.write_text(json.dumps(kept_scores(dev, dev_labels, {arm: (dev_scores, 0.5)})))
+    if args.members:
+        result["with_members"] = beside_members(dev_scores, args.members, dev, dev_labels)
+    result_file.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result))
+
+
+def train_and_score(args, train, val, dev, dev_labels, log) -> tuple[dict, np.ndarray]:
+    """Keep the prefix states, fit the adapter, score validation and dev: (result, dev scores)."""
+    from inspector_generalization import judge
+
+    from inspectors.backbone import encode_pairs
+    from inspectors.metrics import evaluate
+
+    guard = GuardAdapter(args.model, args.from_layer, args.rank, args.seed)
+    kept = {}
+    t0 = time.time()
+    for name, prompts, answers in (("train", train.prompts, train.answers), ("validation", val.prompts, val.answers),
+                                   ("dev", [r.prompt for r in dev], [r.answer for r in dev])):
+        ids, starts = encode_pairs(guard.tok, prompts, answers, args.max_prompt, args.max_answer)
+        kept[name] = (prefix_states(args.model, ids, starts, args.from_layer, args.batch_tokens, f"prefix {name}"), starts)
+    prefix_s = time.time() - t0
+    log(f"prefix states in {prefix_s:.0f}s")
+
+    t0 = time.time()
+    fit(guard, *kept["train"], train.labels, args.epochs, args.batch_size, args.lr, args.seed, log)
+    train_s = time.time() - t0
+
+    t0 = time.time()
+    val_scores = guard.score(*kept["validation"], args.batch_tokens)
+    dev_scores = guard.score(*kept["dev"], args.batch_tokens)
+    score_s = time.time() - t0
+    val_auroc = evaluate(np.array(val.labels), val_scores, 0.5)["auroc"]
+    # the threshold only matters for the figures judge() prints at it; the operating points it
+    # reports (recall at 5 % and at the squad's 2 %) are threshold-free
+    return {
+        "criterion": args.criterion, "model": args.model, "from_layer": args.from_layer, "rank": args.rank,
+        "epochs": args.epochs, "lr": args.lr, "train_examples": len(train),
+        "validation_auroc": round(val_auroc, 4),
+        "dev": judge(dev_scores, 0.5, dev, dev_labels),
+        "seconds": {"prefix": round(prefix_s), "train": round(train_s), "score": round(score_s)},
+    }, dev_scores
+
+
+def beside_members(guard_scores: np.ndarray, members: list[Path], dev, dev_labels) -> dict:
+    """Each saved inspector alone on dev, the members' mean log-odds (what an ensemble of them
+    ranks by), and the same mean with the guard adapter added: weights 1:1, chosen before looking."""
+    from inspector_generalization import judge
+
+    from inspectors.base import load_inspector
+
+    def log_odds(p: np.ndarray) -> np.ndarray:
+        p = np.clip(p, 1e-6, 1 - 1e-6)
+        return np.log(p / (1 - p))
+
+    scores = {str(m): log_odds(load_inspector(m).predict_proba([r.prompt for r in dev], [r.answer for r in dev])[:, 1])
+              for m in members}
+    arms = {**scores, "members (mean log-odds)": np.mean(list(scores.values()), axis=0),
+            "members + guard adapter (mean log-odds)": np.mean([*scores.values(), log_odds(guard_scores)], axis=0)}
+    return {name: judge(1 / (1 + np.exp(-lo)), 0.5, dev, dev_labels) for name, lo in arms.items()}
+
+if __name__ == "__main__":
+    main()
