@@ -126,7 +126,7 @@ class SpanTagger:
         oof = self._out_of_fold(feats, labels)
         p_span = [1.0 - proba[:, 0] for proba in oof]
         self.threshold_, self.metrics_ = choose_span_threshold(p_span, labels, self.config.threshold_beta)
-        self.metrics_.update(self._span_figures(answers, offsets, oof, spans))
+        self.metrics_.update(self.span_figures(answers, offsets, oof, spans))
         self.oof_evidence_ = {item_hash([p, a]): answer_evidence(scores)
                               for p, a, scores in zip(prompts, answers, p_span, strict=True)}
         self.metrics_.update(n_answers=len(answers), n_with_spans=sum(1 for s in spans if s),
@@ -153,12 +153,7 @@ class SpanTagger:
 
     def _out_of_fold(self, feats: list[np.ndarray], labels: list[np.ndarray]) -> list[np.ndarray]:
         """Class probabilities per token of each answer from a model that did not see that answer."""
-        folds = min(self.config.cv_folds, sum(1 for y in labels if y.any()))
-        if folds < 2:
-            raise ValueError("need at least two answers with marked spans to choose a threshold")
-        order = np.random.default_rng(self.config.random_state).permutation(len(feats))
-        fold_of = np.empty(len(feats), dtype=int)
-        fold_of[order] = np.arange(len(feats)) % folds
+        folds, fold_of = fold_assignment(labels, self.config.cv_folds, self.config.random_state)
         out: list[np.ndarray] = [np.zeros(0)] * len(feats)
         for f in range(folds):
             train = [i for i in range(len(feats)) if fold_of[i] != f]
@@ -167,7 +162,7 @@ class SpanTagger:
                 out[i] = self._proba(feats[i])
         return out
 
-    def _span_figures(self, answers: Sequence[str], offsets: list[np.ndarray], oof: list[np.ndarray],
+    def span_figures(self, answers: Sequence[str], offsets: list[np.ndarray], oof: list[np.ndarray],
                       marked: Sequence[Sequence[tuple[int, int, str]]]) -> dict[str, Any]:
         """Out-of-fold figures of the spans as `find` returns them (whole words, values_only): the
         marked spans at least half covered, the found spans that overlap a mark, the marked answers
@@ -353,6 +348,18 @@ def answer_evidence(p_span: np.ndarray) -> np.ndarray:
     """[max, mean of the EVIDENCE_TOP highest] of an answer's token P(span) (zeros: no tokens)."""
     top = np.sort(np.asarray(p_span, dtype=np.float32))[::-1][:EVIDENCE_TOP]
     return np.array([top[0], top.mean()] if len(top) else [0.0, 0.0], dtype=np.float32)
+
+
+def fold_assignment(labels: Sequence[np.ndarray], cv_folds: int, seed: int) -> tuple[int, np.ndarray]:
+    """(folds, each answer's fold) of the out-of-fold figures: answers dealt round a seeded
+    permutation, no more folds than answers with a mark."""
+    folds = min(cv_folds, sum(1 for y in labels if y.any()))
+    if folds < 2:
+        raise ValueError("need at least two answers with marked spans to choose a threshold")
+    order = np.random.default_rng(seed).permutation(len(labels))
+    fold_of = np.empty(len(labels), dtype=int)
+    fold_of[order] = np.arange(len(labels)) % folds
+    return folds, fold_of
 
 
 def token_labels(offsets: np.ndarray, spans: Sequence[tuple[int, int, str]], classes: Sequence[str]) -> np.ndarray:

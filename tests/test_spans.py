@@ -128,7 +128,7 @@ def test_the_out_of_fold_figures_count_answers_a_deletion_would_fix_whole(phone_
 
     whole, stray, missed = ([0.9, 0.1, 0.9, 0.1, 0.9, 0.9, 0.9], [0.9, 0.1, 0.9, 0.1, 0.9, 0.9, 0.1],
                             [0.9, 0.1, 0.9, 0.9, 0.9, 0.9, 0.9])
-    m = tagger._span_figures([answer] * 4, [offsets] * 4, [proba(p) for p in (whole, stray, missed, [0.9] * 7)],
+    m = tagger.span_figures([answer] * 4, [offsets] * 4, [proba(p) for p in (whole, stray, missed, [0.9] * 7)],
                              [marks, marks, marks, []])
     assert m["marked_answers_all_found_none_stray"] == round(1 / 3, 4)
     assert m["marked_answers_with_stray_span"] == round(1 / 3, 4) and m["spans_found"] == round(5 / 6, 4)
