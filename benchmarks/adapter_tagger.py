@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from guard_adapter import ANSWERS, GuardAdapter, prefix_states
+from guard_adapter import ANSWERS, GuardAdapter, prefix_states, train_steps
 
 
 class TokenAdapter(GuardAdapter):
@@ -42,44 +42,27 @@ class TokenAdapter(GuardAdapter):
 
     def token_logits(self, states: list, starts: list, batch: list) -> list:
         """Class logits of each answer token of the `batch` examples."""
-        import torch
-
-        longest = max(len(states[i]) for i in batch)
-        x = torch.zeros(len(batch), longest, states[batch[0]].shape[-1])
-        mask = torch.zeros(len(batch), longest, dtype=torch.long)
-        for row, i in enumerate(batch):
-            x[row, : len(states[i])] = states[i].float()
-            mask[row, : len(states[i])] = 1
-        h = self.body(inputs_embeds=x, attention_mask=mask, use_cache=False).last_hidden_state
+        h = self.upper_states(states, batch)
         return [self.head(h[row, starts[i]: len(states[i])]) for row, i in enumerate(batch)]
 
 
 def fit_tokens(tagger: TokenAdapter, states, starts, labels, train: list, epochs: int, batch_size: int,
                lr: float, seed: int) -> None:
-    """Token cross-entropy, marked classes weighted 3:1 (they are rare), AdamW with warm-up and decay."""
+    """Token cross-entropy, marked classes weighted 3:1 (they are rare)."""
     import torch
 
     rng = np.random.default_rng(seed)
-    plan = [b for _ in range(epochs) for b in np.array_split(rng.permutation(train), max(1, len(train) // batch_size))]
-    opt = torch.optim.AdamW(tagger.parameters(), lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda k: min(1.0, (k + 1) / max(1, 0.06 * len(plan))) * max(0.0, (len(plan) - k) / len(plan)))
+    plan = [[int(i) for i in b] for _ in range(epochs)
+            for b in np.array_split(rng.permutation(train), max(1, len(train) // batch_size))]
     weight = torch.full((tagger.head.out_features,), 3.0)
     weight[0] = 1.0
-    tagger.body.train()
-    t0 = time.time()
-    for k, batch in enumerate(plan):
-        batch = [int(i) for i in batch]
+
+    def batch_loss(batch: list):
         logits = torch.cat(tagger.token_logits(states, starts, batch))
         y = torch.cat([torch.as_tensor(labels[i][: len(states[i]) - starts[i]]) for i in batch])
-        loss = torch.nn.functional.cross_entropy(logits, y, weight=weight)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(tagger.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad()
-        if (k + 1) % 25 == 0 or k + 1 == len(plan):
-            print(f"step {k + 1}/{len(plan)} loss {loss.item():.4f} {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
+        return torch.nn.functional.cross_entropy(logits, y, weight=weight)
+
+    train_steps(tagger, plan, batch_loss, lr, lambda msg: print(msg, file=sys.stderr, flush=True))
 
 
 def main() -> None:
@@ -103,7 +86,13 @@ def main() -> None:
     from inspectors.backbone import encode_pairs
     from inspectors.config import SpanTaggerConfig
     from inspectors.span_data import tagger_examples
-    from inspectors.spans import SpanTagger, choose_span_threshold, fold_assignment, token_labels
+    from inspectors.spans import (
+        SpanTagger,
+        answer_offsets,
+        choose_span_threshold,
+        fold_assignment,
+        token_labels,
+    )
 
     torch.set_num_threads(2)
     cfg = validate(SpanTaggerConfig, read_yaml(ROOT / f"configs/taggers/{args.criterion}.yaml"), "tagger recipe")
@@ -116,8 +105,7 @@ def main() -> None:
     folds_held = [int(f) for f in args.folds.split(",")]
     tagger = TokenAdapter(args.model, args.from_layer, args.rank, args.seed, len(classes))
     tok = tagger.tok
-    offsets = [np.asarray(tok(a, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-                          [: cfg.max_answer_tokens], dtype=np.int64).reshape(-1, 2) for a in ex.answers]
+    offsets = answer_offsets(tok, ex.answers, cfg.max_answer_tokens)
     labels = [token_labels(off, ss, classes) for off, ss in zip(offsets, ex.spans, strict=True)]
     n_folds, fold_of = fold_assignment(labels, cfg.cv_folds, cfg.random_state)
 

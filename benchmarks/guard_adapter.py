@@ -72,21 +72,27 @@ class GuardAdapter:
         width = body.config.hidden_size
         self.head = torch.nn.Linear(2 * width, 1)
 
+    def upper_states(self, states: list, batch: list):
+        """The final hidden states of the `batch` examples, run from their kept prefix states
+        (right-padded to the longest)."""
+        import torch
+
+        longest = max(len(states[i]) for i in batch)
+        x = torch.zeros(len(batch), longest, states[batch[0]].shape[-1])
+        mask = torch.zeros(len(batch), longest, dtype=torch.long)
+        for row, i in enumerate(batch):
+            x[row, : len(states[i])] = states[i].float()
+            mask[row, : len(states[i])] = 1
+        return self.body(inputs_embeds=x, attention_mask=mask, use_cache=False).last_hidden_state
+
     def logits(self, states: list, starts: list, batch: list):
         """Misaligned log-odds of the `batch` examples from their kept prefix states."""
         import torch
 
-        longest = max(len(states[i]) for i in batch)
-        width = states[batch[0]].shape[-1]
-        x = torch.zeros(len(batch), longest, width)
-        mask = torch.zeros(len(batch), longest, dtype=torch.long)
-        answer = torch.zeros(len(batch), longest, dtype=torch.bool)
+        h = self.upper_states(states, batch)
+        answer = torch.zeros(h.shape[:2], dtype=torch.bool)
         for row, i in enumerate(batch):
-            n = len(states[i])
-            x[row, :n] = states[i].float()
-            mask[row, :n] = 1
-            answer[row, starts[i]:n] = True
-        h = self.body(inputs_embeds=x, attention_mask=mask, use_cache=False).last_hidden_state
+            answer[row, starts[i]:len(states[i])] = True
         a = answer.unsqueeze(-1)
         mean = (h * a).sum(1) / a.sum(1).clamp(min=1)
         peak = h.masked_fill(~a, float("-inf")).max(1).values
@@ -109,9 +115,31 @@ class GuardAdapter:
         return out
 
 
+def train_steps(adapter: GuardAdapter, plan: list, batch_loss, lr: float, log) -> None:
+    """One AdamW step per batch of `plan` on `batch_loss(batch)`, linear warm-up (6 %) and decay,
+    gradients clipped at 1."""
+    import torch
+
+    steps = len(plan)
+    opt = torch.optim.AdamW(adapter.parameters(), lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda k: min(1.0, (k + 1) / max(1, 0.06 * steps)) * max(0.0, (steps - k) / steps))
+    adapter.body.train()
+    t0 = time.time()
+    for k, batch in enumerate(plan):
+        loss = batch_loss(batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(adapter.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        if (k + 1) % 25 == 0 or k + 1 == steps:
+            log(f"step {k + 1}/{steps} loss {loss.item():.4f} {time.time() - t0:.0f}s")
+
+
 def fit(guard: GuardAdapter, states, starts, labels, epochs: float, batch_size: int, lr: float,
         seed: int, log) -> None:
-    """Class-balanced log loss on misaligned (label 0), AdamW, linear warm-up and decay."""
+    """Class-balanced log loss on misaligned (label 0)."""
     import torch
 
     y = torch.tensor([1.0 - v for v in labels])  # 1 = misaligned
@@ -122,21 +150,8 @@ def fit(guard: GuardAdapter, states, starts, labels, epochs: float, batch_size: 
     batches = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
     steps = int(epochs * len(batches))
     plan = [batches[j] for e in range(int(np.ceil(epochs))) for j in rng.permutation(len(batches))][:steps]
-    opt = torch.optim.AdamW(guard.parameters(), lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda k: min(1.0, (k + 1) / max(1, 0.06 * steps)) * max(0.0, (steps - k) / steps))
-    guard.body.train()
-    t0 = time.time()
-    for k, batch in enumerate(plan):
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(
-            guard.logits(states, starts, batch), y[batch], pos_weight=pos_weight)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(guard.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad()
-        if (k + 1) % 25 == 0 or k + 1 == steps:
-            log(f"step {k + 1}/{steps} loss {loss.item():.4f} {time.time() - t0:.0f}s")
+    train_steps(guard, plan, lambda batch: torch.nn.functional.binary_cross_entropy_with_logits(
+        guard.logits(states, starts, batch), y[batch], pos_weight=pos_weight), lr, log)
 
 
 def main() -> None:
@@ -250,16 +265,14 @@ def beside_members(guard_scores: np.ndarray, members: list[Path], dev, dev_label
     from inspector_generalization import judge
 
     from inspectors.base import load_inspector
-
-    def log_odds(p: np.ndarray) -> np.ndarray:
-        p = np.clip(p, 1e-6, 1 - 1e-6)
-        return np.log(p / (1 - p))
+    from inspectors.calibration import log_odds, sigmoid
 
     scores = {str(m): log_odds(load_inspector(m).predict_proba([r.prompt for r in dev], [r.answer for r in dev])[:, 1])
               for m in members}
     arms = {**scores, "members (mean log-odds)": np.mean(list(scores.values()), axis=0),
             "members + guard adapter (mean log-odds)": np.mean([*scores.values(), log_odds(guard_scores)], axis=0)}
-    return {name: judge(1 / (1 + np.exp(-lo)), 0.5, dev, dev_labels) for name, lo in arms.items()}
+    return {name: judge(sigmoid(lo), 0.5, dev, dev_labels) for name, lo in arms.items()}
+
 
 if __name__ == "__main__":
     main()

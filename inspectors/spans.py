@@ -91,8 +91,7 @@ class SpanTagger:
         (start, end) character offsets in the answer."""
         cfg = self.config
         _, tok = self.reading.backbone()
-        offsets = [np.asarray(tok(answer, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-                              [: cfg.max_answer_tokens], dtype=np.int64).reshape(-1, 2) for answer in answers]
+        offsets = answer_offsets(tok, answers, cfg.max_answer_tokens)
         feats: list[np.ndarray] = [np.zeros((0, 0), dtype=np.float32)] * len(answers)
         for batch, states, _, answer in pair_state_batches(self.reading, prompts, answers, cfg.batch_tokens,
                                                            description=f"tagging answer tokens ({self.criterion})"):
@@ -348,6 +347,13 @@ def answer_evidence(p_span: np.ndarray) -> np.ndarray:
     """[max, mean of the EVIDENCE_TOP highest] of an answer's token P(span) (zeros: no tokens)."""
     top = np.sort(np.asarray(p_span, dtype=np.float32))[::-1][:EVIDENCE_TOP]
     return np.array([top[0], top.mean()] if len(top) else [0.0, 0.0], dtype=np.float32)
+
+
+def answer_offsets(tok, answers: Sequence[str], max_tokens: int) -> list[np.ndarray]:
+    """Each answer's first `max_tokens` tokens as (start, end) character offsets: the rows a
+    tagger reads and labels."""
+    return [np.asarray(tok(answer, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+                       [:max_tokens], dtype=np.int64).reshape(-1, 2) for answer in answers]
 
 
 def fold_assignment(labels: Sequence[np.ndarray], cv_folds: int, seed: int) -> tuple[int, np.ndarray]:
