@@ -28,7 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from guard_adapter import ANSWERS, GuardAdapter, prefix_states, train_steps
+from guard_adapter import ANSWERS
+
+from inspectors.guard_adapter import GuardAdapter, kept_states, train_steps
 
 
 class TokenAdapter(GuardAdapter):
@@ -62,7 +64,7 @@ def fit_tokens(tagger: TokenAdapter, states, starts, labels, train: list, epochs
         y = torch.cat([torch.as_tensor(labels[i][: len(states[i]) - starts[i]]) for i in batch])
         return torch.nn.functional.cross_entropy(logits, y, weight=weight)
 
-    train_steps(tagger, plan, batch_loss, lr, lambda msg: print(msg, file=sys.stderr, flush=True))
+    train_steps(tagger, plan, batch_loss, lr, "token adapter")
 
 
 def main() -> None:
@@ -83,8 +85,8 @@ def main() -> None:
 
     from aligners.config import read_yaml, validate
     from aligners.schema import AnswerRecord, SpanAnnotation, WrittenCorrection, read_jsonl
-    from inspectors.backbone import encode_pairs
     from inspectors.config import SpanTaggerConfig
+    from inspectors.shared_reading import Reading
     from inspectors.span_data import tagger_examples
     from inspectors.spans import (
         SpanTagger,
@@ -110,15 +112,15 @@ def main() -> None:
     n_folds, fold_of = fold_assignment(labels, cfg.cv_folds, cfg.random_state)
 
     t0 = time.time()
-    ids, starts = encode_pairs(tok, ex.prompts, ex.answers, cfg.max_prompt_tokens, cfg.max_answer_tokens)
-    states = prefix_states(args.model, ids, starts, args.from_layer, cfg.batch_tokens, "prefix")
+    states, starts = kept_states(Reading(args.model, (args.from_layer,), cfg.max_prompt_tokens, cfg.max_answer_tokens),
+                                 ex.prompts, ex.answers, cfg.batch_tokens, "prefix")
     seconds = {"prefix": round(time.time() - t0), "train_and_predict": 0}
     oof: dict[int, np.ndarray] = {}
     for f in folds_held:
         t0 = time.time()
         fold_tagger = tagger if f == folds_held[0] else TokenAdapter(
             args.model, args.from_layer, args.rank, args.seed, len(classes))
-        fit_tokens(fold_tagger, states, starts, labels, [i for i in range(len(ids)) if fold_of[i] != f],
+        fit_tokens(fold_tagger, states, starts, labels, [i for i in range(len(states)) if fold_of[i] != f],
                    args.epochs, args.batch_size, args.lr, args.seed)
         fold_tagger.body.eval()
         with torch.no_grad():

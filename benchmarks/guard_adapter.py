@@ -1,8 +1,9 @@
 """Would a guard adapter on the shared base read SmolLM2's answers better than the frozen probe?
 
-IBM and NVIDIA ship their guards as adapters on a shared base. This experiment trains one for a
-criterion on the same examples as the starter inspector (`train-inspector --data seed:NAME
---answers ...`: seed pairs plus the labelled real answers, dev topics never train): LoRA on
+IBM and NVIDIA ship their guards as adapters on a shared base. This experiment trains the model of
+the `guard-adapter` inspector (inspectors/guard_adapter.py) for a criterion on the same examples
+as the starter inspector (`train-inspector --data seed:NAME --answers ...`: seed pairs plus the
+labelled real answers, dev topics never train), without its calibration: LoRA on
 SmolLM2's decoder layers from `--from-layer` up, plus a linear head on the final hidden states
 pooled over the answer tokens (mean and max), trained with class-balanced log loss. The layers
 below are frozen, so their output is computed once per example and kept (the frozen-prefix idea
@@ -14,7 +15,8 @@ can combine it with the shipped inspector.
 Prints one JSON object (also written to OUT/result.json); OUT/<criterion>.json keeps the dev
 scores, and a second run with the same OUT reuses them instead of training again (an hour on 2
 cores). `--members` judges saved inspectors beside it and the mean of their log-odds with and
-without it. Nothing here ships: it measures whether the idea is worth an inspector type.
+without it. It measured whether the idea was worth an inspector type; the shipped member is
+trained by `aligners train-inspector` (configs/inspectors/guard-adapter.yaml).
 
 Usage: .venv/bin/python benchmarks/guard_adapter.py --criterion harmless --out runs/guard-adapter \\
     --members artifacts/inspectors/harmless/members/0 artifacts/inspectors/harmless/members/1
@@ -35,123 +37,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 ANSWERS = ("data/harvest-smollm2/answers.jsonl", "data/assistant-style/answers.jsonl")
-
-
-def prefix_states(model: str, ids, starts, depth: int, batch_tokens: int, what: str) -> list:
-    """Each example's hidden state after the first `depth` frozen decoder layers (float16)."""
-    import torch
-
-    from inspectors.backbone import get_backbone, hidden_state_batches
-
-    body, tok = get_backbone(model, depth)
-    out: list = [None] * len(ids)
-    for batch, states, _mask, _answer in hidden_state_batches(body, tok, ids, starts, batch_tokens, what):
-        for row, i in enumerate(batch):
-            out[i] = states[depth][row, : len(ids[i])].to(torch.float16).clone()
-    return out
-
-
-class GuardAdapter:
-    """LoRA on the upper decoder layers + a pooled linear head; reads the kept prefix states."""
-
-    def __init__(self, model: str, depth: int, rank: int, seed: int):
-        import torch
-        from peft import LoraConfig, get_peft_model
-
-        from aligners.models import load_causal_lm
-
-        torch.manual_seed(seed)
-        lm, self.tok = load_causal_lm(model)
-        body = lm.model
-        body.layers = body.layers[depth:]
-        body.config.num_hidden_layers = len(body.layers)
-        body.embed_tokens = None  # inputs are the kept states, never token ids
-        targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-        self.body = get_peft_model(body, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.05,
-                                                     target_modules=targets))
-        width = body.config.hidden_size
-        self.head = torch.nn.Linear(2 * width, 1)
-
-    def upper_states(self, states: list, batch: list):
-        """The final hidden states of the `batch` examples, run from their kept prefix states
-        (right-padded to the longest)."""
-        import torch
-
-        longest = max(len(states[i]) for i in batch)
-        x = torch.zeros(len(batch), longest, states[batch[0]].shape[-1])
-        mask = torch.zeros(len(batch), longest, dtype=torch.long)
-        for row, i in enumerate(batch):
-            x[row, : len(states[i])] = states[i].float()
-            mask[row, : len(states[i])] = 1
-        return self.body(inputs_embeds=x, attention_mask=mask, use_cache=False).last_hidden_state
-
-    def logits(self, states: list, starts: list, batch: list):
-        """Misaligned log-odds of the `batch` examples from their kept prefix states."""
-        import torch
-
-        h = self.upper_states(states, batch)
-        answer = torch.zeros(h.shape[:2], dtype=torch.bool)
-        for row, i in enumerate(batch):
-            answer[row, starts[i]:len(states[i])] = True
-        a = answer.unsqueeze(-1)
-        mean = (h * a).sum(1) / a.sum(1).clamp(min=1)
-        peak = h.masked_fill(~a, float("-inf")).max(1).values
-        return self.head(torch.cat([mean, peak], -1)).squeeze(-1)
-
-    def parameters(self):
-        return [p for p in self.body.parameters() if p.requires_grad] + list(self.head.parameters())
-
-    def score(self, states, starts, batch_tokens: int) -> np.ndarray:
-        """P(aligned) per example."""
-        import torch
-
-        from inspectors.embed_logreg import token_batches
-
-        self.body.eval()
-        out = np.zeros(len(states))
-        with torch.no_grad():
-            for batch in token_batches([len(s) for s in states], batch_tokens):
-                out[batch] = torch.sigmoid(-self.logits(states, starts, batch)).numpy()
-        return out
-
-
-def train_steps(adapter: GuardAdapter, plan: list, batch_loss, lr: float, log) -> None:
-    """One AdamW step per batch of `plan` on `batch_loss(batch)`, linear warm-up (6 %) and decay,
-    gradients clipped at 1."""
-    import torch
-
-    steps = len(plan)
-    opt = torch.optim.AdamW(adapter.parameters(), lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda k: min(1.0, (k + 1) / max(1, 0.06 * steps)) * max(0.0, (steps - k) / steps))
-    adapter.body.train()
-    t0 = time.time()
-    for k, batch in enumerate(plan):
-        loss = batch_loss(batch)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(adapter.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad()
-        if (k + 1) % 25 == 0 or k + 1 == steps:
-            log(f"step {k + 1}/{steps} loss {loss.item():.4f} {time.time() - t0:.0f}s")
-
-
-def fit(guard: GuardAdapter, states, starts, labels, epochs: float, batch_size: int, lr: float,
-        seed: int, log) -> None:
-    """Class-balanced log loss on misaligned (label 0)."""
-    import torch
-
-    y = torch.tensor([1.0 - v for v in labels])  # 1 = misaligned
-    pos_weight = (len(y) - y.sum()) / y.sum().clamp(min=1)
-    rng = np.random.default_rng(seed)
-    # batches of similar length (less padding), in random order
-    order = sorted(range(len(states)), key=lambda i: len(states[i]) + rng.random())
-    batches = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
-    steps = int(epochs * len(batches))
-    plan = [batches[j] for e in range(int(np.ceil(epochs))) for j in rng.permutation(len(batches))][:steps]
-    train_steps(guard, plan, lambda batch: torch.nn.functional.binary_cross_entropy_with_logits(
-        guard.logits(states, starts, batch), y[batch], pos_weight=pos_weight), lr, log)
 
 
 def main() -> None:
@@ -226,26 +111,30 @@ def train_and_score(args, train, val, dev, dev_labels, log) -> tuple[dict, np.nd
     """Keep the prefix states, fit the adapter, score validation and dev: (result, dev scores)."""
     from inspector_generalization import judge
 
-    from inspectors.backbone import encode_pairs
+    from inspectors.calibration import sigmoid
+    from inspectors.guard_adapter import GuardAdapter, fit_guard, kept_states
     from inspectors.metrics import evaluate
+    from inspectors.shared_reading import Reading
 
     guard = GuardAdapter(args.model, args.from_layer, args.rank, args.seed)
+    reading = Reading(args.model, (args.from_layer,), args.max_prompt, args.max_answer)
     kept = {}
     t0 = time.time()
     for name, prompts, answers in (("train", train.prompts, train.answers), ("validation", val.prompts, val.answers),
                                    ("dev", [r.prompt for r in dev], [r.answer for r in dev])):
-        ids, starts = encode_pairs(guard.tok, prompts, answers, args.max_prompt, args.max_answer)
-        kept[name] = (prefix_states(args.model, ids, starts, args.from_layer, args.batch_tokens, f"prefix {name}"), starts)
+        kept[name] = kept_states(reading, prompts, answers, args.batch_tokens, f"prefix {name}")
     prefix_s = time.time() - t0
     log(f"prefix states in {prefix_s:.0f}s")
 
     t0 = time.time()
-    fit(guard, *kept["train"], train.labels, args.epochs, args.batch_size, args.lr, args.seed, log)
+    loss = fit_guard(guard, *kept["train"], train.labels, args.epochs, args.batch_size, args.lr, args.seed,
+                     "guard adapter")
     train_s = time.time() - t0
+    log(f"trained in {train_s:.0f}s, final loss {loss:.4f}")
 
     t0 = time.time()
-    val_scores = guard.score(*kept["validation"], args.batch_tokens)
-    dev_scores = guard.score(*kept["dev"], args.batch_tokens)
+    val_scores, dev_scores = (sigmoid(-guard.misaligned_logits(*kept[name], args.batch_tokens))
+                              for name in ("validation", "dev"))
     score_s = time.time() - t0
     val_auroc = evaluate(np.array(val.labels), val_scores, 0.5)["auroc"]
     # the threshold only matters for the figures judge() prints at it; the operating points it

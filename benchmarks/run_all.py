@@ -214,7 +214,9 @@ def generalization_rows(r: dict) -> list[Row]:
                      f"{m['answers_per_s']} answers/s" if m.get("answers_per_s") else "",
                      f"PyRIT human-scored AUROC {m['pyrit_objective_auroc']:.3f}" if m.get("pyrit_objective_auroc") else "",
                      f"agreement with hand labels {pct(m['agreement'])}" if "agreement" in m else "",
-                     squad_point(m.get("at_2pct_benign_flagged"))]
+                     squad_point(m.get("at_2pct_benign_flagged")),
+                     f"on the labels no reader doubted {f(m['auroc_sure_labels'])} AUROC "
+                     f"({m['n']['unsure_labels']} doubted)" if m.get("auroc_sure_labels") else ""]
             measured += "; " + "; ".join(e for e in extra if e) if any(extra) else ""
             ok = None
             if "/ real" in arm or arm.startswith("cascade"):

@@ -27,6 +27,8 @@ _EXPORTS = {
     "EnsembleInspector": "inspectors.ensemble",
     "FinetunedInspector": "inspectors.finetuned",
     "HiddenProbeInspector": "inspectors.hidden_probe",
+    "GuardAdapterInspector": "inspectors.guard_adapter",
+    "GuardAdapterConfig": "inspectors.config",
     "HiddenProbeConfig": "inspectors.config",
     "INSPECTOR_CONFIG": "inspectors.config",
     "EmbedLogRegConfig": "inspectors.config",
@@ -56,12 +58,14 @@ if TYPE_CHECKING:
         EmbedLogRegConfig,
         EnsembleConfig,
         FinetunedConfig,
+        GuardAdapterConfig,
         HiddenProbeConfig,
     )
     from inspectors.data import load_training_data, pairs_to_examples  # noqa: F401
     from inspectors.embed_logreg import EmbedLogRegInspector  # noqa: F401
     from inspectors.ensemble import EnsembleInspector  # noqa: F401
     from inspectors.finetuned import FinetunedInspector  # noqa: F401
+    from inspectors.guard_adapter import GuardAdapterInspector  # noqa: F401
     from inspectors.hidden_probe import HiddenProbeInspector  # noqa: F401
     from inspectors.metrics import evaluate  # noqa: F401
     from inspectors.scoring import score_jsonl  # noqa: F401

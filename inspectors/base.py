@@ -65,6 +65,7 @@ INSPECTOR_TYPES: dict[str, str] = {
     "embed-logreg": "inspectors.embed_logreg:EmbedLogRegInspector",
     "finetuned": "inspectors.finetuned:FinetunedInspector",
     "hidden-probe": "inspectors.hidden_probe:HiddenProbeInspector",
+    "guard-adapter": "inspectors.guard_adapter:GuardAdapterInspector",
     "ensemble": "inspectors.ensemble:EnsembleInspector",
 }
 

@@ -241,6 +241,34 @@ class HiddenProbeConfig(_LinearConfigBase):
         return value
 
 
+class GuardAdapterConfig(_InspectorConfigBase):
+    """LoRA on a causal LM's upper decoder layers plus a pooled head: a guard adapter on the
+    squad's own base, reading the frozen layers' states from the shared pass."""
+
+    type: Literal["guard-adapter"] = "guard-adapter"
+    encoder: str = Field(
+        default="smollm2-135m-instruct",
+        description="Causal LM the adapter sits on (registry name, folder or HF id).",
+    )
+    from_layer: PositiveInt = Field(
+        default=20,
+        description="Lowest tuned decoder layer (0-based); the frozen ones below are read once per "
+        "answer, as hidden state from_layer (must be below the model's layer count).",
+    )
+    rank: PositiveInt = Field(default=8, description="LoRA rank on every linear module of the tuned layers.")
+    epochs: float = Field(default=1.0, gt=0, description="Passes over the training pairs (fractions allowed).")
+    batch_size: PositiveInt = Field(default=8)
+    lr: float = Field(default=3e-4, gt=0, description="AdamW learning rate (6 % warm-up, linear decay).")
+    max_prompt_tokens: int = Field(default=256, ge=8, description="Request tokens kept (its end).")
+    max_answer_tokens: int = Field(default=256, ge=8, description="Answer tokens kept (its start).")
+    batch_tokens: int = Field(default=8192, ge=256, description="Padded tokens per forward pass.")
+    dtype: Literal["float32", "bfloat16"] = Field(default="float32", description="Base model dtype.")
+    holdout_fraction: float = Field(
+        default=0.2, gt=0, lt=1,
+        description="Share of training pairs held out for calibration when no validation split is given.",
+    )
+
+
 class EnsembleConfig(_CalibratedConfigBase):
     """Saved inspectors of one criterion scored together by the mean of their log-odds."""
 
@@ -276,11 +304,12 @@ InspectorConfig = Annotated[
     Annotated[EmbedLogRegConfig, Tag("embed-logreg")]
     | Annotated[FinetunedConfig, Tag("finetuned")]
     | Annotated[HiddenProbeConfig, Tag("hidden-probe")]
+    | Annotated[GuardAdapterConfig, Tag("guard-adapter")]
     | Annotated[EnsembleConfig, Tag("ensemble")],
     Discriminator(_type_of),
 ]
 INSPECTOR_CONFIG: TypeAdapter[
-    EmbedLogRegConfig | FinetunedConfig | HiddenProbeConfig | EnsembleConfig
+    EmbedLogRegConfig | FinetunedConfig | HiddenProbeConfig | GuardAdapterConfig | EnsembleConfig
 ] = TypeAdapter(InspectorConfig)
 
 
