@@ -75,7 +75,8 @@ def time_to_aligner_rows(r: dict) -> list[Row]:
             q = a["quality"]["made_right"]
             budget = (f"every pair, ≤ {c['max_steps']} steps as its starter recipe" if "max_steps" in c
                       else f"{c['pairs']} pairs, ≤ {c['epochs']:g} epochs")
-            what = (f"{crit}: time to a trained aligner, {name} (layers {'all' if len(a['layers']) > 8 else a['layers']}; "
+            arm = f"{name} at share {c['cost_share']:g}" if name.startswith("cost-aware") else name
+            what = (f"{crit}: time to a trained aligner, {arm} (layers {'all' if len(a['layers']) > 8 else a['layers']}; "
                     f"{budget}, early stopping)")
             measured = (f"{a['train_s'] / 60:.1f} min, {a['steps']} steps, {a['peak_rss_mb'] / 1024:.1f} GB peak; "
                         f"dev made right {pct(q['rate'])} (n={q['n']})")
