@@ -93,15 +93,19 @@ def test_time_to_aligner_rows_judge_time_and_success_against_all_layers():
     arms = {"all": arm(list(range(30)), 600, 0.5), "ila": arm([11, 29], 400, 0.5),
             "cost-aware+cache": arm([15, 29], 250, 0.5, adapter_max_abs_diff_vs_uncached=0.0),
             "cost-aware": arm([15, 29], 290, 0.45)}
-    rows = runner.time_to_aligner_rows({"criteria": {"harmless": {"pairs": 160, "epochs": 4, "arms": arms}}})
+    rows = runner.time_to_aligner_rows({"criteria": {"harmless": {"pairs": 160, "epochs": 4, "cost_share": 0.7,
+                                                                  "arms": arms}}})
     assert [row[3] for row in rows] == ["", "**not met**", "met", "**not met**"]  # 1.5×; 2.4×; 2.07× but -5 points
     assert rows[0][0].startswith("harmless: time to a trained aligner, all (layers all;")
+    assert rows[2][0].startswith("harmless: time to a trained aligner, cost-aware+cache at share 0.7 (layers [15, 29];")
     assert "2.40× less time, +0.0 points vs all; adapter max |Δ| vs uncached 0.0e+00" in rows[2][1]
     # where all-layer LoRA fixes nothing there is no quality to keep: no verdict either way
     vacuous = {name: arm(a["layers"], a["train_s"], 0.0) for name, a in arms.items()}
-    rows = runner.time_to_aligner_rows({"criteria": {"harmless": {"pairs": 96, "epochs": 3, "arms": vacuous}}})
+    rows = runner.time_to_aligner_rows({"criteria": {"harmless": {"pairs": 96, "epochs": 3, "cost_share": 0.9,
+                                                                  "arms": vacuous}}})
     assert [row[3] for row in rows] == ["", "—", "—", "—"]
     # at a starter recipe's budget the row says so
     recipe = {"all": arms["all"], "cost-aware+cache": arms["cost-aware+cache"]}
-    rows = runner.time_to_aligner_rows({"criteria": {"polite": {"pairs": "all", "max_steps": 160, "arms": recipe}}})
+    rows = runner.time_to_aligner_rows({"criteria": {"polite": {"pairs": "all", "max_steps": 160, "cost_share": 0.9,
+                                                                "arms": recipe}}})
     assert "every pair, ≤ 160 steps as its starter recipe, early stopping" in rows[1][0] and rows[1][3] == "met"
