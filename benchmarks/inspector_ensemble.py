@@ -81,15 +81,13 @@ def combinations(args, dev: list) -> dict:
     from sklearn.metrics import roc_auc_score
 
     from inspectors.calibration import sigmoid
-    from inspectors.data import load_training_data
+    from inspectors.data import data_source, load_training_data
 
     kept = args.scores_dir / f"{args.criterion}-{args.artifact.name}-members.json"
     if kept.is_file():
         scores = json.loads(kept.read_text())
     else:
-        seed = args.data.removeprefix("seed:")
-        td = load_training_data(**({"seed_set": seed} if seed != args.data else {"data_dir": args.data}),
-                                criterion=args.criterion, answer_files=args.answers or ())
+        td = load_training_data(**data_source(args.data), criterion=args.criterion, answer_files=args.answers or ())
         val = td.examples("validation")
         scores = {"ids": [r.id for r in dev], "validation_labels": [int(y) for y in val.labels],
                   "validation": member_log_odds(args.artifact, val.prompts, val.answers).tolist(),

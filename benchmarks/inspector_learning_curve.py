@@ -52,9 +52,9 @@ def plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
+    runs = sorted(report["runs"], key=lambda r: r["hand_labelled_answers"])
     for key, name in (("auroc", "dev, all"), ("auroc_smollm2", "dev, SmolLM2's answers"),
                       ("auroc_sure_labels", "dev, labels nobody doubted")):
-        runs = sorted(report["runs"], key=lambda r: r["hand_labelled_answers"])
         ax.plot([r["hand_labelled_answers"] for r in runs], [r[key] for r in runs], "o-", label=name, alpha=0.8)
     ax.set_xlabel(f"hand-labelled training answers kept ({report['thinned'].split(' of ')[-1]})")
     ax.set_ylabel("AUROC")
@@ -88,11 +88,9 @@ def main() -> None:
     from aligners.schema import AnswerRecord, read_jsonl
     from inspectors.base import build_inspector
     from inspectors.config import INSPECTOR_CONFIG
-    from inspectors.data import load_training_data
+    from inspectors.data import data_source, load_training_data
 
-    data = args.data or f"seed:{args.criterion}"
-    seed = data.removeprefix("seed:")
-    td = load_training_data(**({"seed_set": seed} if seed != data else {"data_dir": data}),
+    td = load_training_data(**data_source(args.data or f"seed:{args.criterion}"),
                             criterion=args.criterion, answer_files=args.answers)
     cfg = validate(INSPECTOR_CONFIG, read_yaml(args.config), str(args.config))
     dev = [r for r in read_jsonl(args.dev, AnswerRecord) if r.label_by == "hand" and r.criterion == args.criterion]

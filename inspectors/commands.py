@@ -21,11 +21,6 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
-def _data_source(spec: str) -> dict:
-    """`--data` → load_training_data's arguments: a shipped seed set or a synth folder."""
-    return {"seed_set": spec.removeprefix("seed:")} if spec.startswith("seed:") else {"data_dir": Path(spec)}
-
-
 def train_inspector(
     out: Annotated[Path, typer.Option("--out", help="Folder to write the inspector into.")],
     data: Annotated[
@@ -115,6 +110,7 @@ def train_inspector(
         from inspectors.data import (
             benign_good_elsewhere,
             criterion_of,
+            data_source,
             dev_set_examples,
             load_training_data,
         )
@@ -123,7 +119,7 @@ def train_inspector(
         apply_overrides(raw, set_ or [])
         cfg = validate(INSPECTOR_CONFIG, raw, str(config) if config else "<defaults + --set>")
         td = load_training_data(
-            **_data_source(data), split_seed=seed, criterion=criterion,
+            **data_source(data), split_seed=seed, criterion=criterion,
             answer_files=answers or (), answer_labels=answer_labels, correction_files=corrections or (),
         )
         criterion = criterion or criterion_of(td.splits["train"] + td.splits["validation"])

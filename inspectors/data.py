@@ -141,6 +141,11 @@ class TrainingData:
                         ex.labels + more.labels, ex.intents + more.intents)
 
 
+def data_source(spec: str) -> dict:
+    """`--data` → load_training_data's arguments: a shipped seed set (`seed:NAME`) or a synth folder."""
+    return {"seed_set": spec.removeprefix("seed:")} if spec.startswith("seed:") else {"data_dir": Path(spec)}
+
+
 def load_training_data(
     data_dir: Path | str | None = None,
     seed_set: str | None = None,
